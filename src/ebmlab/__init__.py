@@ -1,0 +1,14 @@
+"""ebmlab: energy-based models in PyTorch — define, sample, train and evaluate.
+
+An energy ``E(x)`` defines ``p(x) = exp(-E(x)) / Z``. See :mod:`ebmlab.energy` for energies,
+:mod:`ebmlab.samplers` for MCMC, :mod:`ebmlab.diagnostics` for ESS and R-hat.
+"""
+
+from . import energy, samplers
+from .energy import (
+    Banana, ConvEnergy, Energy, Funnel, Gaussian, GaussianMixture, Ising, MLPEnergy, Potts,
+    compile_energy, eight_gaussians, log_prob, log_ratio, score,
+)
+from .samplers import HMC, MALA, ULA, ChainRecord, Gibbs, RandomWalkMetropolis, SingleSiteMetropolis, sample
+
+__version__ = "0.1.0"

@@ -1,0 +1,33 @@
+"""The ``ebmlab`` command: ``ebmlab train|sample|evaluate``.
+
+Each subcommand lives in its own module and is thin: parse -> config -> one library call ->
+files. Input errors print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from .common import UserError
+
+_SUBCOMMANDS = ("sample", "train", "evaluate")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ebmlab")
+def main() -> None:
+    """Energy-based models: train, sample and evaluate."""
+
+
+for _name in _SUBCOMMANDS:
+    try:
+        _module = importlib.import_module(f"{__name__}.{_name}")
+    except ModuleNotFoundError as _err:  # a subcommand not yet present in this build
+        if _err.name != f"{__name__}.{_name}":
+            raise
+        continue
+    main.add_command(_module.command, name=_name)
+
+__all__ = ["main", "UserError"]
