@@ -18,9 +18,10 @@ from .base import (
 from .compiled import CompiledEnergy, compile_energy
 from .discrete import Ising, Potts, enumerate_states
 from .neural import ConvEnergy, MLPEnergy
+from .rbm import BernoulliRBM
 
 __all__ = [
-    "Banana", "CompiledEnergy", "ConvEnergy", "Energy", "EnergyShapeError", "Funnel", "Gaussian",
+    "BernoulliRBM", "Banana", "CompiledEnergy", "ConvEnergy", "Energy", "EnergyShapeError", "Funnel", "Gaussian",
     "GaussianMixture", "Ising", "MLPEnergy", "Potts", "check_energy_output", "compile_energy",
     "delta_energy_flip", "eight_gaussians", "energy", "enumerate_states", "event_shape_of", "grad",
     "log_prob", "log_ratio", "score", "site_energies", "value_and_grad",

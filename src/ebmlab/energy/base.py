@@ -119,8 +119,10 @@ def value_and_grad(
     otherwise autograd on ``sum_b E(x_b)`` — the sum's gradient is the per-example gradient
     because examples do not interact. With ``create_graph=False`` both outputs are detached.
     """
-    if not create_graph and isinstance(energy_fn, HasValueAndGrad):
-        return energy_fn.value_and_grad(x)
+    if not create_graph:
+        own = getattr(energy_fn, "value_and_grad", None)  # the HasValueAndGrad protocol, checked cheaply
+        if own is not None:
+            return own(x)
     with torch.enable_grad():
         x_in = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
         e = check_energy_output(energy_fn(x_in), x_in)

@@ -73,10 +73,10 @@ def metropolis_accept(log_alpha: torch.Tensor, generator: torch.Generator | None
 
     Returns ``(accepted, accept_prob, diverged)``, each of shape ``(C,)``.
     """
-    diverged = ~torch.isfinite(log_alpha) & ~(log_alpha == -torch.inf)
-    safe = torch.where(diverged, torch.full_like(log_alpha, -torch.inf), log_alpha)
+    diverged = (log_alpha < torch.inf).logical_not_()  # NaN or +inf; -inf is a plain reject
+    safe = log_alpha.masked_fill(diverged, -torch.inf)
     accepted = uniform_log(safe.shape, generator, safe) < safe
-    accept_prob = torch.exp(torch.clamp(safe, max=0.0))
+    accept_prob = safe.clamp(max=0.0).exp_()
     return accepted, accept_prob, diverged
 
 
@@ -88,11 +88,12 @@ def select(accepted: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torc
 
 def select_state(accepted: torch.Tensor, proposal: ChainState, current: ChainState) -> ChainState:
     """The chain state after the accept/reject: one ``torch.where`` per field."""
+    mask = accepted.view(accepted.shape + (1,) * (proposal.x.dim() - accepted.dim()))
     grad = None
     if proposal.grad is not None and current.grad is not None:
-        grad = select(accepted, proposal.grad, current.grad)
+        grad = torch.where(mask, proposal.grad, current.grad)
     return ChainState(
-        x=select(accepted, proposal.x, current.x),
+        x=torch.where(mask, proposal.x, current.x),
         energy=torch.where(accepted, proposal.energy, current.energy),
         grad=grad,
         step=current.step + 1,
@@ -140,7 +141,8 @@ class Kernel:
 
 def sq_norm(t: torch.Tensor) -> torch.Tensor:
     """Per-chain squared Euclidean norm over the event dims: ``(C, *event) -> (C,)``."""
-    return t.flatten(1).square().sum(1)
+    flat = t.flatten(1)
+    return torch.linalg.vecdot(flat, flat)
 
 
 def gaussian_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

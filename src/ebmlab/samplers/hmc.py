@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..energy.base import EnergyFn, value_and_grad
-from .base import ChainState, Kernel, StepInfo, gaussian_like, metropolis_accept, select_state, sq_norm
+from .base import ChainState, Kernel, StepInfo, gaussian_like, metropolis_accept, select_state
 
 
 def leapfrog(energy: EnergyFn, x: torch.Tensor, p: torch.Tensor, grad: torch.Tensor, step_size: float,
@@ -24,11 +24,11 @@ def leapfrog(energy: EnergyFn, x: torch.Tensor, p: torch.Tensor, grad: torch.Ten
     merged). ``grad`` is ``∇E(x)`` at the start. Returns ``(x, p, E(x), ∇E(x))`` at the end;
     shapes ``(C, *event)`` and ``(C,)``.
     """
-    p = p - 0.5 * step_size * grad
+    p = torch.add(p, grad, alpha=-0.5 * step_size)
     for i in range(num_steps):
-        x = x + step_size * p
+        x = torch.add(x, p, alpha=step_size)
         e, grad = value_and_grad(energy, x)
-        p = p - (step_size if i < num_steps - 1 else 0.5 * step_size) * grad
+        p = torch.add(p, grad, alpha=-(step_size if i < num_steps - 1 else 0.5 * step_size))
     return x, p, e, grad
 
 
@@ -51,6 +51,8 @@ class HMC(Kernel):
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo]:
         p0 = gaussian_like(state.x, generator)
         x_new, p_new, e_new, g_new = leapfrog(energy, state.x, p0, state.grad, self.step_size, int(self.num_leapfrog))
-        log_alpha = (state.energy + 0.5 * sq_norm(p0)) - (e_new + 0.5 * sq_norm(p_new))
+        # H(x, p0) - H(x', p') = E(x) - E(x') + ½ (p0 - p')·(p0 + p')
+        log_alpha = torch.sub(state.energy, e_new).add_(
+            torch.linalg.vecdot((p0 - p_new).flatten(1), (p0 + p_new).flatten(1)), alpha=0.5)
         accepted, accept_prob, diverged = metropolis_accept(log_alpha, generator)
         return select_state(accepted, ChainState(x_new, e_new, g_new), state), StepInfo(accept_prob, accepted, diverged)

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import torch
 
 from ..energy.base import EnergyFn, value_and_grad
-from .base import ChainState, Kernel, StepInfo, gaussian_like, metropolis_accept, select_state, sq_norm
+from .base import ChainState, Kernel, StepInfo, gaussian_like, metropolis_accept, select_state
 
 
 def langevin_proposal(state: ChainState, step_size: float, noise: torch.Tensor, noise_scale: float = 1.0) -> torch.Tensor:
     """``x - ε ∇E(x) + s √(2ε) ξ`` for noise ``ξ`` (shape of x) and noise scale ``s``."""
-    return state.x - step_size * state.grad + (noise_scale * math.sqrt(2.0 * step_size)) * noise
+    return torch.add(state.x, state.grad, alpha=-step_size).add_(noise, alpha=noise_scale * math.sqrt(2.0 * step_size))
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ class ULA(Kernel):
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo]:
         x_new = langevin_proposal(state, self.step_size, gaussian_like(state.x, generator), self.noise_scale)
         e_new, g_new = value_and_grad(energy, x_new)
-        ones = torch.ones_like(e_new)
-        diverged = ~torch.isfinite(e_new)
-        return ChainState(x_new, e_new, g_new, state.step + 1), StepInfo(ones, torch.ones_like(diverged), diverged)
+        diverged = torch.isfinite(e_new).logical_not_()
+        accepted = torch.ones_like(diverged)
+        return ChainState(x_new, e_new, g_new, state.step + 1), StepInfo(torch.ones_like(e_new), accepted, diverged)
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,16 @@ class MALA(Kernel):
     default_target_accept = 0.574
 
     def proposal_log_ratio(self, current: ChainState, proposal: ChainState) -> torch.Tensor:
-        """``log q(x|x') - log q(x'|x)`` for the Langevin proposal, shape ``(C,)``."""
+        """``log q(x|x') - log q(x'|x)`` for the Langevin proposal, shape ``(C,)``.
+
+        ``[‖a‖² - ‖b‖²] / (4ε)`` with ``a = x'-x+ε∇E(x)``, ``b = x-x'+ε∇E(x')``, evaluated as
+        ``(a+b)·(a-b) / (4ε) = ¼ (∇E(x)+∇E(x'))·(2(x'-x) + ε(∇E(x)-∇E(x')))``: fewer passes
+        over the data, and no cancellation between two nearly equal norms.
+        """
         eps = self.step_size
-        forward = sq_norm(proposal.x - current.x + eps * current.grad)
-        backward = sq_norm(current.x - proposal.x + eps * proposal.grad)
-        return (forward - backward) / (4.0 * eps)
+        grad_sum = (current.grad + proposal.grad).flatten(1)
+        other = torch.sub(current.grad, proposal.grad).mul_(0.5 * eps).add_(proposal.x).sub_(current.x)
+        return torch.linalg.vecdot(grad_sum, other.flatten(1)).mul_(0.5)
 
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo]:
         x_new = langevin_proposal(state, self.step_size, gaussian_like(state.x, generator))

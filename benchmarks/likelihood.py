@@ -1,0 +1,213 @@
+"""Benchmark: held-out likelihood of briefly trained EBMs, and AIS against quadrature.
+
+For each objective (contrastive divergence with a replay buffer, exact / sliced / denoising
+score matching, noise-contrastive estimation) and each 2-D toy set (8 gaussians, 2 spirals,
+checkerboard) this script
+
+1. trains an MLP energy with :func:`ebmlab.train.train` for ``--steps`` updates;
+2. computes ``log Z`` of the trained energy (over the raw data space) by grid quadrature on
+   the held-out points' range widened by half its width per side (``missing`` is the
+   quadrature's estimated mass beyond that box; ``inf`` means the density does not decay
+   there, i.e. the model puts mass far from the data);
+3. reports the held-out NLL ``mean E(x) + log Z`` on fresh draws of the toy set minus the true
+   density's cross-entropy ``-mean log p_true(x)`` on the same points — a Monte-Carlo estimate
+   of ``KL(p_true ‖ p_model)`` (≥ 0 up to noise) — with ``KL(p_true ‖ p_model)`` on the grid as
+   a cross-check;
+4. estimates ``log Z`` of the same energy by AIS (base: a Gaussian fitted to the training data;
+   MALA transitions; sigmoid schedule) and reports ``AIS - quadrature`` and its z-score
+   ``(AIS - quadrature) / SE``. AIS is a stochastic lower bound, so z is negative in
+   expectation when the annealing is too short; ``|z| ≲ 3`` means agreement.
+
+Objectives that do not normalise their model (score matching) can still give a finite NLL:
+the density is normalised here by quadrature. NCE learns its own estimate of ``log Z``,
+shown in the ``NCE log Z`` column for comparison.
+
+Usage::
+
+    python benchmarks/likelihood.py            # 2000 updates per model, a few minutes on 2 cores
+    python benchmarks/likelihood.py --quick    # 200 updates, small AIS: a smoke run (~1 minute)
+    python benchmarks/likelihood.py --objectives dsm,nce --datasets 8gaussians --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+try:  # run as ``python -m benchmarks.likelihood`` or imported as part of the package
+    from .common import machine_description, resolve_device, set_threads
+except ImportError:  # run as ``python benchmarks/likelihood.py``
+    from common import machine_description, resolve_device, set_threads
+
+from ebmlab.config import TrainConfig
+from ebmlab.data import load_dataset
+from ebmlab.likelihood import held_out_nll
+from ebmlab.metrics import grid_kl
+from ebmlab.partition import BoundaryMassWarning, GaussianBase, ais, quadrature_log_z
+from ebmlab.train import train
+
+OBJECTIVES = ("replay", "sm", "ssm", "dsm", "nce")
+DATASETS = ("8gaussians", "2spirals", "checkerboard")
+LABELS = {"replay": "cd/replay", "cd": "cd"}
+
+
+@dataclass
+class Row:
+    objective: str
+    dataset: str
+    train_seconds: float
+    log_z_quad: float
+    missing_mass: float
+    nll: float
+    true_ce: float
+    grid_kl: float
+    log_z_ais: float
+    ais_stderr: float
+    ais_ess: float
+    nce_log_z: float | None
+    error: str = ""
+
+    @property
+    def excess(self) -> float:
+        return self.nll - self.true_ce
+
+    @property
+    def ais_z(self) -> float:
+        return (self.log_z_ais - self.log_z_quad) / self.ais_stderr if self.ais_stderr > 0 else math.nan
+
+
+def train_config(objective: str, dataset: str, args, out: Path) -> TrainConfig:
+    """Settings for a brief run: MLP (64, 64), Adam, cosine schedule; ULA negatives for CD."""
+    kwargs: dict = {}
+    if objective == "dsm":
+        kwargs["sigma"] = 0.1
+    return TrainConfig(
+        data=dataset, num_samples=args.train_points, objective=objective, objective_kwargs=kwargs,
+        model="mlp", model_kwargs={"hidden": [64, 64]}, sampler="ula", sampler_steps=20, step_size=0.01,
+        steps=args.steps, batch_size=256, lr=2e-3, seed=args.seed, device=str(args.device), out=str(out),
+        checkpoint_every=max(args.steps, 1), progress="off", plots=False, heldout_fraction=0.0,
+    )
+
+
+def evaluate_model(objective: str, dataset: str, args, workdir: Path) -> Row:
+    start = time.perf_counter()
+    result = train(train_config(objective, dataset, args, workdir / f"{dataset}-{objective}"))
+    seconds = time.perf_counter() - start
+    energy = result.energy.eval()
+    for p in energy.parameters():
+        p.requires_grad_(False)
+
+    eval_set = load_dataset(dataset, num_samples=args.eval_points, generator=torch.Generator().manual_seed(10_000 + args.seed))
+    x = eval_set.x.to(args.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BoundaryMassWarning)  # reported in the table instead
+        quad = quadrature_log_z(energy, data=x, num_points=args.grid_points)
+    nll = held_out_nll(energy, x, quad.log_z)
+    true_ce = float(-eval_set.true_log_density(eval_set.x.double()).mean())
+    kl = grid_kl(lambda z: -eval_set.true_log_density(z.double()).to(z.dtype), energy, bounds=quad.bounds,
+                 num_points=args.grid_points)
+
+    base = GaussianBase.fit(_training_data(result).to(args.device))
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    estimate = ais(energy, base=base, num_temperatures=args.ais_temperatures, num_runs=args.ais_runs,
+                   kernel="mala", generator=generator)
+    nce_log_z = getattr(energy, "learned_log_z", None)
+    if nce_log_z is None and objective == "nce":
+        state = result.objective.state_dict() if hasattr(result.objective, "state_dict") else {}
+        nce_log_z = float(state["log_z"]) if "log_z" in state else None
+    return Row(objective, dataset, seconds, quad.log_z, quad.missing_mass, nll, true_ce, kl, estimate.log_z,
+               estimate.log_z_stderr, estimate.ess, nce_log_z)
+
+
+def _training_data(result) -> torch.Tensor:
+    """The run's training points in the raw data space (the base of AIS is fitted to them)."""
+    from ebmlab.train import load_run_data
+
+    return load_run_data(result.config).x
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    header = ("| objective | data | train s | log Z (quad) | missing | NLL | true CE | NLL − CE | grid KL "
+              "| log Z (AIS) ± SE | AIS − quad (z) | ESS | NCE log Z |")
+    lines = [header, "|" + "|".join(["---"] * 13) + "|"]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {LABELS.get(r.objective, r.objective)} | {r.dataset} | failed: {r.error} |" + " |" * 10)
+            continue
+        lines.append(
+            f"| {LABELS.get(r.objective, r.objective)} | {r.dataset} | {r.train_seconds:.1f} | {_fmt(r.log_z_quad)} "
+            f"| {r.missing_mass:.1e} | {_fmt(r.nll)} | {_fmt(r.true_ce)} | {_fmt(r.excess)} | {_fmt(r.grid_kl)} "
+            f"| {_fmt(r.log_z_ais)} ± {_fmt(r.ais_stderr)} | {_fmt(r.log_z_ais - r.log_z_quad)} ({_fmt(r.ais_z, 1)}) "
+            f"| {r.ais_ess:.0f} | {_fmt(r.nce_log_z)} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 200 updates, small AIS and grid")
+    parser.add_argument("--steps", type=int, default=None, help="training updates per model (default 2000, quick 200)")
+    parser.add_argument("--objectives", default=",".join(OBJECTIVES), help="comma-separated objective names")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated toy sets")
+    parser.add_argument("--train-points", type=int, default=10_000)
+    parser.add_argument("--eval-points", type=int, default=None, help="held-out draws (default 5000, quick 2000)")
+    parser.add_argument("--grid-points", type=int, default=None, help="quadrature points per axis (default 513, quick 257)")
+    parser.add_argument("--ais-temperatures", type=int, default=None, help="default 500, quick 100")
+    parser.add_argument("--ais-runs", type=int, default=None, help="default 500, quick 100")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.steps = args.steps if args.steps is not None else (200 if quick else 2000)
+    args.eval_points = args.eval_points or (2000 if quick else 5000)
+    args.grid_points = args.grid_points or (257 if quick else 513)
+    args.ais_temperatures = args.ais_temperatures or (100 if quick else 500)
+    args.ais_runs = args.ais_runs or (100 if quick else 500)
+    args.device = resolve_device(args.device)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    print(f"# Held-out NLL and AIS vs quadrature ({args.steps} updates per model)\n")
+    print(machine_description(args.device) + "\n")
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="ebmlab-likelihood-") as tmp:
+        for dataset in datasets:
+            for objective in objectives:
+                try:
+                    rows.append(evaluate_model(objective, dataset, args, Path(tmp)))
+                except Exception as err:  # one failed model should not hide the others' figures
+                    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    rows.append(Row(objective, dataset, 0, *([math.nan] * 8), None, error=message[:80]))
+                print(f"done: {dataset} / {objective}", file=sys.stderr, flush=True)
+    print(markdown_table(rows))
+    print(f"\nAIS: K = {args.ais_temperatures} sigmoid temperatures, {args.ais_runs} runs, MALA; quadrature: "
+          f"{args.grid_points}² points; NLL on {args.eval_points} fresh draws, in nats per example.")
+    return 1 if any(r.error for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Bernoulli RBM on binarised 8×8 digits: ebmlab (PCD + block Gibbs + SGD) against scikit-learn.
+
+Both libraries train on the same split of ``sklearn.datasets.load_digits`` binarised at 8/16
+(``v = [pixel ≥ 8]``, pixels range 0..16) with the same hidden units, learning rate, batch
+size and epochs. scikit-learn's ``BernoulliRBM`` runs PCD-1 with plain SGD; ebmlab runs the
+same algorithm (PCD-1, block Gibbs, SGD) without and with momentum and weight decay.
+
+Both trained models are evaluated by ebmlab in the same way: scikit-learn's weights are loaded
+with ``BernoulliRBM.from_sklearn`` and the average log-likelihood per image is
+``mean_n [-F(v_n)] - log Z`` with ``log Z`` exact (enumerating the hidden layer) for small
+hidden layers and by AIS (Salakhutdinov & Murray 2008: base rates from the training data,
+14,500 temperatures, 100 runs) for large ones; small models get both, as a check of AIS.
+
+Run: ``python benchmarks/rbm.py`` (about three minutes on one CPU thread); prints a markdown table
+with the mean ± sd over ``--seeds`` training seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from common import machine_description, set_threads
+
+from ebmlab.energy.rbm import MAX_ENUMERATED_UNITS, BernoulliRBM
+from ebmlab.partition.rbm_ais import base_rate_visible_bias, rbm_ais
+from ebmlab.rbm_training import train_rbm
+
+
+def load_binary_digits(seed: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and test sets (80/20, shuffled by ``seed``) of binarised digits, shape ``(N, 64)``.
+
+    The training set is cut to a multiple of ``batch_size`` (dropping fewer than a batch):
+    scikit-learn's last, smaller minibatch weighs its ``batch_size`` persistent negatives
+    against fewer positives (it divides both sums by the number of positives), an extra
+    negative-phase push once per epoch that the comparison should not depend on.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x = (load_digits().data >= 8).astype(np.float32)
+    train, test = train_test_split(x, test_size=0.2, random_state=seed)
+    train = train[: len(train) - len(train) % batch_size]
+    return torch.from_numpy(train), torch.from_numpy(test)
+
+
+def evaluate(rbm: BernoulliRBM, train: torch.Tensor, test: torch.Tensor, args, seed: int) -> dict:
+    """Mean log-likelihood per image (nats) on train and test, with exact and/or AIS ``log Z``."""
+    out = {}
+    if min(rbm.num_hidden, rbm.num_visible) <= MAX_ENUMERATED_UNITS:
+        out["log_z_exact"] = rbm.exact_log_z()
+    ais = rbm_ais(rbm, base_rate_visible_bias(train), betas=args.ais_temperatures, num_runs=args.ais_runs,
+                  generator=torch.Generator().manual_seed(seed))
+    out["log_z_ais"], out["log_z_ais_se"] = ais.log_z, ais.log_z_stderr
+    log_z = out.get("log_z_exact", ais.log_z)
+    out["log_z_method"] = "exact" if "log_z_exact" in out else "AIS"
+    with torch.no_grad():
+        out["train_ll"] = float(-rbm(train).double().mean()) - log_z
+        out["test_ll"] = float(-rbm(test).double().mean()) - log_z
+    return out
+
+
+def train_sklearn(train: torch.Tensor, num_hidden: int, args) -> tuple[BernoulliRBM, float]:
+    from sklearn.neural_network import BernoulliRBM as SkRBM
+
+    model = SkRBM(n_components=num_hidden, learning_rate=args.lr, batch_size=args.batch_size,
+                  n_iter=args.epochs, random_state=args.seed)
+    start = time.perf_counter()
+    model.fit(train.numpy().astype(np.float64))
+    per_epoch = (time.perf_counter() - start) / args.epochs
+    return BernoulliRBM.from_sklearn(model), per_epoch
+
+
+def train_ebmlab(train: torch.Tensor, num_hidden: int, args, momentum: float, weight_decay: float
+                 ) -> tuple[BernoulliRBM, float]:
+    g = torch.Generator().manual_seed(args.seed)
+    rbm = BernoulliRBM(train.shape[1], num_hidden, weight_scale=0.01, generator=g)
+    history = train_rbm(rbm, train, num_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                        momentum=momentum, weight_decay=weight_decay, num_gibbs_steps=1, persistent=True,
+                        generator=g)
+    return rbm, float(np.median(history.epoch_times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--momentum", type=float, default=0.5)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--ais-temperatures", type=int, default=14500)
+    parser.add_argument("--ais-runs", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0, help="first training seed (also fixes the split)")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per configuration")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    set_threads(args.threads)
+
+    train, test = load_binary_digits(args.seed, args.batch_size)
+    print(f"# Bernoulli RBM on binarised digits ({train.shape[0]} train / {test.shape[0]} test images, 64 pixels)")
+    print(f"{machine_description(torch.device('cpu'))}")
+    print(f"PCD-1, lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs; AIS: {args.ais_temperatures} "
+          f"temperatures × {args.ais_runs} runs; mean ± sd over {args.seeds} seed(s) of training\n")
+    header = "| hidden | trainer | s / epoch | log Z (method) | AIS log Z − log Z | train LL / image | test LL / image |"
+    print(header)
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for num_hidden in args.hidden:
+        trainers = [
+            ("scikit-learn (SGD)", lambda a: train_sklearn(train, num_hidden, a)),
+            ("ebmlab (SGD)", lambda a: train_ebmlab(train, num_hidden, a, 0.0, 0.0)),
+            (f"ebmlab (momentum {args.momentum}, wd {args.weight_decay:g})",
+             lambda a: train_ebmlab(train, num_hidden, a, args.momentum, args.weight_decay)),
+        ]
+        for name, fit in trainers:
+            rows = []
+            for seed in range(args.seed, args.seed + args.seeds):
+                rbm, per_epoch = fit(argparse.Namespace(**{**vars(args), "seed": seed}))
+                r = evaluate(rbm.double(), train.double(), test.double(), args, seed + 1000)
+                rows.append((per_epoch, r))
+            method = rows[0][1]["log_z_method"]
+            log_z = [r.get("log_z_exact", r["log_z_ais"]) for _, r in rows]
+            gap = (f"{np.mean([r['log_z_ais'] - r['log_z_exact'] for _, r in rows]):+.3f} "
+                   f"(SE {np.mean([r['log_z_ais_se'] for _, r in rows]):.3f})") if method == "exact" else \
+                f"— (SE {np.mean([r['log_z_ais_se'] for _, r in rows]):.3f})"
+            print(f"| {num_hidden} | {name} | {np.median([t for t, _ in rows]):.3f} | {fmt(log_z)} ({method}) | {gap} | "
+                  f"{fmt([r['train_ll'] for _, r in rows])} | {fmt([r['test_ll'] for _, r in rows])} |", flush=True)
+
+
+def fmt(values: list[float]) -> str:
+    """``mean ± sd`` (just the value for one seed)."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Benchmark: the cost of one sampler step against the cost of the energy's own gradient.
+
+A gradient-based MCMC step cannot be cheaper than one forward+backward pass of the energy
+with respect to ``x`` (the *floor*), and should not cost much more: everything else in a
+ULA/MALA step is O(C·D) elementwise work. For each energy and chain count this script times,
+in the same run and interleaved round by round (so drifting machine load hits all alike):
+
+* the floor, ``∇ₓ Σ_c E(x_c)`` by autograd, and a forward pass alone (the RWMH floor);
+* one ``kernel.step`` of rwmh, ula, mala and hmc (``L`` leapfrog steps), eager;
+* the same with ``ebmlab.energy.compile_energy(energy)`` (``torch.compile`` of
+  ``torch.func.grad_and_value``), one compiled energy per (model, chains) so every graph is
+  specialised to its shapes.
+
+Ratios are to the *eager* floor. Goals: ULA and MALA ≤ 1.15× floor; HMC ≤ 1.15·L× floor;
+RWMH ≤ 1.15× the forward-only time.
+
+Energies (parameters frozen, as when sampling a trained model):
+``mlp`` = ``MLPEnergy(2, (128, 128))`` on x of shape (C, 2);
+``conv`` = ``ConvEnergy(1, 28, 28, base_width=8)`` on (C, 1, 28, 28). ``base_width=8``
+(channels 8/16/32/32, ≈ 0.65 MMAC per image forward) keeps 8,192 chains at about 1.5 GB
+of activations and a few seconds per floor on 2 CPU cores.
+
+Timing: each candidate is run ``warmup`` times, then for ``repeats`` rounds every candidate
+is timed once over ``inner`` consecutive calls, ``inner`` chosen from the warm-up time so
+one timing lasts about ``--budget`` seconds (at least one call: the large conv configuration
+therefore gets one call per round). The table shows medians over rounds.
+
+Usage::
+
+    python benchmarks/samplers.py                  # CPU, mlp+conv, 1024 and 8192 chains
+    python benchmarks/samplers.py --quick          # smoke run: small sizes, few repeats
+    python benchmarks/samplers.py --device cuda --markdown results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+try:  # run as ``python -m benchmarks.samplers`` or imported as part of the package
+    from .common import Timing, machine_description, resolve_device, set_threads, synchronize
+except ImportError:  # run as ``python benchmarks/samplers.py``
+    from common import Timing, machine_description, resolve_device, set_threads, synchronize
+
+from ebmlab.energy import ConvEnergy, MLPEnergy, compile_energy
+from ebmlab.samplers import make_kernel
+
+SAMPLERS = ("rwmh", "ula", "mala", "hmc")
+MODELS = ("mlp", "conv")
+GOAL = 1.15
+STEP_SIZES = {"rwmh": 0.05, "ula": 1e-3, "mala": 1e-3, "hmc": 1e-3}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the result table; times in seconds per call, ratios to the eager floor."""
+
+    model: str
+    num_chains: int
+    sampler: str  # "floor" for the fwd+bwd row itself
+    baseline: str  # "fwd+bwd" or "fwd"
+    baseline_time: float
+    eager: float
+    compiled: float | None
+    goal: float
+
+    @property
+    def eager_ratio(self) -> float:
+        return self.eager / self.baseline_time
+
+    @property
+    def compiled_ratio(self) -> float | None:
+        return None if self.compiled is None else self.compiled / self.baseline_time
+
+
+def build_energy(model: str, device: torch.device, conv_width: int, seed: int = 0) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """The benchmark energy (frozen parameters, eval mode) and its event shape."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if model == "mlp":
+            energy, event = MLPEnergy(2, (128, 128)), (2,)
+        elif model == "conv":
+            energy, event = ConvEnergy(1, 28, 28, base_width=conv_width), (1, 28, 28)
+        else:
+            raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+    return energy.to(device).eval().requires_grad_(False), event
+
+
+def floor_call(energy: Callable, x: torch.Tensor) -> Callable[[], object]:
+    """One forward+backward of the energy with respect to ``x``: ``∇ₓ Σ_c E(x_c)``."""
+
+    def call():
+        x_in = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(energy(x_in).sum(), x_in)
+        return g
+
+    return call
+
+
+def forward_call(energy: Callable, x: torch.Tensor) -> Callable[[], object]:
+    """One forward pass, no graph."""
+
+    def call():
+        with torch.no_grad():
+            return energy(x)
+
+    return call
+
+
+def step_call(kernel, energy: Callable, x: torch.Tensor, generator: torch.Generator) -> Callable[[], object]:
+    """One ``kernel.step`` of every chain; the state carries over from call to call."""
+    state = [kernel.init(energy, x)]
+
+    def call():
+        state[0], info = kernel.step(energy, state[0], generator)
+        return info
+
+    return call
+
+
+def measure(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int,
+            budget: float, max_inner: int = 200) -> tuple[dict[str, Timing], dict[str, float]]:
+    """Interleaved timing of several calls (see the module docstring).
+
+    Returns the timings and, per call, the wall time of its first warm-up call (which
+    includes compilation for compiled energies).
+    """
+    first: dict[str, float] = {}
+    inner: dict[str, int] = {}
+    for name, call in calls.items():
+        start = time.perf_counter()
+        call()
+        synchronize(device)
+        first[name] = time.perf_counter() - start
+        for _ in range(max(warmup - 1, 0)):
+            call()
+        synchronize(device)
+        start = time.perf_counter()
+        call()
+        synchronize(device)
+        one = time.perf_counter() - start
+        inner[name] = int(min(max_inner, max(1, budget / max(one, 1e-9))))
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(inner[name]):
+                call()
+            synchronize(device)
+            samples[name].append((time.perf_counter() - start) / inner[name])
+    timings = {name: Timing(statistics.median(t), min(t), max(t), len(t)) for name, t in samples.items()}
+    return timings, first
+
+
+def bench_config(model: str, num_chains: int, device: torch.device, samplers: Sequence[str], num_leapfrog: int,
+                 conv_width: int, repeats: int, warmup: int, budget: float, compiled: bool,
+                 log: Callable[[str], None]) -> list[Row]:
+    """All rows for one (model, num_chains)."""
+    energy, event = build_energy(model, device, conv_width)
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn((num_chains, *event), generator=generator, device=device)
+    kernels = {}
+    for name in samplers:
+        hp = {"step_size": STEP_SIZES[name]}
+        if name == "hmc":
+            hp["num_leapfrog"] = num_leapfrog
+        kernels[name] = make_kernel(name, **hp)
+
+    calls: dict[str, Callable[[], object]] = {"floor": floor_call(energy, x), "forward": forward_call(energy, x)}
+    for name, kernel in kernels.items():
+        calls[name] = step_call(kernel, energy, x, generator)
+    energy_c = None
+    if compiled:
+        energy_c = compile_energy(energy, dynamic=False)
+        calls["floor/compiled"] = lambda: energy_c.value_and_grad(x)
+        for name, kernel in kernels.items():
+            calls[f"{name}/compiled"] = step_call(kernel, energy_c, x, generator)
+    timings, first = measure(calls, device, repeats, warmup, budget)
+    if compiled:
+        compile_s = sum(first[k] for k in calls if k.endswith("/compiled"))
+        log(f"  {model}/{num_chains}: first calls of compiled energies took {compile_s:.1f} s (compilation)")
+
+    floor, forward = timings["floor"].median, timings["forward"].median
+
+    def comp(name: str) -> float | None:
+        return timings[f"{name}/compiled"].median if compiled else None
+
+    rows = [Row(model, num_chains, "floor", "fwd+bwd", floor, floor, comp("floor"), 1.0)]
+    for name in samplers:
+        if name == "rwmh":
+            rows.append(Row(model, num_chains, name, "fwd", forward, timings[name].median, comp(name), GOAL))
+        else:
+            goal = GOAL * (num_leapfrog if name == "hmc" else 1)
+            rows.append(Row(model, num_chains, name, "fwd+bwd", floor, timings[name].median, comp(name), goal))
+    return rows
+
+
+def format_table(rows: Sequence[Row], num_leapfrog: int) -> str:
+    """The markdown table of step times and ratios."""
+    lines = [
+        "| model | chains | sampler | baseline (ms) | eager (ms/step) | eager ratio | compiled (ms/step) | compiled ratio | goal | eager meets goal |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in rows:
+        label = f"hmc (L={num_leapfrog})" if r.sampler == "hmc" else r.sampler
+        comp_ms = "—" if r.compiled is None else f"{1e3 * r.compiled:.3g}"
+        comp_ratio = "—" if r.compiled_ratio is None else f"{r.compiled_ratio:.2f}×"
+        meets = "" if r.sampler == "floor" else ("yes" if r.eager_ratio <= r.goal else "no")
+        goal = "" if r.sampler == "floor" else f"≤ {r.goal:.2f}×"
+        lines.append(
+            f"| {r.model} | {r.num_chains} | {label} | {r.baseline} {1e3 * r.baseline_time:.3g} | "
+            f"{1e3 * r.eager:.3g} | {r.eager_ratio:.2f}× | {comp_ms} | {comp_ratio} | {goal} | {meets} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: 256 chains, conv base_width 4, 2 rounds, tiny budget")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--chains", type=int, nargs="+", default=None, help="chain counts (default 1024 8192)")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
+    p.add_argument("--num-leapfrog", type=int, default=5, help="HMC leapfrog steps L (default 5)")
+    p.add_argument("--conv-width", type=int, default=None, help="ConvEnergy base_width (default 8; 4 with --quick)")
+    p.add_argument("--repeats", type=int, default=None, help="timing rounds (default 5; 2 with --quick)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per candidate before timing (default 2)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="target seconds per timing, sets calls per timing (default 0.25; 0.01 with --quick)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile column")
+    p.add_argument("--markdown", default=None, help="also write the table (with the machine line) to this file")
+    args = p.parse_args(argv)
+    args.chains = args.chains or ([256] if args.quick else [1024, 8192])
+    args.conv_width = args.conv_width or (4 if args.quick else 8)
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.budget = args.budget if args.budget is not None else (0.01 if args.quick else 0.25)
+    if min(args.chains) < 1 or args.num_leapfrog < 1 or args.repeats < 1 or args.budget < 0:
+        p.error("--chains, --num-leapfrog and --repeats must be >= 1 and --budget >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[Row]:
+    """Run the benchmark, print the markdown table, return its rows."""
+    args = parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        set_threads(args.threads)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    machine = machine_description(device)
+    log(f"# {machine}")
+    start = time.perf_counter()
+    rows: list[Row] = []
+    for model in args.models:
+        for num_chains in args.chains:
+            log(f"  timing {model} with {num_chains} chains ...")
+            rows += bench_config(model, num_chains, device, args.samplers, args.num_leapfrog, args.conv_width,
+                                 args.repeats, args.warmup, args.budget, args.compile, log)
+    table = format_table(rows, args.num_leapfrog)
+    header = (f"Sampler step time vs. one forward+backward of the energy w.r.t. x ({device.type}).\n"
+              f"Machine: {machine}.\n"
+              f"conv = ConvEnergy(1, 28, 28, base_width={args.conv_width}); mlp = MLPEnergy(2, (128, 128)); "
+              f"median of {args.repeats} interleaved rounds; total {time.perf_counter() - start:.0f} s.\n")
+    print(header)
+    print(table, flush=True)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(header + "\n" + table + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

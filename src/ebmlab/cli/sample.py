@@ -1,0 +1,78 @@
+"""``ebmlab sample``: draw MCMC samples from an energy SPEC and save them as ``.npz``.
+
+Thin: parse options -> :class:`ebmlab.sampling_job.SampleJob` -> :func:`run_sampling_job`
+-> print the summary. Exit status: 0 on success; 2 on bad input (one line, no traceback) and
+when a chain's energy turns NaN or infinite during the run (the message names the step and
+the chains; lower ``--step-size``). No output file is written in either failure case.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ..sampling_job import SampleJob, format_summary, run_sampling_job, summarize
+from ..samplers import ChainDivergedError, available
+from ..specs import describe_builtin, parse_event_shape
+from .common import UserError, is_terminal, resolve_device, user_errors
+
+
+class _OneLineErrors(click.Command):
+    """Report usage errors (missing option, non-integer count...) as one line, exit code 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            raise UserError(f"{err.format_message()} (see 'ebmlab sample --help')") from err
+
+
+_ENERGY_HELP = (
+    "Energy SPEC: a built-in ("
+    + "; ".join(f"{k}: {v}" for k, v in describe_builtin().items())
+    + "), path/to/file.py:NAME or package.module:NAME (an nn.Module subclass, instance or "
+    "no-argument factory), or a run directory holding checkpoint.pt."
+)
+
+
+@click.command(cls=_OneLineErrors, help="Draw MCMC samples from an energy SPEC and save them as .npz.",
+               epilog="Exit status: 0 ok; 2 bad input or a diverged chain (nothing is written then).")
+@click.option("--energy", "energy_spec", required=True, metavar="SPEC", help=_ENERGY_HELP)
+@click.option("--sampler", required=True, metavar="NAME", help=f"One of {', '.join(available())}.")
+@click.option("--chains", "num_chains", type=int, default=16, show_default=True, help="Number of chains.")
+@click.option("--steps", "num_steps", type=int, default=1000, show_default=True, help="Transitions after burn-in.")
+@click.option("--burn-in", type=int, default=500, show_default=True,
+              help="Transitions before sampling; adaptive samplers tune the step size then.")
+@click.option("--thin", type=int, default=1, show_default=True, help="Keep every THIN-th draw.")
+@click.option("--step-size", type=float, default=None, help="Initial step size (default: the sampler's).")
+@click.option("--leapfrog", "num_leapfrog", type=int, default=10, show_default=True, help="HMC leapfrog steps.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the run's generator.")
+@click.option("--init", default="noise", show_default=True, metavar="noise|zeros|FILE.npy",
+              help="Start: noise (N(0,1), or uniform states for discrete energies), zeros, or a .npy "
+                   "of shape (chains, *event) or (*event).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the energy's value and gradient.")
+@click.option("--event-shape", default=None, metavar="D[,D...]",
+              help="Event shape, e.g. 2 or 1,28,28, for energies that do not declare one.")
+@click.option("--target-accept", type=float, default=None, help="Acceptance rate that burn-in tunes toward.")
+@click.option("--out", required=True, metavar="FILE.npz", help="Output file (written atomically).")
+@click.option("--plot", default=None, metavar="FILE.png",
+              help="Also plot: density contours with samples (2-D), an image grid (image-shaped events) "
+                   "or chain traces.")
+@user_errors
+def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_size, num_leapfrog, seed, init,
+            device, compile_, event_shape, target_accept, out, plot) -> None:
+    try:
+        torch_device = resolve_device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    job = SampleJob(
+        energy=energy_spec, sampler=sampler, out=out, num_chains=num_chains, num_steps=num_steps, burn_in=burn_in,
+        thin=thin, step_size=step_size, num_leapfrog=num_leapfrog, seed=seed, init=init,
+        device=str(torch_device), compile=compile_, event_shape=parse_event_shape(event_shape),
+        target_accept=target_accept, plot=plot, progress=is_terminal(),
+    )
+    try:
+        result = run_sampling_job(job)
+    except ChainDivergedError as err:
+        raise UserError(f"sampling stopped, nothing written: {err}") from err
+    click.echo(format_summary(summarize(result)))

@@ -1,0 +1,32 @@
+"""Training objectives: one interface, ``loss, metrics = objective.loss(energy, batch, generator)``.
+
+Registered names: ``cd``, ``pcd``, ``replay`` (contrastive divergence and its persistent and
+replay-buffer variants), ``sm``, ``ssm``, ``dsm`` (score matching: exact, sliced, denoising)
+and ``nce`` (noise-contrastive estimation); ``ncsn`` too when :mod:`ebmlab.objectives.ncsn`
+is present. Build one with ``make_objective(name, **options)``.
+"""
+
+import importlib as _importlib
+
+from .base import Objective, frozen
+from .buffers import NoiseSource, ReplayBuffer
+from .contrastive import ContrastiveDivergence, PersistentCD, ReplayCD, run_chains
+from .nce import NoiseContrastiveEstimation
+from .registry import available_objectives, get_objective_class, make_objective, register_objective
+from .score_matching import DenoisingScoreMatching, ScoreMatching, SlicedScoreMatching
+
+for _cls in (ContrastiveDivergence, PersistentCD, ReplayCD, ScoreMatching, SlicedScoreMatching,
+             DenoisingScoreMatching, NoiseContrastiveEstimation):
+    register_objective(_cls)
+
+try:  # noise-conditional score networks register themselves when their module exists
+    _importlib.import_module(f"{__name__}.ncsn")
+except ModuleNotFoundError as _err:
+    if _err.name != f"{__name__}.ncsn":
+        raise
+
+__all__ = [
+    "ContrastiveDivergence", "DenoisingScoreMatching", "NoiseContrastiveEstimation", "NoiseSource", "Objective",
+    "PersistentCD", "ReplayBuffer", "ReplayCD", "ScoreMatching", "SlicedScoreMatching", "available_objectives",
+    "frozen", "get_objective_class", "make_objective", "register_objective", "run_chains",
+]

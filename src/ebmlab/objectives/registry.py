@@ -1,0 +1,43 @@
+"""Name -> objective class registry. ``register_objective`` refuses duplicate names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Objective
+
+_OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    """Register an objective class under ``cls.name`` (usable as a decorator)."""
+    if not getattr(cls, "name", ""):
+        raise ValueError(f"register_objective: {cls.__name__} has no name")
+    if cls.name in _OBJECTIVES and _OBJECTIVES[cls.name] is not cls:
+        raise ValueError(
+            f"register_objective: an objective named {cls.name!r} already exists ({_OBJECTIVES[cls.name].__name__})"
+        )
+    _OBJECTIVES[cls.name] = cls
+    return cls
+
+
+def get_objective_class(name: str) -> type[Objective]:
+    """The class registered as ``name``; ``ValueError`` listing the known names otherwise."""
+    try:
+        return _OBJECTIVES[name]
+    except KeyError:
+        raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(sorted(_OBJECTIVES))}") from None
+
+
+def make_objective(name: str, **kwargs: Any) -> Objective:
+    """Instantiate objective ``name``; an option it does not take is a ``ValueError``."""
+    cls = get_objective_class(name)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"objective {name!r}: bad options {sorted(kwargs)}: {err}") from None
+
+
+def available_objectives() -> list[str]:
+    """Registered objective names, sorted."""
+    return sorted(_OBJECTIVES)

@@ -1,0 +1,129 @@
+"""Score matching: fit the model score ``s_θ(x) = -∇ₓE_θ(x)`` without the partition function.
+
+* ``sm`` — exact score matching (Hyvärinen 2005, "Estimation of non-normalized statistical
+  models by score matching"):
+  ``J(θ) = E_data[½‖s_θ(x)‖² + tr ∇ₓ s_θ(x)]``, equal to ``½E‖s_θ - ∇ log p_data‖²`` up to a
+  constant. The trace is exact: one extra backward pass per dimension, so D ≤ ``max_dim``.
+* ``ssm`` — sliced score matching (Song, Garg, Shi & Ermon 2019, "Sliced score matching"):
+  ``J(θ) = E_data E_v[vᵀ∇ₓ(vᵀs_θ(x)) + ½(vᵀs_θ(x))²]`` with random projections ``v``
+  (``E[vvᵀ] = I``); the variance-reduced form (SSM-VR) replaces ``½(vᵀs)²`` by its
+  expectation ``½‖s‖²``. One backward pass per projection, whatever D.
+* ``dsm`` — denoising score matching (Vincent 2011, "A connection between score matching and
+  denoising autoencoders"): with ``x̃ = x + σε``, ``ε ~ N(0, I)``,
+  ``J(θ) = E ½‖s_θ(x̃) + (x̃ - x)/σ²‖²`` (times σ² with ``weighting="sigma2"``), whose
+  minimiser is the score of the σ-smoothed data law ``p_data * N(0, σ²I)``.
+
+All losses are per-example means over the batch; shapes ``batch (B, *event_shape)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..energy.base import EnergyFn, value_and_grad
+from .base import Metrics, Objective, check_positive
+
+
+def score_with_graph(energy: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_leaf, E(x), s(x) = -∇ₓE(x))`` with the graph kept for differentiating ``s``.
+
+    ``x_leaf`` is a copy of ``x`` that requires grad; ``E`` has shape ``(B,)``, ``s`` that of x.
+    """
+    x_leaf = x.detach().requires_grad_(True)
+    e, g = value_and_grad(energy, x_leaf, create_graph=True)
+    return x_leaf, e, -g
+
+
+class ScoreMatching(Objective):
+    """Exact score matching (Hyvärinen 2005); refuses events with more than ``max_dim`` values."""
+
+    name = "sm"
+
+    def __init__(self, max_dim: int = 128):
+        self.max_dim = int(max_dim)
+
+    def loss(self, energy: EnergyFn, batch: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, Metrics]:
+        dim = math.prod(batch.shape[1:])
+        if dim > self.max_dim:
+            raise ValueError(
+                f"sm: exact score matching needs one backward pass per dimension; the data has {dim} > "
+                f"max_dim={self.max_dim}; use 'ssm' or 'dsm'"
+            )
+        x, e, s = score_with_graph(energy, batch)
+        flat = s.flatten(1)
+        trace = torch.zeros_like(e)
+        for i in range(dim):
+            (ds_i,) = torch.autograd.grad(flat[:, i].sum(), x, create_graph=True)
+            trace = trace + ds_i.flatten(1)[:, i]
+        sq = 0.5 * flat.square().sum(1)
+        loss = (sq + trace).mean()
+        return loss, {"loss": float(loss.detach()), "energy_pos": float(e.mean().detach()), "score_sq": float(sq.mean().detach()),
+                      "trace": float(trace.mean().detach())}
+
+
+class SlicedScoreMatching(Objective):
+    """Sliced score matching with ``num_projections`` projections per example (Song et al. 2019).
+
+    Args:
+        num_projections: projections ``v`` per data point.
+        variance_reduction: use ``½‖s‖²`` (SSM-VR) instead of ``½(vᵀs)²``.
+        projection: ``"gaussian"`` (``v ~ N(0, I)``) or ``"rademacher"`` (``v ∈ {±1}^D``).
+    """
+
+    name = "ssm"
+
+    def __init__(self, num_projections: int = 1, variance_reduction: bool = True, projection: str = "gaussian"):
+        if int(num_projections) < 1:
+            raise ValueError(f"ssm: num_projections must be >= 1, got {num_projections}")
+        if projection not in ("gaussian", "rademacher"):
+            raise ValueError(f"ssm: projection must be 'gaussian' or 'rademacher', got {projection!r}")
+        self.num_projections, self.variance_reduction, self.projection = int(num_projections), bool(variance_reduction), projection
+
+    def projections(self, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Random directions ``v`` of shape ``shape`` with ``E[vvᵀ] = I``."""
+        if self.projection == "gaussian":
+            return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+        bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
+        return (2 * bits - 1).to(like.dtype)
+
+    def loss(self, energy: EnergyFn, batch: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, Metrics]:
+        reps = self.num_projections
+        x_rep = batch.repeat(reps, *([1] * (batch.dim() - 1)))  # (P·B, *event), projection-major
+        v = self.projections(tuple(x_rep.shape), batch, generator)
+        x, e, s = score_with_graph(energy, x_rep)
+        vs = (v * s).flatten(1).sum(1)
+        (d_vs,) = torch.autograd.grad(vs.sum(), x, create_graph=True)
+        curvature = (v * d_vs).flatten(1).sum(1)  # vᵀ ∇ₓ(vᵀ s)
+        sq = 0.5 * (s.flatten(1).square().sum(1) if self.variance_reduction else vs.square())
+        loss = (sq + curvature).mean()
+        return loss, {"loss": float(loss.detach()), "energy_pos": float(e.mean().detach()), "score_sq": float(sq.mean().detach()),
+                      "trace": float(curvature.mean().detach())}
+
+
+class DenoisingScoreMatching(Objective):
+    """Denoising score matching at noise level ``sigma`` (Vincent 2011).
+
+    ``weighting="sigma2"`` multiplies the loss by σ² (the λ(σ) = σ² of Song & Ermon 2019),
+    which keeps its scale near ``D/2`` whatever σ.
+    """
+
+    name = "dsm"
+
+    def __init__(self, sigma: float = 0.1, weighting: str = "none"):
+        self.sigma = check_positive("dsm", "sigma", sigma)
+        if weighting not in ("none", "sigma2"):
+            raise ValueError(f"dsm: weighting must be 'none' or 'sigma2', got {weighting!r}")
+        self.weighting = weighting
+
+    def loss(self, energy: EnergyFn, batch: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, Metrics]:
+        eps = torch.randn(batch.shape, generator=generator, dtype=batch.dtype, device=batch.device)
+        x_noisy = batch + self.sigma * eps
+        _, e, s = score_with_graph(energy, x_noisy)
+        residual = s + (x_noisy - batch) / self.sigma**2  # s(x̃) - ∇ log q(x̃ | x)
+        per = 0.5 * residual.flatten(1).square().sum(1)
+        if self.weighting == "sigma2":
+            per = per * self.sigma**2
+        loss = per.mean()
+        return loss, {"loss": float(loss.detach()), "energy_noisy": float(e.mean().detach())}
