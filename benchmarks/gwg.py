@@ -19,6 +19,8 @@ Run: ``python benchmarks/gwg.py`` (about a minute on one CPU thread); prints a m
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import torch
 from common import machine_description, set_threads
@@ -26,18 +28,24 @@ from common import machine_description, set_threads
 from ebmlab.diagnostics import effective_sample_size
 from ebmlab.energy import Ising
 from ebmlab.energy.rbm import BernoulliRBM
-from ebmlab.rbm_training import train_rbm
+from ebmlab.train import train
 from ebmlab.samplers import BlockGibbs, Gibbs, GibbsWithGradients, sample
 
 
 def digits_rbm(num_hidden: int, epochs: int, seed: int) -> BernoulliRBM:
-    """An RBM trained by PCD-1 on binarised digits (pixels ≥ 8 of 16), event shape (8, 8)."""
-    from sklearn.datasets import load_digits
-
-    data = torch.tensor(load_digits().data >= 8, dtype=torch.float32).reshape(-1, 8, 8)
-    g = torch.Generator().manual_seed(seed)
-    rbm = BernoulliRBM(64, num_hidden, event_shape=(8, 8), generator=g)
-    train_rbm(rbm, data, num_epochs=epochs, batch_size=10, learning_rate=0.05, generator=g)
+    """An RBM trained by PCD-1 (block Gibbs, SGD, lr 0.05, batch 10) with the general trainer on
+    binarised digits (``digits-binary``: pixels ≥ 8 of 16), event shape (1, 8, 8)."""
+    num_images, batch_size = 1797, 10
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train({
+            "data": "digits-binary", "heldout_fraction": 0.0, "standardize": False,
+            "model": "rbm", "model_kwargs": {"num_hidden": num_hidden},
+            "objective": "pcd", "objective_kwargs": {"init": "noise"}, "sampler": "block_gibbs", "sampler_steps": 1,
+            "optimizer": "sgd", "lr": 0.05, "momentum": 0.0, "lr_schedule": "constant", "batch_size": batch_size,
+            "steps": epochs * -(-num_images // batch_size), "seed": seed, "out": str(Path(tmp) / "run"),
+            "progress": "off", "plots": False, "checkpoint_every": 10**9,
+        })
+    rbm = result.model
     for p in rbm.parameters():
         p.requires_grad_(False)
     return rbm
@@ -84,7 +92,7 @@ def main() -> None:
                 Ising(args.ising_size, coupling=j), (args.ising_size, args.ising_size), False)
                for j in args.ising_coupling]
     targets.append((f"RBM 64×{args.rbm_hidden} (digits, {args.rbm_epochs} epochs PCD-1)",
-                    digits_rbm(args.rbm_hidden, args.rbm_epochs, args.seed), (8, 8), True))
+                    digits_rbm(args.rbm_hidden, args.rbm_epochs, args.seed), (1, 8, 8), True))
 
     print("# Gibbs-with-gradients vs single-site Gibbs (ESS of energy / magnetisation)")
     print(machine_description(torch.device("cpu")))

@@ -25,7 +25,7 @@ shown in the ``NCE log Z`` column for comparison.
 Usage::
 
     python benchmarks/likelihood.py            # 2000 updates per model, a few minutes on 2 cores
-    python benchmarks/likelihood.py --quick    # 200 updates, small AIS: a smoke run (~1 minute)
+    python benchmarks/likelihood.py --quick    # 200 updates, small AIS: a smoke run (1-2 minutes)
     python benchmarks/likelihood.py --objectives dsm,nce --datasets 8gaussians --device cuda
 """
 

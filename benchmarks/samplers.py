@@ -23,7 +23,12 @@ of activations and a few seconds per floor on 2 CPU cores.
 Timing: each candidate is run ``warmup`` times, then for ``repeats`` rounds every candidate
 is timed once over ``inner`` consecutive calls, ``inner`` chosen from the warm-up time so
 one timing lasts about ``--budget`` seconds (at least one call: the large conv configuration
-therefore gets one call per round). The table shows medians over rounds.
+therefore gets one call per round). When one round would take over 10 s (conv with 8,192
+chains on a 2-core CPU) only 3 rounds are timed. The table shows medians over rounds; the
+"rounds" column says how many.
+
+On a busy machine, ``--threads 1`` gives steadier figures than several intra-op threads
+competing with other processes for the cores.
 
 Usage::
 
@@ -69,6 +74,7 @@ class Row:
     eager: float
     compiled: float | None
     goal: float
+    rounds: int
 
     @property
     def eager_ratio(self) -> float:
@@ -126,29 +132,28 @@ def step_call(kernel, energy: Callable, x: torch.Tensor, generator: torch.Genera
 
 
 def measure(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int,
-            budget: float, max_inner: int = 200) -> tuple[dict[str, Timing], dict[str, float]]:
-    """Interleaved timing of several calls (see the module docstring).
+            budget: float, max_inner: int = 200, slow_round: float = 10.0, slow_repeats: int = 3) -> dict[str, Timing]:
+    """Interleaved timing of several calls (see the module docstring); seconds per call.
 
-    Returns the timings and, per call, the wall time of its first warm-up call (which
-    includes compilation for compiled energies).
+    Each call runs ``warmup`` times (at least once); the last warm-up call's time sets how
+    many consecutive calls (``inner``) one timing spans. When one round of single calls would
+    take more than ``slow_round`` seconds (the large conv configuration on CPU), only
+    ``min(repeats, slow_repeats)`` rounds are timed.
     """
-    first: dict[str, float] = {}
     inner: dict[str, int] = {}
+    one_round = 0.0
     for name, call in calls.items():
-        start = time.perf_counter()
-        call()
-        synchronize(device)
-        first[name] = time.perf_counter() - start
-        for _ in range(max(warmup - 1, 0)):
+        for _ in range(max(warmup, 1)):
+            synchronize(device)
+            start = time.perf_counter()
             call()
-        synchronize(device)
-        start = time.perf_counter()
-        call()
-        synchronize(device)
-        one = time.perf_counter() - start
+            synchronize(device)
+            one = time.perf_counter() - start
         inner[name] = int(min(max_inner, max(1, budget / max(one, 1e-9))))
+        one_round += one * inner[name]
+    rounds = repeats if one_round <= slow_round else min(repeats, slow_repeats)
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, call in calls.items():
             synchronize(device)
             start = time.perf_counter()
@@ -156,13 +161,12 @@ def measure(calls: dict[str, Callable[[], object]], device: torch.device, repeat
                 call()
             synchronize(device)
             samples[name].append((time.perf_counter() - start) / inner[name])
-    timings = {name: Timing(statistics.median(t), min(t), max(t), len(t)) for name, t in samples.items()}
-    return timings, first
+    return {name: Timing(statistics.median(t), min(t), max(t), len(t)) for name, t in samples.items()}
 
 
 def bench_config(model: str, num_chains: int, device: torch.device, samplers: Sequence[str], num_leapfrog: int,
                  conv_width: int, repeats: int, warmup: int, budget: float, compiled: bool,
-                 log: Callable[[str], None]) -> list[Row]:
+                 log: Callable[[str], None], compile_mode: str | None = None) -> list[Row]:
     """All rows for one (model, num_chains)."""
     energy, event = build_energy(model, device, conv_width)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -177,37 +181,40 @@ def bench_config(model: str, num_chains: int, device: torch.device, samplers: Se
     calls: dict[str, Callable[[], object]] = {"floor": floor_call(energy, x), "forward": forward_call(energy, x)}
     for name, kernel in kernels.items():
         calls[name] = step_call(kernel, energy, x, generator)
-    energy_c = None
     if compiled:
-        energy_c = compile_energy(energy, dynamic=False)
+        energy_c = compile_energy(energy, mode=compile_mode, dynamic=False)
+        start = time.perf_counter()
+        energy_c.value_and_grad(x)
+        if "rwmh" in kernels:
+            energy_c(x)
+        synchronize(device)
+        log(f"  {model}/{num_chains}: compiling the energy took {time.perf_counter() - start:.1f} s")
         calls["floor/compiled"] = lambda: energy_c.value_and_grad(x)
         for name, kernel in kernels.items():
             calls[f"{name}/compiled"] = step_call(kernel, energy_c, x, generator)
-    timings, first = measure(calls, device, repeats, warmup, budget)
-    if compiled:
-        compile_s = sum(first[k] for k in calls if k.endswith("/compiled"))
-        log(f"  {model}/{num_chains}: first calls of compiled energies took {compile_s:.1f} s (compilation)")
+    timings = measure(calls, device, repeats, warmup, budget)
 
     floor, forward = timings["floor"].median, timings["forward"].median
+    rounds = timings["floor"].repeats
 
     def comp(name: str) -> float | None:
         return timings[f"{name}/compiled"].median if compiled else None
 
-    rows = [Row(model, num_chains, "floor", "fwd+bwd", floor, floor, comp("floor"), 1.0)]
+    rows = [Row(model, num_chains, "floor", "fwd+bwd", floor, floor, comp("floor"), 1.0, rounds)]
     for name in samplers:
         if name == "rwmh":
-            rows.append(Row(model, num_chains, name, "fwd", forward, timings[name].median, comp(name), GOAL))
+            rows.append(Row(model, num_chains, name, "fwd", forward, timings[name].median, comp(name), GOAL, rounds))
         else:
             goal = GOAL * (num_leapfrog if name == "hmc" else 1)
-            rows.append(Row(model, num_chains, name, "fwd+bwd", floor, timings[name].median, comp(name), goal))
+            rows.append(Row(model, num_chains, name, "fwd+bwd", floor, timings[name].median, comp(name), goal, rounds))
     return rows
 
 
 def format_table(rows: Sequence[Row], num_leapfrog: int) -> str:
     """The markdown table of step times and ratios."""
     lines = [
-        "| model | chains | sampler | baseline (ms) | eager (ms/step) | eager ratio | compiled (ms/step) | compiled ratio | goal | eager meets goal |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|:---:|",
+        "| model | chains | sampler | baseline (ms) | eager (ms/step) | eager ratio | compiled (ms/step) | compiled ratio | goal | eager meets goal | rounds |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|:---:|---:|",
     ]
     for r in rows:
         label = f"hmc (L={num_leapfrog})" if r.sampler == "hmc" else r.sampler
@@ -217,7 +224,7 @@ def format_table(rows: Sequence[Row], num_leapfrog: int) -> str:
         goal = "" if r.sampler == "floor" else f"≤ {r.goal:.2f}×"
         lines.append(
             f"| {r.model} | {r.num_chains} | {label} | {r.baseline} {1e3 * r.baseline_time:.3g} | "
-            f"{1e3 * r.eager:.3g} | {r.eager_ratio:.2f}× | {comp_ms} | {comp_ratio} | {goal} | {meets} |"
+            f"{1e3 * r.eager:.3g} | {r.eager_ratio:.2f}× | {comp_ms} | {comp_ratio} | {goal} | {meets} | {r.rounds} |"
         )
     return "\n".join(lines)
 
@@ -237,6 +244,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="target seconds per timing, sets calls per timing (default 0.25; 0.01 with --quick)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile column")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode for the compiled column (default: torch's default)")
     p.add_argument("--markdown", default=None, help="also write the table (with the machine line) to this file")
     args = p.parse_args(argv)
     args.chains = args.chains or ([256] if args.quick else [1024, 8192])
@@ -268,12 +276,13 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         for num_chains in args.chains:
             log(f"  timing {model} with {num_chains} chains ...")
             rows += bench_config(model, num_chains, device, args.samplers, args.num_leapfrog, args.conv_width,
-                                 args.repeats, args.warmup, args.budget, args.compile, log)
+                                 args.repeats, args.warmup, args.budget, args.compile, log, args.compile_mode)
     table = format_table(rows, args.num_leapfrog)
     header = (f"Sampler step time vs. one forward+backward of the energy w.r.t. x ({device.type}).\n"
               f"Machine: {machine}.\n"
               f"conv = ConvEnergy(1, 28, 28, base_width={args.conv_width}); mlp = MLPEnergy(2, (128, 128)); "
-              f"median of {args.repeats} interleaved rounds; total {time.perf_counter() - start:.0f} s.\n")
+              f"HMC with L = {args.num_leapfrog}; compile mode {args.compile_mode or 'default'}; "
+              f"medians over interleaved rounds; total {time.perf_counter() - start:.0f} s.\n")
     print(header)
     print(table, flush=True)
     if args.markdown:

@@ -41,6 +41,7 @@ def target_for(kernel, dtype: torch.dtype):
 
 
 def test_registry_is_not_empty_and_names_round_trip():
+    """The six core samplers are registered under their own names; unknown names are refused."""
     assert {"rwmh", "ula", "mala", "hmc", "metropolis", "gibbs"} <= set(NAMES)
     for name in NAMES:
         assert get_kernel_class(name).name == name
@@ -51,6 +52,9 @@ def test_registry_is_not_empty_and_names_round_trip():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("name", NAMES)
 def test_kernel_contract(name, dtype):
+    """Frozen kernel; ``init`` caches E (and ∇E iff ``uses_grad``); three steps keep shapes,
+    dtypes, finiteness and the input; the cached energy equals a fresh evaluation to 1e-4
+    (float32 rounding of incrementally updated energies, ~1e-6 here)."""
     kernel = make_kernel(name)
     assert dataclasses.is_dataclass(kernel)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -93,6 +97,7 @@ def test_kernel_contract(name, dtype):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_kernel_is_deterministic_under_a_seed(name):
+    """Five steps from the same state with equally seeded generators agree bit for bit."""
     kernel = make_kernel(name)
     energy, x0 = target_for(kernel, torch.float64)
 
@@ -110,6 +115,8 @@ def test_kernel_is_deterministic_under_a_seed(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_driver_contract(name):
+    """``sample`` returns a ChainRecord of ``(num_steps // thin, C, *event)`` draws, finite
+    energies, ``(C,)`` rates in [0, 1] and no divergences on a benign target."""
     kernel = make_kernel(name)
     energy, x0 = target_for(kernel, torch.float64)
     generator = torch.Generator().manual_seed(54)

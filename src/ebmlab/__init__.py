@@ -12,3 +12,14 @@ from .energy import (
 from .samplers import HMC, MALA, ULA, ChainRecord, Gibbs, RandomWalkMetropolis, SingleSiteMetropolis, sample
 
 __version__ = "0.1.0"
+
+# Loading trained runs, imported on first use (it pulls in the data stack).
+_LAZY = {"load": "runs", "load_run": "runs", "TrainConfig": "config"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

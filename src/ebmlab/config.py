@@ -67,7 +67,7 @@ class TrainConfig:
     noise_scale: float = 1.0
     sampler_kwargs: dict = field(default_factory=dict)
 
-    steps: int = 3000
+    steps: int = 5000
     batch_size: int = 256
     optimizer: str = "adam"
     lr: float = 2e-3
@@ -237,6 +237,22 @@ def _copy(value: Any) -> Any:
     return value
 
 
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of update ``step`` (1-based): linear warm-up, then constant or cosine to 0.
+
+    Cosine: ``lr · ½(1 + cos(π t))`` with ``t = (step - 1 - warmup) / (T - warmup)``, where
+    ``T = lr_decay_steps or steps``.
+    """
+    if config.warmup_steps and step <= config.warmup_steps:
+        return config.lr * step / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.lr
+    total = config.lr_decay_steps or config.steps
+    span = max(total - config.warmup_steps, 1)
+    t = min(max(step - 1 - config.warmup_steps, 0) / span, 1.0)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
 def parse_value(text: str) -> Any:
     """A TOML value (``1``, ``0.5``, ``true``, ``[1, 2]``, ``"s"``), else the text itself."""
     try:
@@ -284,4 +300,4 @@ def to_toml(values: Mapping[str, Any], prefix: str = "") -> str:
     return "\n".join(line for line in lines) + "\n"
 
 
-__all__ = ["TrainConfig", "parse_value", "to_toml", "toml_value"]
+__all__ = ["TrainConfig", "learning_rate", "parse_value", "to_toml", "toml_value"]

@@ -26,12 +26,35 @@ from torch import nn
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .config import TrainConfig
-from .data.transforms import Standardizer
+from .data import Dataset, load_dataset
+from .data.transforms import Standardizer, split_indices
 from .energy.base import Energy
 from .models import build_model
 
 METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "config.toml"
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """A seed for one named random stream of a run (data, split, model, batches, objective...)."""
+    value = int(seed) & 0xFFFFFFFF
+    for ch in stream:
+        value = (value * 1_000_003 + ord(ch)) % (2**61 - 1)
+    return value
+
+
+def load_run_data(config: TrainConfig) -> Dataset:
+    """The data set of a run: ``config.data`` drawn / subsampled with the run's data seed."""
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, "data"))
+    return load_dataset(config.data, num_samples=config.num_samples or None, generator=generator)
+
+
+def split_run_data(config: TrainConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and held-out row indices of a run (sorted, long)."""
+    if config.heldout_fraction == 0:
+        return torch.arange(n), torch.zeros(0, dtype=torch.long)
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, "split"))
+    return split_indices(n, heldout_fraction=config.heldout_fraction, generator=generator)
 
 
 class StandardizedEnergy(Energy):
@@ -112,8 +135,6 @@ class Run:
 
     def dataset(self):
         """The run's data set, reloaded with the run's seed (see :func:`ebmlab.data.load_dataset`)."""
-        from .train import load_run_data
-
         return load_run_data(self.config)
 
     def heldout_data(self) -> torch.Tensor:
@@ -202,7 +223,7 @@ def save_pictures(run_dir: str | os.PathLike, model: nn.Module, energy: nn.Modul
         density_energy = energy.at_sigma() if hasattr(energy, "at_sigma") else energy
         fig = Figure(figsize=(5, 5))
         ax = fig.subplots()
-        plots.plot_density_2d(density_energy.cpu(), ax, bounds)
+        plots.plot_density_2d(density_energy, ax, bounds)
         ax.set_title("learned density exp(-E)")
         written.append(plots.save_figure(fig, run_dir / "density.png"))
         fig = Figure(figsize=(10, 5))
@@ -232,5 +253,5 @@ def load(run_dir: str | os.PathLike, ema: bool = True, device: str | torch.devic
     return load_run(run_dir, ema=ema, device=device).energy
 
 
-__all__ = ["CONFIG_NAME", "METRICS_NAME", "Run", "StandardizedEnergy", "energy_on_raw_data", "load", "load_run",
-           "model_samples", "read_metrics", "save_pictures"]
+__all__ = ["CONFIG_NAME", "METRICS_NAME", "Run", "StandardizedEnergy", "derive_seed", "energy_on_raw_data", "load",
+           "load_run", "load_run_data", "model_samples", "read_metrics", "save_pictures", "split_run_data"]

@@ -10,10 +10,14 @@ Two parametrisations share one interface, :meth:`NoiseConditionalModel.score`:
 * ``"score"`` — the network outputs the score directly: ``s_θ(x, σ) = f_θ(x, σ) / σ``,
   the output scaling of NCSNv2 (Song & Ermon 2020, technique 3), which matches the
   magnitude ``‖∇ log q_σ‖ ~ √d / σ`` of the noised score.
-* ``"energy"`` — the network outputs a scalar energy ``E_θ(x, σ) = h_θ(x, σ) / σ`` and
-  the score is ``s_θ = -∇ₓ E_θ`` (Salimans & Ho 2021, "Should EBMs model the energy or
-  the score?"); at any fixed σ the model is then an ordinary energy
-  (:meth:`NoiseConditionalModel.at_sigma`) usable with every MCMC kernel.
+* ``"energy"`` — the network outputs a scalar ``h_θ(x_in, σ)``, the energy is
+  ``E_θ(x, σ) = h_θ(x_in, σ) √(σ² + s_data²) / σ`` and the score is ``s_θ = -∇ₓ E_θ``
+  (a conservative field; the factor makes ``‖∇ₓE‖ ~ ‖∇h‖ / σ`` like the score's scaling;
+  Salimans & Ho 2021 compare the two parametrisations). The model is then an ordinary
+  energy ``x -> E_θ(x, σ_L)`` (its ``forward``), the noise-smoothed density ``q_{σ_L}``,
+  usable with every MCMC kernel, plot and evaluation in the library. Such networks need
+  depth: on the eight-Gaussians toy a two-hidden-layer energy MLP learns only the ring,
+  three layers learn the modes.
 
 The network sees the preconditioned input ``x / √(σ² + s_data²)`` (Karras et al. 2022), so
 its input has unit scale at every level, and is conditioned on ``log σ`` through a small
@@ -35,6 +39,7 @@ import torch
 from torch import nn
 
 from .energy.base import Energy
+from .models import register_model
 
 PARAMETRIZATIONS = ("score", "energy")
 
@@ -104,7 +109,7 @@ class FiLM(nn.Module):
         return h * (1 + gamma.view(*gamma.shape, *extra)) + beta.view(*beta.shape, *extra)
 
 
-class NoiseConditionalModel(nn.Module):
+class NoiseConditionalModel(Energy):
     """Base class: a network ``(x_in, embedding) -> output`` turned into a score or energy.
 
     Subclasses build ``self.embed`` (a :class:`SigmaEmbedding`) and implement
@@ -157,35 +162,46 @@ class NoiseConditionalModel(nn.Module):
 
     # -- the public interface ------------------------------------------------------------
 
-    def energy(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """``E_θ(x, σ) = h_θ(x, σ) / σ``, shape ``(B,)``; only for ``parametrization="energy"``."""
+    def energy(self, x: torch.Tensor, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
+        """``E_θ(x, σ) = h_θ(x_in, σ) √(σ² + s²) / σ``, shape ``(B,)``; σ defaults to σ_L.
+
+        Only the ``"energy"`` parametrisation has an energy; a score model raises ``ValueError``.
+        """
         if self.parametrization != "energy":
-            raise ValueError(f"{type(self).__name__}: energy() needs parametrization='energy', this model outputs a score")
-        sigma = self._sigma_batch(x, sigma)
-        return self._raw(x, sigma) / sigma
+            raise ValueError(
+                f"{type(self).__name__}: this model has parametrization='score' and no energy; sample it with "
+                "annealed Langevin (ebmlab.samplers.annealed) or train it with parametrization='energy'"
+            )
+        sigma = self._sigma_batch(x, self.sigmas[-1] if sigma is None else sigma)
+        return self._energy(x, sigma)
+
+    def _energy(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """``E = h_θ(x_in, σ) √(σ² + s²) / σ`` for ``sigma (B,)`` (h summed over the event)."""
+        return self._raw(x, sigma).flatten(1).sum(1) * torch.sqrt(sigma.square() + self.data_scale**2) / sigma
 
     def score(self, x: torch.Tensor, sigma: torch.Tensor | float, create_graph: bool = False) -> torch.Tensor:
         """``s_θ(x, σ) ≈ ∇ₓ log q_σ(x)``, shape ``x.shape``.
 
-        For the energy parametrisation the score is ``-∇ₓE_θ`` by autograd; with
-        ``create_graph=False`` it is detached (for sampling), with ``create_graph=True`` it
-        stays differentiable in θ (for training). The score parametrisation returns the
-        network output scaled by ``1/σ`` and is differentiable whenever grad is enabled.
+        With ``create_graph=False`` (sampling) the score is detached from the parameters;
+        with ``create_graph=True`` (training) it is differentiable in θ. The energy
+        parametrisation takes ``-∇ₓE_θ`` by autograd.
         """
         sigma = self._sigma_batch(x, sigma)
-        view = (-1,) + (1,) * (x.dim() - 1)
         if self.parametrization == "score":
-            return self._raw(x, sigma) / sigma.view(view)
+            view = (-1,) + (1,) * (x.dim() - 1)
+            with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+                return self._raw(x, sigma) / sigma.view(view)
         with torch.enable_grad():
             x_in = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
-            e = self._raw(x_in, sigma) / sigma
+            e = self._energy(x_in, sigma)
             (g,) = torch.autograd.grad(e.sum(), x_in, create_graph=create_graph)
         return -g if create_graph else -g.detach()
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        """The score (``"score"``) or the energy (``"energy"``) at ``(x, σ)``."""
-        if self.parametrization == "score":
-            return self.score(x, sigma)
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
+        """The energy ``E_θ(x, σ)``, shape ``(B,)`` (σ defaults to σ_L): see :meth:`energy`.
+
+        So an energy-parametrised model is an ordinary energy ``x -> (B,)``.
+        """
         return self.energy(x, sigma)
 
     def at_sigma(self, sigma: float | None = None) -> "FixedSigmaEnergy":
@@ -222,32 +238,36 @@ class FixedSigmaEnergy(Energy):
 
 
 class NCSNMLP(NoiseConditionalModel):
-    """Noise-conditional MLP for vectors ``(B, dim)``.
+    """Noise-conditional MLP for vectors ``(B, dim)`` (other event shapes are flattened).
 
-    ``dim -> hidden[0] -> ... -> hidden[-1] -> dim`` (score) or ``-> 1`` (energy); every
-    hidden layer is ``SiLU(FiLM(Linear(h), e(log σ)))``.
+    ``d -> hidden[0] -> ... -> hidden[-1] -> d`` (score) or ``-> 1`` (energy), ``d = prod(event)``;
+    every hidden layer is ``SiLU(FiLM(Linear(h), e(log σ)))``.
     """
 
-    def __init__(self, dim: int = 2, hidden: Sequence[int] = (128, 128), embed_dim: int = 32,
-                 sigmas: torch.Tensor | Sequence[float] | None = None, parametrization: str = "score",
+    def __init__(self, dim: int | Sequence[int] = 2, hidden: Sequence[int] = (128, 128, 128), embed_dim: int = 32,
+                 sigmas: torch.Tensor | Sequence[float] | None = None, parametrization: str = "energy",
                  data_scale: float = 1.0):
-        if dim < 1 or embed_dim < 1 or len(hidden) < 1 or any(h < 1 for h in hidden):
-            raise ValueError(f"NCSNMLP: dim, embed_dim and hidden sizes must be >= 1, got {dim}, {embed_dim}, {tuple(hidden)}")
-        super().__init__((dim,), sigmas, parametrization, data_scale)
-        sizes = [int(dim), *map(int, hidden)]
+        event_shape = (int(dim),) if isinstance(dim, int) else tuple(int(s) for s in dim)
+        if min(event_shape, default=0) < 1 or embed_dim < 1 or len(hidden) < 1 or any(h < 1 for h in hidden):
+            raise ValueError(
+                f"NCSNMLP: dim, embed_dim and hidden sizes must be >= 1, got {dim}, {embed_dim}, {tuple(hidden)}"
+            )
+        super().__init__(event_shape, sigmas, parametrization, data_scale)
+        flat = math.prod(event_shape)
+        sizes = [flat, *map(int, hidden)]
         self.embed = SigmaEmbedding(embed_dim)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.films = nn.ModuleList(FiLM(embed_dim, b) for b in sizes[1:])
-        self.head = nn.Linear(sizes[-1], dim if parametrization == "score" else 1)
-        self.config = {"dim": int(dim), "hidden": list(map(int, hidden)), "embed_dim": int(embed_dim),
+        self.head = nn.Linear(sizes[-1], flat if parametrization == "score" else 1)
+        self.config = {"dim": list(event_shape), "hidden": list(map(int, hidden)), "embed_dim": int(embed_dim),
                        "parametrization": parametrization, "data_scale": self.data_scale}
 
     def network(self, x_in: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        h = x_in
+        h = x_in.flatten(1)
         for layer, film in zip(self.layers, self.films):
             h = nn.functional.silu(film(layer(h), embedding))
         out = self.head(h)
-        return out if self.parametrization == "score" else out[:, 0]
+        return out.view(x_in.shape) if self.parametrization == "score" else out
 
 
 class _ResBlock(nn.Module):
@@ -278,7 +298,7 @@ class NCSNConv(NoiseConditionalModel):
 
     def __init__(self, channels: int = 1, height: int = 8, width: int = 8, base_width: int = 32,
                  num_blocks: int = 3, embed_dim: int = 32, sigmas: torch.Tensor | Sequence[float] | None = None,
-                 parametrization: str = "score", data_scale: float = 0.5):
+                 parametrization: str = "score", data_scale: float = 1.0):
         if min(channels, height, width, base_width, num_blocks, embed_dim) < 1:
             raise ValueError("NCSNConv: channels, height, width, base_width, num_blocks and embed_dim must be >= 1")
         super().__init__((channels, height, width), sigmas, parametrization, data_scale)
@@ -297,8 +317,30 @@ class NCSNConv(NoiseConditionalModel):
         for block in self.blocks:
             h = block(h, embedding)
         out = self.conv_out(nn.functional.silu(self.norm_out(h)))
-        return out if self.parametrization == "score" else out.flatten(1).sum(1)
+        return out
 
+
+# ---------------------------------------------------------------------- model registry
+
+
+def _ncsn_mlp(event_shape: tuple[int, ...], hidden: Sequence[int] = (128, 128, 128), embed_dim: int = 32,
+              parametrization: str = "energy", data_scale: float = 1.0) -> NCSNMLP:
+    """``ncsn_mlp``: :class:`NCSNMLP` on events of any shape (flattened); energy by default."""
+    return NCSNMLP(tuple(event_shape), hidden=tuple(hidden), embed_dim=embed_dim,
+                   parametrization=parametrization, data_scale=data_scale)
+
+
+def _ncsn_conv(event_shape: tuple[int, ...], base_width: int = 32, num_blocks: int = 3, embed_dim: int = 32,
+               parametrization: str = "score", data_scale: float = 1.0) -> NCSNConv:
+    """``ncsn_conv``: :class:`NCSNConv` on image events ``(C, H, W)``; score by default."""
+    if len(event_shape) != 3:
+        raise ValueError(f"model 'ncsn_conv' needs image events (C, H, W), got event shape {tuple(event_shape)}")
+    return NCSNConv(*event_shape, base_width=base_width, num_blocks=num_blocks, embed_dim=embed_dim,
+                    parametrization=parametrization, data_scale=data_scale)
+
+
+register_model("ncsn_mlp", _ncsn_mlp)
+register_model("ncsn_conv", _ncsn_conv)
 
 __all__ = [
     "FiLM", "FixedSigmaEnergy", "NCSNConv", "NCSNMLP", "NoiseConditionalModel", "PARAMETRIZATIONS",

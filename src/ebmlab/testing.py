@@ -23,6 +23,11 @@ Discrete targets — distributions over all ``K^D`` states, indexed in the order
   total variation of a multinomial sample (De Moivre's mean absolute deviation of each
   binomial count) plus McDiarmid's (1989) deviation bound, since moving one of the ``n``
   draws changes TV by at most ``1/n``; exceeded with probability at most ``α``.
+* :func:`transition_chisquare_pvalue` — one-step transition counts from many start states
+  against an exact transition matrix (the rows' χ² statistics add up).
+
+Oracles: :func:`enumerate_probabilities` gives the exact ``p`` of a small discrete model by
+enumeration and :func:`sample_enumerated` draws from it exactly, to start chains on target.
 """
 
 from __future__ import annotations
@@ -249,7 +254,8 @@ def transition_chisquare_pvalue(counts: torch.Tensor, transition: torch.Tensor, 
     counts = torch.as_tensor(counts, dtype=torch.float64)
     transition = torch.as_tensor(transition, dtype=torch.float64)
     if counts.shape != transition.shape:
-        raise ValueError(f"transition_chisquare_pvalue: shapes differ, {tuple(counts.shape)} and {tuple(transition.shape)}")
+        raise ValueError(f"transition_chisquare_pvalue: shapes differ, {tuple(counts.shape)} "
+                         f"and {tuple(transition.shape)}")
     total, dof = 0.0, 0
     for row_counts, row_probs in zip(counts, transition):
         if row_counts.sum() == 0:

@@ -35,11 +35,14 @@ import torch
 from torch import nn
 
 from .checkpoint import CHECKPOINT_NAME, all_finite, load_checkpoint, save_checkpoint, to_device
-from .config import TrainConfig
-from .data import Dataset, Standardizer, load_dataset, split_indices
+from .config import TrainConfig, learning_rate
+from .data import Standardizer
 from .models import build_model
 from .objectives import Objective, get_objective_class, make_objective
-from .runs import CONFIG_NAME, METRICS_NAME, energy_on_raw_data, model_samples, read_metrics, save_pictures
+from .runs import (
+    CONFIG_NAME, METRICS_NAME, derive_seed, energy_on_raw_data, load_run_data, model_samples, read_metrics,
+    save_pictures, split_run_data,
+)
 from .samplers import Kernel, make_kernel
 
 #: Settings that a resumed run must share with its checkpoint (they shape the saved state).
@@ -80,14 +83,6 @@ class RunResult:
     pictures: list[Path] = field(default_factory=list)
 
 
-def derive_seed(seed: int, stream: str) -> int:
-    """A seed for one named random stream of a run (data, split, model, batches, objective...)."""
-    value = int(seed) & 0xFFFFFFFF
-    for ch in stream:
-        value = (value * 1_000_003 + ord(ch)) % (2**61 - 1)
-    return value
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,20 +93,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"config: device {name!r} was requested but no CUDA device is available")
     return device
-
-
-def load_run_data(config: TrainConfig) -> Dataset:
-    """The data set of a run: ``config.data`` drawn / subsampled with the run's data seed."""
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, "data"))
-    return load_dataset(config.data, num_samples=config.num_samples or None, generator=generator)
-
-
-def split_run_data(config: TrainConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and held-out row indices of a run (sorted, long)."""
-    if config.heldout_fraction == 0:
-        return torch.arange(n), torch.zeros(0, dtype=torch.long)
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, "split"))
-    return split_indices(n, heldout_fraction=config.heldout_fraction, generator=generator)
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -150,22 +131,6 @@ class BatchStream:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.perm, self.cursor = state["perm"].to(self.device), int(state["cursor"])
-
-
-def learning_rate(config: TrainConfig, step: int) -> float:
-    """The learning rate of update ``step`` (1-based): linear warm-up, then constant or cosine to 0.
-
-    Cosine: ``lr · ½(1 + cos(π t))`` with ``t = (step - 1 - warmup) / (T - warmup)``, where
-    ``T = lr_decay_steps or steps``.
-    """
-    if config.warmup_steps and step <= config.warmup_steps:
-        return config.lr * step / config.warmup_steps
-    if config.lr_schedule == "constant":
-        return config.lr
-    total = config.lr_decay_steps or config.steps
-    span = max(total - config.warmup_steps, 1)
-    t = min(max(step - 1 - config.warmup_steps, 0) / span, 1.0)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class Trainer:
@@ -225,7 +190,7 @@ class Trainer:
         self.model_info = {"name": cfg.model, "kwargs": copy.deepcopy(cfg.model_kwargs), "event_shape": list(event_shape)}
         self.kernel = build_kernel(cfg)
         objective_cls = get_objective_class(cfg.objective)
-        supports = getattr(objective_cls, "supports", ("real", "binary", "categorical"))
+        supports = objective_cls.supports
         if self.support not in supports:
             raise ValueError(f"objective {cfg.objective!r} needs {' or '.join(supports)} data; "
                              f"{self.dataset.name} is {self.support}")
@@ -366,7 +331,8 @@ class Trainer:
         if not (self.run_dir / CHECKPOINT_NAME).exists():
             self.save()  # steps = 0: still leave a loadable run
         model = self.trained_model.eval()
-        energy = energy_on_raw_data(model, self.standardizer, self.dataset.event_shape, self.support)
+        standardizer = None if self.standardizer is None else self.standardizer.to(self.device)
+        energy = energy_on_raw_data(model, standardizer, self.dataset.event_shape, self.support)
         metrics = read_metrics(self.run_dir)
         pictures: list[Path] = []
         if cfg.plots:

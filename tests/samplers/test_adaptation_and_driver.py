@@ -132,6 +132,7 @@ def test_burn_in_thin_and_kept_shapes(num_steps, burn_in, thin, kept, generator)
 
 
 def test_keep_samples_false_keeps_only_the_final_state(generator):
+    """``keep_samples=False`` stores no draws but still returns the final state."""
     target = small_gaussian()
     x0 = target.sample(5, generator).to(torch.float64)
     record = sample(target, RandomWalkMetropolis(0.5), x0, num_steps=8, generator=generator, keep_samples=False)
@@ -141,6 +142,7 @@ def test_keep_samples_false_keeps_only_the_final_state(generator):
 
 @pytest.mark.parametrize("kwargs", [{"num_steps": -1}, {"num_steps": 5, "burn_in": -2}, {"num_steps": 5, "thin": 0}])
 def test_bad_run_arguments_raise_value_error(kwargs, generator):
+    """Negative step counts and ``thin < 1`` are refused with a ValueError naming the sampler."""
     target = small_gaussian()
     x0 = target.sample(3, generator).to(torch.float64)
     with pytest.raises(ValueError, match="rwmh"):
@@ -184,6 +186,7 @@ def test_ula_with_huge_step_diverges(generator):
 
 
 def test_nan_start_raises_value_error():
+    """A NaN in ``x0`` is refused before any step."""
     target = small_gaussian()
     x0 = torch.tensor([[0.0, 0.0], [math.nan, 1.0]], dtype=torch.float64)
     with pytest.raises(ValueError, match="NaN"):
@@ -191,6 +194,7 @@ def test_nan_start_raises_value_error():
 
 
 def test_infinite_start_energy_raises_value_error_naming_the_chain():
+    """A start with infinite energy is refused, naming the offending chain."""
     x0 = torch.tensor([[0.0, 0.0], [0.0, 0.0], [500.0, 0.0]], dtype=torch.float64)
     with pytest.raises(ValueError, match=r"chain\(s\) \[2\]"):
         sample(WalledQuadratic(), RandomWalkMetropolis(0.5), x0, num_steps=3)

@@ -33,9 +33,11 @@ import torch
 from ..likelihood import bits_per_dim, check_data_shape, held_out_nll
 from ..metrics import energy_distance, grid_kl, mmd_test
 from ..partition import (
-    BoundaryMassWarning, GaussianBase, MAX_STATES, METHODS, ais, exact_log_z, exact_sample, fit_base, grid_sample,
+    BoundaryMassWarning, GaussianBase, MAX_STATES, METHODS, exact_log_z, exact_sample, fit_base, grid_sample,
     quadrature_log_z,
 )
+from ..distributed import is_main_process, local_device
+from ..distributed_jobs import distributed_ais
 from ..partition.ais import default_kernel, resolve_base
 from ..samplers import sample
 from ..partition.quadrature import MAX_DIMS, resolve_bounds
@@ -107,9 +109,11 @@ def _log_z(energy, event_shape, support, method, x, bounds, grid_points, tempera
         elif x is not None:
             index = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:runs]
             reverse_samples, source = x[index.to(x.device)], "data (heuristic: valid only if the model fits the data)"
-    result = ais(energy, base=base, num_temperatures=temperatures, schedule=schedule, kernel=sampler, num_runs=runs,
-                 num_steps=steps_per_temperature, generator=generator, reverse_samples=reverse_samples,
-                 event_shape=event_shape, device=device)
+    # = ais(...) in one process; under torchrun the runs are split over the ranks and log Z is
+    # one log-mean-exp over the weights of every run
+    result = distributed_ais(energy, base=base, num_temperatures=temperatures, schedule=schedule, kernel=sampler,
+                             num_runs=runs, num_steps=steps_per_temperature, generator=generator,
+                             reverse_samples=reverse_samples, event_shape=event_shape, device=device)
     report.update(log_z=result.log_z, log_z_stderr=result.log_z_stderr, ess=result.ess,
                   num_temperatures=result.num_temperatures, num_runs=result.num_runs, sampler=sampler,
                   mean_acceptance=float(result.acceptance_rate.mean()) if result.acceptance_rate.numel() else None)
@@ -261,7 +265,7 @@ def _load_data(spec: str, energy_spec: str, event_shape, num_examples: int | Non
 @click.option("--bounds", default=None, metavar="LO,HI[,LO,HI...]", help="Quadrature box: one pair or one per dimension.")
 @click.option("--grid-points", type=int, default=None, help="Quadrature: points per axis.")
 @click.option("--num-examples", type=int, default=None, help="Examples to draw/keep from --data.")
-@click.option("--num-levels", type=int, default=None, help="Quantisation levels of the data (256 for 8-bit) for bits/dim.")
+@click.option("--num-levels", type=int, default=None, help="Quantisation levels of the data (256 for 8-bit data scaled to [0, 1]) for bits/dim.")
 @click.option("--no-metrics", is_flag=True, help="Skip MMD / energy distance / KL.")
 @click.option("--event-shape", default=None, metavar="D[,D...]", help="Event shape for energies that declare none.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
@@ -277,6 +281,7 @@ def command(energy_spec, data_spec, method, temperatures, schedule, runs, sample
         torch_device = resolve_device(device)
     except RuntimeError:
         raise UserError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    torch_device = local_device(torch_device)  # cuda -> cuda:LOCAL_RANK under torchrun
     if method == "ais" and temperatures < 2:
         raise UserError(f"--temperatures must be >= 2 (the base and the target), got {temperatures}")
     energy, shape, support = resolve_energy(energy_spec, parse_event_shape(event_shape))
@@ -300,6 +305,8 @@ def command(energy_spec, data_spec, method, temperatures, schedule, runs, sample
     report.update(energy=energy_spec, data=data_spec)
     if getattr(energy, "learned_log_z", None) is not None:  # NCE runs learn an estimate of log Z
         report["learned_log_z"] = float(energy.learned_log_z)
+    if not is_main_process():  # under torchrun every rank holds the same report; rank 0 prints it
+        return
     if as_json:
         click.echo(json.dumps(_finite(report)))
     else:

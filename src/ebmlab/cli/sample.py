@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import click
 
-from ..sampling_job import SampleJob, format_summary, run_sampling_job, summarize
+from ..distributed import is_main_process
+from ..distributed_jobs import run_sampling_job_distributed
+from ..sampling_job import SampleJob, format_summary, summarize
 from ..samplers import ChainDivergedError, available
 from ..specs import describe_builtin, parse_event_shape
 from .common import UserError, is_terminal, resolve_device, user_errors
@@ -72,7 +74,8 @@ def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_siz
         target_accept=target_accept, plot=plot, progress=is_terminal(),
     )
     try:
-        result = run_sampling_job(job)
+        result = run_sampling_job_distributed(job)  # = run_sampling_job(job) outside torchrun
     except ChainDivergedError as err:
         raise UserError(f"sampling stopped, nothing written: {err}") from err
-    click.echo(format_summary(summarize(result)))
+    if is_main_process():
+        click.echo(format_summary(summarize(result)))

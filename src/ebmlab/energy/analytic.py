@@ -14,6 +14,12 @@ import torch
 from .base import Energy
 
 
+def _as_float(value) -> torch.Tensor:
+    """A tensor of ``value`` that keeps a floating dtype (float64 stays float64), else the default."""
+    t = torch.as_tensor(value)
+    return t if t.is_floating_point() else t.to(torch.get_default_dtype())
+
+
 def _randn(shape, generator, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
 
@@ -28,7 +34,7 @@ class Gaussian(Energy):
 
     def __init__(self, mean: torch.Tensor, covariance: torch.Tensor | None = None, std: float | None = None):
         super().__init__()
-        mean = torch.as_tensor(mean, dtype=torch.get_default_dtype())
+        mean = _as_float(mean)
         if mean.dim() != 1:
             raise ValueError(f"Gaussian: mean must be a vector (d,), got shape {tuple(mean.shape)}")
         d = mean.shape[0]
@@ -78,7 +84,7 @@ class GaussianMixture(Energy):
 
     def __init__(self, means: torch.Tensor, stds: torch.Tensor | float = 1.0, weights: torch.Tensor | None = None):
         super().__init__()
-        means = torch.as_tensor(means, dtype=torch.get_default_dtype())
+        means = _as_float(means)
         if means.dim() != 2:
             raise ValueError(f"GaussianMixture: means must be (K, d), got shape {tuple(means.shape)}")
         k = means.shape[0]

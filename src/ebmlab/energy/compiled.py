@@ -38,13 +38,25 @@ class CompiledEnergy(nn.Module):
 
         self._value_and_grad = torch.compile(torch.func.grad_and_value(summed, has_aux=True), mode=mode, dynamic=dynamic)
         self._forward = torch.compile(energy, mode=mode, dynamic=dynamic)
+        # Modes that replay CUDA graphs write every call's outputs into the same static buffers:
+        # a sampler keeps the current state's energy and gradient while it evaluates the
+        # proposal, so those outputs are copied out before the next call can overwrite them.
+        self._cudagraphs = mode in ("reduce-overhead", "max-autotune")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._cudagraphs and x.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+            return self._forward(x).clone()
         return self._forward(x)
 
     def value_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        copy_out = self._cudagraphs and x.is_cuda
+        if copy_out:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.no_grad():
             g, (_, e) = self._value_and_grad(x.detach())
+            if copy_out:
+                g, e = g.clone(), e.clone()
         return check_energy_output(e, x).detach(), g.detach()
 
 

@@ -81,7 +81,7 @@ class Ising(Energy):
         total = -math.inf
         for batch in enumerate_states(self.size**2, 2, dtype=torch.float64):
             lse = torch.logsumexp(-self(batch.view(-1, self.size, self.size)), 0).item()
-            total = float(torch.logaddexp(torch.tensor(total), torch.tensor(lse)))
+            total = float(torch.logaddexp(torch.tensor(total, dtype=torch.float64), torch.tensor(lse, dtype=torch.float64)))
         return total
 
     def sample_uniform(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -74,7 +74,7 @@ class BernoulliRBM(Energy):
 
     def flat(self, v: torch.Tensor) -> torch.Tensor:
         """``v`` reshaped to ``(B, V)``; ``ValueError`` if an example does not hold V values."""
-        if v.dim() < 1 or (v.dim() == 1 and self.num_visible != 1):
+        if v.dim() < 2:
             raise ValueError(f"BernoulliRBM: expected a batch of shape (B, {self.num_visible}) or "
                              f"(B, *{self.event_shape}), got {tuple(v.shape)}")
         flat = v.reshape(v.shape[0], -1)

@@ -35,10 +35,12 @@ class Objective:
         uses_sampler: the objective draws model samples with an MCMC kernel; the trainer
             then passes ``kernel=`` (built by :func:`ebmlab.samplers.make_kernel`) and
             ``num_steps=`` (the sampler steps per update) unless the config sets them.
+        supports: the data supports it can train on (``"real"``, ``"binary"``, ``"categorical"``).
     """
 
     name: ClassVar[str] = ""
     uses_sampler: ClassVar[bool] = False
+    supports: ClassVar[tuple[str, ...]] = ("real", "binary", "categorical")
 
     def setup(self, energy: EnergyFn, data: torch.Tensor, generator: torch.Generator | None = None,
               support: str = "real") -> None:

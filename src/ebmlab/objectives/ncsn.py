@@ -24,7 +24,10 @@ import math
 
 import torch
 
+from ..samplers.annealed import sample_noise_conditional
 from ..score_models import NoiseConditionalModel, geometric_sigmas
+from .base import Metrics, Objective, check_positive
+from .registry import register_objective
 
 #: data points used to estimate the largest pairwise distance (σ_max) in :meth:`NCSNObjective.setup`
 MAX_POINTS_FOR_SIGMA_MAX = 2048
@@ -48,32 +51,39 @@ def max_pairwise_distance(data: torch.Tensor, max_points: int = MAX_POINTS_FOR_S
     return float(torch.cdist(flat, flat).max())
 
 
-class NCSNObjective:
+class NCSNObjective(Objective):
     """The ``"ncsn"`` objective: σ²-weighted denoising score matching over noise levels.
 
     Args:
-        sigma_max: the largest level σ_1; ``None`` takes the largest pairwise distance of
-            the training data in :meth:`setup` (NCSNv2). When ``None`` and :meth:`setup` is
-            not called, the model's own ``sigmas`` are used unchanged.
+        sigma_max: the largest level σ_1; ``None`` or 0 takes the largest pairwise distance
+            of the training data in :meth:`setup` (NCSNv2). Without :meth:`setup` the
+            model's own ``sigmas`` are used unchanged.
         sigma_min: the smallest level σ_L.
         num_levels: L.
+        sample_steps_per_level: T of the annealed Langevin run that draws model samples.
+        sample_step_size: its ε; 0 means ``0.2 σ_L²`` (see
+            :func:`~ebmlab.samplers.annealed.sample_noise_conditional`).
 
     The model passed as ``energy`` must be a :class:`~ebmlab.score_models.NoiseConditionalModel`
     (``ncsn_mlp`` / ``ncsn_conv``); both the score and the energy parametrisations work.
     """
 
     name = "ncsn"
+    supports = ("real",)
 
-    def __init__(self, sigma_max: float | None = None, sigma_min: float = 0.01, num_levels: int = 10):
-        if sigma_max is not None and not float(sigma_max) > float(sigma_min):
+    def __init__(self, sigma_max: float | None = None, sigma_min: float = 0.01, num_levels: int = 10,
+                 sample_steps_per_level: int = 100, sample_step_size: float = 0.0):
+        self.sigma_min = check_positive("ncsn", "sigma_min", sigma_min)
+        self.sigma_max = None if not sigma_max else check_positive("ncsn", "sigma_max", sigma_max)
+        if self.sigma_max is not None and not self.sigma_max > self.sigma_min:
             raise ValueError(f"ncsn: sigma_max must be > sigma_min, got {sigma_max} <= {sigma_min}")
-        if not float(sigma_min) > 0:
-            raise ValueError(f"ncsn: sigma_min must be > 0, got {sigma_min}")
         if int(num_levels) < 2:
             raise ValueError(f"ncsn: num_levels must be >= 2, got {num_levels}")
-        self.sigma_max = None if sigma_max is None else float(sigma_max)
-        self.sigma_min = float(sigma_min)
+        if int(sample_steps_per_level) < 1:
+            raise ValueError(f"ncsn: sample_steps_per_level must be >= 1, got {sample_steps_per_level}")
         self.num_levels = int(num_levels)
+        self.sample_steps_per_level = int(sample_steps_per_level)
+        self.sample_step_size = check_positive("ncsn", "sample_step_size", sample_step_size, allow_zero=True)
 
     @staticmethod
     def check_model(model) -> NoiseConditionalModel:
@@ -85,7 +95,7 @@ class NCSNObjective:
         return model
 
     def levels_for(self, data: torch.Tensor) -> torch.Tensor:
-        """The levels ``(L,)`` for this training set: σ_max given or from the data."""
+        """The levels ``(L,)`` for this training set: σ_max given, or from the data."""
         sigma_max = self.sigma_max if self.sigma_max is not None else max_pairwise_distance(data)
         if not sigma_max > self.sigma_min:
             raise ValueError(
@@ -94,16 +104,17 @@ class NCSNObjective:
             )
         return geometric_sigmas(sigma_max, self.sigma_min, self.num_levels)
 
-    def setup(self, energy, data: torch.Tensor) -> None:
+    def setup(self, energy, data: torch.Tensor, generator: torch.Generator | None = None,
+              support: str = "real") -> None:
         """Store the noise levels in the model (``energy.sigmas``) before training."""
         self.check_model(energy).set_sigmas(self.levels_for(data))
 
-    def loss(self, energy, batch: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, energy, batch: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, Metrics]:
         """One-draw Monte-Carlo estimate of L(θ) on ``batch`` (shape ``(B, *event)``).
 
-        Returns the scalar loss and the metrics ``dsm`` (the loss) and ``dsm_per_dim``
-        (the loss over the event size d): a zero score gives ½ per dimension, the exact
-        noised score ``½ E tr Cov(z | x̃) / d`` (< ½), the floor no model goes below.
+        Returns the scalar loss and the metrics ``loss`` and ``loss_per_dim`` (the loss over
+        the event size d): a zero score gives ½ per dimension, the exact noised score
+        ``½ E tr Cov(z | x̃) / d`` (< ½), the floor no model goes below.
         """
         model = self.check_model(energy)
         sigmas = model.sigmas.to(device=batch.device, dtype=batch.dtype)
@@ -111,21 +122,19 @@ class NCSNObjective:
         sigma = sigmas[levels]
         noise = torch.randn(batch.shape, generator=generator, dtype=batch.dtype, device=batch.device)
         view = (-1,) + (1,) * (batch.dim() - 1)
-        noisy = batch + sigma.view(view) * noise
-        score = model.score(noisy, sigma, create_graph=True)
-        terms = dsm_terms(score, noise, sigma)
-        loss = terms.mean()
+        score = model.score(batch + sigma.view(view) * noise, sigma, create_graph=True)
+        loss = dsm_terms(score, noise, sigma).mean()
         value = float(loss.detach())
-        metrics = {"dsm": value, "dsm_per_dim": value / math.prod(batch.shape[1:])}
-        return loss, metrics
+        return loss, {"loss": value, "loss_per_dim": value / math.prod(batch.shape[1:])}
 
-    def state_dict(self) -> dict:
-        return {"sigma_max": self.sigma_max, "sigma_min": self.sigma_min, "num_levels": self.num_levels}
+    def model_samples(self, energy, num_samples: int, generator: torch.Generator | None) -> torch.Tensor:
+        """``num_samples`` draws of annealed Langevin over the model's levels (training space)."""
+        return sample_noise_conditional(
+            self.check_model(energy), num_samples, generator, steps_per_level=self.sample_steps_per_level,
+            step_size=self.sample_step_size or None,
+        )
 
-    def load_state_dict(self, state: dict) -> None:
-        self.sigma_max = state.get("sigma_max", self.sigma_max)
-        self.sigma_min = float(state.get("sigma_min", self.sigma_min))
-        self.num_levels = int(state.get("num_levels", self.num_levels))
 
+register_objective(NCSNObjective)
 
 __all__ = ["NCSNObjective", "dsm_terms", "max_pairwise_distance"]

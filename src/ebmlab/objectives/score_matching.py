@@ -40,6 +40,7 @@ class ScoreMatching(Objective):
     """Exact score matching (Hyvärinen 2005); refuses events with more than ``max_dim`` values."""
 
     name = "sm"
+    supports = ("real",)
 
     def __init__(self, max_dim: int = 128):
         self.max_dim = int(max_dim)
@@ -73,6 +74,7 @@ class SlicedScoreMatching(Objective):
     """
 
     name = "ssm"
+    supports = ("real",)
 
     def __init__(self, num_projections: int = 1, variance_reduction: bool = True, projection: str = "gaussian"):
         if int(num_projections) < 1:
@@ -106,12 +108,14 @@ class DenoisingScoreMatching(Objective):
     """Denoising score matching at noise level ``sigma`` (Vincent 2011).
 
     ``weighting="sigma2"`` multiplies the loss by σ² (the λ(σ) = σ² of Song & Ermon 2019),
-    which keeps its scale near ``D/2`` whatever σ.
+    which keeps its scale near ``D/2`` whatever σ. The default σ = 0.15 suits standardised
+    data (unit variance per feature).
     """
 
     name = "dsm"
+    supports = ("real",)
 
-    def __init__(self, sigma: float = 0.1, weighting: str = "none"):
+    def __init__(self, sigma: float = 0.15, weighting: str = "none"):
         self.sigma = check_positive("dsm", "sigma", sigma)
         if weighting not in ("none", "sigma2"):
             raise ValueError(f"dsm: weighting must be 'none' or 'sigma2', got {weighting!r}")

@@ -235,7 +235,10 @@ def ais(energy: EnergyFn, base: nn.Module | None = None, data: torch.Tensor | No
     if int(num_runs) < 1:
         raise ValueError(f"ais: num_runs must be >= 1, got {num_runs}")
     base = resolve_base(energy, base, data, event_shape)
-    base = base.to(device=device or energy_device(energy))
+    if device is None:  # the energy's device, else (an energy without tensors) the generator's
+        has_tensors = isinstance(energy, nn.Module) and any(True for _ in [*energy.parameters(), *energy.buffers()])
+        device = energy_device(energy) if has_tensors or generator is None else generator.device
+    base = base.to(device=device)
     if isinstance(kernel, str):
         kernel = default_kernel(kernel, base)
     discrete = isinstance(base, CategoricalBase)

@@ -27,8 +27,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..score_models import check_sigmas
+from ..score_models import NoiseConditionalModel, check_sigmas
 from .run import ChainDivergedError
+
+#: default ``ε / σ_L²``: the ratio ``α_i / σ_i²`` of step to noise variance at every level
+DEFAULT_STEP_RATIO = 0.2
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor], None]
@@ -44,7 +47,7 @@ def annealed_langevin(
     x0: torch.Tensor,
     sigmas: torch.Tensor | Sequence[float],
     steps_per_level: int = 100,
-    step_size: float = 2e-5,
+    step_size: float | None = None,
     generator: torch.Generator | None = None,
     final_denoise: bool = True,
     callback: StepCallback | None = None,
@@ -57,7 +60,8 @@ def annealed_langevin(
         sigmas: noise levels ``(L,)``, strictly decreasing ``σ_1 > ... > σ_L > 0``.
         steps_per_level: T, Langevin steps at each level.
         step_size: ε, the step at the smallest level; level i uses ``ε σ_i² / σ_L²``.
-            Song & Ermon (2019) use ε = 2e-5, T = 100 with σ from 1 to 0.01.
+            ``None`` means ``ε = 0.2 σ_L²`` (:data:`DEFAULT_STEP_RATIO`), which is Song &
+            Ermon's (2019) ε = 2e-5 for their σ_L = 0.01 (with T = 100, σ from 1 to 0.01).
         generator: the source of every random draw.
         final_denoise: finish with ``x + σ_L² s(x, σ_L)`` (no noise).
         callback: called as ``callback(step, x)`` after every Langevin step (``step`` counts
@@ -73,9 +77,11 @@ def annealed_langevin(
         raise ValueError("annealed_langevin: x0 contains NaN or infinite values")
     if int(steps_per_level) < 1:
         raise ValueError(f"annealed_langevin: steps_per_level must be >= 1, got {steps_per_level}")
+    sigmas = check_sigmas(torch.as_tensor(sigmas), "annealed_langevin").to(dtype=x0.dtype, device=x0.device)
+    if step_size is None:
+        step_size = DEFAULT_STEP_RATIO * float(sigmas[-1]) ** 2
     if not (float(step_size) > 0 and math.isfinite(float(step_size))):
         raise ValueError(f"annealed_langevin: step_size must be > 0, got {step_size}")
-    sigmas = check_sigmas(torch.as_tensor(sigmas), "annealed_langevin").to(dtype=x0.dtype, device=x0.device)
 
     num_chains = x0.shape[0]
     alphas = annealed_step_sizes(sigmas, float(step_size))
@@ -100,10 +106,33 @@ def annealed_langevin(
     return x
 
 
+def sample_noise_conditional(
+    model: NoiseConditionalModel,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+    steps_per_level: int = 100,
+    step_size: float | None = None,
+    final_denoise: bool = True,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Samples of a trained noise-conditional model, shape ``(num_samples, *model.event_shape)``.
+
+    Starts from ``x0 ~ N(0, σ_1² I)`` — close to ``q_{σ_1}`` for centred (e.g. standardised)
+    data whose spread σ_1 exceeds — and runs :func:`annealed_langevin` with ``model.score``
+    over the model's own levels ``model.sigmas``, on the model's device and dtype.
+    """
+    if int(num_samples) < 1:
+        raise ValueError(f"sample_noise_conditional: num_samples must be >= 1, got {num_samples}")
+    sigmas = model.sigmas
+    x0 = sigmas[0] * torch.randn((int(num_samples), *model.event_shape), generator=generator,
+                                 dtype=sigmas.dtype, device=sigmas.device)
+    return annealed_langevin(model.score, x0, sigmas, steps_per_level, step_size, generator, final_denoise, callback)
+
+
 def _check_finite(x: torch.Tensor, step: int) -> None:
     bad = ~torch.isfinite(x.flatten(1)).all(1)
     if bad.any():
         raise ChainDivergedError(step, bad.nonzero().flatten().tolist(), "annealed_langevin")
 
 
-__all__ = ["annealed_langevin", "annealed_step_sizes"]
+__all__ = ["DEFAULT_STEP_RATIO", "annealed_langevin", "annealed_step_sizes", "sample_noise_conditional"]

@@ -73,8 +73,8 @@ def metropolis_accept(log_alpha: torch.Tensor, generator: torch.Generator | None
 
     Returns ``(accepted, accept_prob, diverged)``, each of shape ``(C,)``.
     """
-    diverged = (log_alpha < torch.inf).logical_not_()  # NaN or +inf; -inf is a plain reject
-    safe = log_alpha.masked_fill(diverged, -torch.inf)
+    safe = torch.nan_to_num(log_alpha, nan=-torch.inf, posinf=-torch.inf, neginf=-torch.inf)
+    diverged = safe != log_alpha  # NaN or +inf; -inf is a plain reject
     accepted = uniform_log(safe.shape, generator, safe) < safe
     accept_prob = safe.clamp(max=0.0).exp_()
     return accepted, accept_prob, diverged

@@ -76,6 +76,21 @@ class SingleSiteMetropolis(_SingleSite):
         return select_state(accepted, ChainState(x_new, e_new), state), StepInfo(accept_prob, accepted, diverged)
 
 
+def _conditional_energies(energy: EnergyFn, state: ChainState, site: torch.Tensor, num_states: int) -> torch.Tensor:
+    """``E(x with x_site = k)`` for k = 0..K-1, shape ``(C, K)``.
+
+    For binary data with a local ``delta_energy_flip`` this reuses the cached ``E(x)``:
+    the current value keeps ``E(x)`` and the other gets ``E(x) + ΔE``, one local evaluation.
+    """
+    own_delta = getattr(energy, "delta_energy_flip", None)
+    if num_states == 2 and callable(own_delta):
+        current = get_site(state.x, site)
+        flipped = state.energy + own_delta(state.x, site)
+        is_current = current[:, None] == torch.arange(2, device=current.device, dtype=current.dtype)
+        return torch.where(is_current, state.energy[:, None], flipped[:, None])
+    return site_energies(energy, state.x, site, num_states)
+
+
 @dataclass(frozen=True)
 class Gibbs(_SingleSite):
     """Single-site Gibbs (heat bath): draw the site from its exact conditional."""
@@ -85,7 +100,7 @@ class Gibbs(_SingleSite):
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo]:
         site = choose_sites(state, self.scan, generator)
         with torch.no_grad():
-            energies = site_energies(energy, state.x, site, int(self.num_states))  # (C, K)
+            energies = _conditional_energies(energy, state, site, int(self.num_states))  # (C, K)
         diverged = ~torch.isfinite(energies).all(dim=1)
         probs = torch.softmax(-energies, dim=1)
         probs = torch.where(diverged[:, None], torch.full_like(probs, 1.0 / probs.shape[1]), probs)

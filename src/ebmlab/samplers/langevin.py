@@ -77,7 +77,7 @@ class MALA(Kernel):
         """
         eps = self.step_size
         grad_sum = (current.grad + proposal.grad).flatten(1)
-        other = torch.sub(current.grad, proposal.grad).mul_(0.5 * eps).add_(proposal.x).sub_(current.x)
+        other = torch.sub(proposal.x, current.x).add_(torch.sub(current.grad, proposal.grad), alpha=0.5 * eps)
         return torch.linalg.vecdot(grad_sum, other.flatten(1)).mul_(0.5)
 
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo]:

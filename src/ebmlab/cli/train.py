@@ -1,0 +1,127 @@
+"""``ebmlab train``: train an energy on a data set and write a run directory.
+
+Thin: options -> :class:`ebmlab.config.TrainConfig` -> :func:`ebmlab.train.train` -> a summary.
+Settings are layered: the defaults, then ``--config FILE.toml`` (or the run's own
+``config.toml`` with ``--resume RUN_DIR``), then the explicit options, then ``--set key=value``.
+RUN_DIR receives ``checkpoint.pt``, ``metrics.jsonl``, ``config.toml`` (every setting, so
+``--config RUN_DIR/config.toml --out NEW_DIR`` repeats the run) and the pictures.
+Exit status: 0 ok; 2 bad input or a diverged run (one line, the last checkpoint is kept);
+130 interrupted (the last checkpoint is kept: continue with ``--resume RUN_DIR``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from ..config import TrainConfig
+from ..data import available_datasets
+from ..models import available_models
+from ..objectives import available_objectives
+from ..samplers import available
+from .common import UserError, user_errors
+
+
+class _OneLineErrors(click.Command):
+    """Report usage errors (unknown option, non-integer count...) as one line, exit code 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            raise UserError(f"{err.format_message()} (see 'ebmlab train --help')") from err
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--hidden expects comma-separated layer widths like 128,128, got {text!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise UserError(f"--hidden expects positive layer widths like 128,128, got {text!r}")
+    return sizes
+
+
+def build_config(config_file: str | None, resume: str | None, options: dict, assignments: tuple[str, ...]) -> TrainConfig:
+    """Layer the settings: defaults < file (or the resumed run's config) < options < ``--set``."""
+    if config_file and resume:
+        raise UserError("--config and --resume exclude each other: a resumed run keeps its own config.toml")
+    if resume:
+        path = Path(resume) / "config.toml"
+        if not path.is_file():
+            raise UserError(f"--resume {resume}: not a run directory (no config.toml)")
+        config = TrainConfig.load(path)
+        if options.get("out") not in (None, resume) and Path(options["out"]) != Path(resume):
+            raise UserError("--out and --resume name different directories; a resumed run stays in its RUN_DIR")
+        options = {**options, "out": str(resume)}
+    else:
+        config = TrainConfig.load(config_file) if config_file else TrainConfig()
+    values = config.to_dict()
+    hidden = options.pop("hidden", None)
+    if hidden is not None:
+        values["model_kwargs"]["hidden"] = _hidden(hidden)
+    values.update({k: v for k, v in options.items() if v is not None})
+    return TrainConfig.from_dict(values).with_overrides(assignments)
+
+
+@click.command(cls=_OneLineErrors, help="Train an energy-based model; writes RUN_DIR with checkpoint.pt, metrics.jsonl, "
+                                        "config.toml and pictures.",
+               epilog="Exit status: 0 ok; 2 bad input or a diverged run; 130 interrupted (continue with --resume).")
+@click.option("--data", default=None, metavar="NAME|FILE",
+              help=f"Data set [default: 8gaussians]: {', '.join(available_datasets())}, or a .npy/.npz/.csv file.")
+@click.option("--model", default=None, metavar="NAME", help=f"Model [default: mlp]: {', '.join(available_models())}.")
+@click.option("--objective", default=None, metavar="NAME",
+              help=f"Objective [default: dsm]: {', '.join(available_objectives())}.")
+@click.option("--steps", type=int, default=None, help="Optimisation steps [default: 5000].")
+@click.option("--batch-size", type=int, default=None, help="Batch size [default: 256].")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: 0.002].")
+@click.option("--sampler", default=None, metavar="NAME",
+              help=f"MCMC kernel for contrastive objectives and pictures [default: ula]: {', '.join(available())}.")
+@click.option("--sampler-steps", type=int, default=None, help="Sampler transitions per update [default: 20].")
+@click.option("--step-size", type=float, default=None, help="Sampler step size [default: 0.01].")
+@click.option("--noise-scale", type=float, default=None, help="ULA noise scale [default: 1.0].")
+@click.option("--hidden", default=None, metavar="W[,W...]", help="MLP layer widths [default: 128,128].")
+@click.option("--seed", type=int, default=None, help="Seed of every random stream of the run [default: 0].")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto [default: cpu].")
+@click.option("--out", default=None, metavar="RUN_DIR", help="Run directory [default: runs/DATA-OBJECTIVE-TIME].")
+@click.option("--resume", default=None, metavar="RUN_DIR", help="Continue the run in RUN_DIR (e.g. with more --steps).")
+@click.option("--config", "config_file", default=None, metavar="FILE.toml", help="Start from the settings in FILE.toml.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Any setting, e.g. --set ema_decay=0.999 --set objective_kwargs.sigma=0.2 (repeatable).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="CPU threads for torch (0 = torch's default); small models run fastest on one.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@click.option("--no-plots", is_flag=True, help="Skip the pictures.")
+@user_errors
+def command(data, model, objective, steps, batch_size, lr, sampler, sampler_steps, step_size, noise_scale, hidden,
+            seed, device, out, resume, config_file, assignments, threads, progress, no_plots) -> None:
+    from ..train import TrainingDivergedError, default_run_dir, train
+
+    options = {"data": data, "model": model, "objective": objective, "steps": steps, "batch_size": batch_size,
+               "lr": lr, "sampler": sampler, "sampler_steps": sampler_steps, "step_size": step_size,
+               "noise_scale": noise_scale, "hidden": hidden, "seed": seed, "device": device, "out": out,
+               "progress": None if progress is None else ("on" if progress else "off"),
+               "plots": False if no_plots else None}
+    config = build_config(config_file, resume, options, assignments)
+    if threads < 0:
+        raise UserError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+    if not config.out:
+        config.out = str(default_run_dir(config))
+    try:
+        result = train(config, resume=resume is not None)
+    except TrainingDivergedError as err:
+        raise UserError(str(err)) from err
+    except KeyboardInterrupt:
+        click.echo(f"ebmlab: interrupted; the last checkpoint is kept: continue with "
+                   f"'ebmlab train --resume {config.out}'", err=True)
+        raise SystemExit(130) from None
+    last = result.metrics[-1] if result.metrics else {}
+    figures = ", ".join(f"{k} {last[k]:.4g}" for k in ("loss", "cd_gap", "log_z") if k in last)
+    files = ", ".join(p.name for p in result.pictures)
+    click.echo(f"trained {result.config.objective} on {result.config.data} for {result.step} steps in "
+               f"{result.wall_time:.1f} s" + (f" ({figures})" if figures else ""))
+    click.echo(f"run directory: {result.run_dir}" + (f" (pictures: {files})" if files else ""))
