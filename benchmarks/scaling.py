@@ -15,9 +15,10 @@ measures, in the worker processes:
   transitions per second, ``chains · (burn_in + steps) / wall``, with the wall time of the
   slowest rank's sampling loop (start-up, gather and file writing excluded).
 
-Each process uses ``cpu_count // W`` torch threads (at least one) unless ``--threads`` is
-given, so every row uses the same cores. Speed-ups are ratios to the one-process row of the
-same run. A markdown table is printed (and written to ``--markdown``).
+Each process uses one torch thread (``--threads``; 0 = ``cpu_count // W``, so that every row
+uses all cores — intra-op threads of small models scale poorly, and on a busy machine they
+spin). Speed-ups are ratios to the first row of the same run. A markdown table is printed
+(and written to ``--markdown``).
 
 Usage::
 
@@ -52,7 +53,8 @@ OBJECTIVES = {"dsm": {}, "cd": {"sampler": "ula", "sampler_steps": 10, "step_siz
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts to compare (first = baseline)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default cpu_count // W)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (0 = cpu_count // W); one thread per process is scale-out proper")
     p.add_argument("--batch-size", type=int, default=1024, help="global training batch")
     p.add_argument("--steps", type=int, default=60, help="training steps per objective (timed after --warmup)")
     p.add_argument("--warmup", type=int, default=10, help="untimed training steps")
@@ -72,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------- worker (one torchrun process)
+
+
+def _threads(args: argparse.Namespace, world: int) -> int:
+    return args.threads or max(1, (os.cpu_count() or 1) // world)
 
 
 def _train_rate(objective: str, args: argparse.Namespace, run_dir: str) -> float:
@@ -101,7 +107,7 @@ def worker(args: argparse.Namespace) -> None:
     from ebmlab import distributed as D
 
     ctx = D.init_distributed()
-    threads = args.threads or max(1, (os.cpu_count() or 1) // ctx.world_size)
+    threads = _threads(args, ctx.world_size)
     torch.set_num_threads(threads)
     work = D.broadcast_object(tempfile.mkdtemp(prefix="ebmlab-scaling-") if ctx.is_main else None)
     result = {"processes": ctx.world_size, "threads": threads, "machine": machine_description(torch.device("cpu"))}
@@ -130,7 +136,7 @@ def launch(world: int, args: argparse.Namespace, argv: list[str]) -> dict:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
                    "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), os.path.abspath(__file__),
                    *argv, "--worker", result_file]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or max(1, (os.cpu_count() or 1) // world))}
+        env = {**os.environ, "OMP_NUM_THREADS": str(_threads(args, world))}
         started = time.perf_counter()
         subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
         result = json.loads(Path(result_file).read_text())

@@ -247,6 +247,7 @@ def test_summary_of_samples_and_format():
     assert result.acceptance is None
     text = format_summary(result)
     assert "r_hat" in text and "x[0,1,0]" in text and "showing 4 of 9" in text
+    assert f" {result.ess[0]:.0f} " in text.splitlines()[1]  # ESS printed as a whole number
     single = summary(draws[:, :1], max_dims=2)
     assert np.isnan(single.rhat).all() and np.isfinite(single.ess).all()
     with pytest.raises(ValueError, match="max_dims"):

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import torch
+
 from .atomic import atomic_write
 
 OPTIMIZERS = ("adam", "sgd")
@@ -45,7 +47,9 @@ class TrainConfig:
     ``noise_scale`` (ULA only) and ``sampler_kwargs`` (e.g. ``num_states``, ``num_leapfrog``).
     Optimisation: ``steps``, ``batch_size``, ``optimizer`` (adam | sgd), ``lr``, ``momentum``
     (sgd), ``betas`` (adam), ``weight_decay``, ``lr_schedule`` (constant | cosine),
-    ``warmup_steps``, ``lr_decay_steps``, ``grad_clip`` (max global norm), ``ema_decay``.
+    ``warmup_steps``, ``lr_decay_steps``, ``grad_clip`` (max global norm), ``ema_decay``. The
+    cosine schedule spans ``lr_decay_steps or steps``: set ``lr_decay_steps`` when a run will be
+    extended (``steps=k`` now, resumed to ``steps=N`` later) to keep its schedule unchanged.
     Run: ``seed``, ``device`` (cpu | cuda | cuda:N | auto), ``checkpoint_every``, ``out``,
     ``progress`` (auto | on | off), ``plots``, ``plot_samples``, ``plot_sampler_steps``.
     """
@@ -253,6 +257,19 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device a ``device`` setting names (``auto``: CUDA when available); ``ValueError`` otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"config: device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"config: device {name!r} was requested but no CUDA device is available")
+    return device
+
+
 def parse_value(text: str) -> Any:
     """A TOML value (``1``, ``0.5``, ``true``, ``[1, 2]``, ``"s"``), else the text itself."""
     try:
@@ -300,4 +317,4 @@ def to_toml(values: Mapping[str, Any], prefix: str = "") -> str:
     return "\n".join(line for line in lines) + "\n"
 
 
-__all__ = ["TrainConfig", "learning_rate", "parse_value", "to_toml", "toml_value"]
+__all__ = ["TrainConfig", "learning_rate", "parse_value", "resolve_device", "to_toml", "toml_value"]

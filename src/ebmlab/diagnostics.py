@@ -177,8 +177,9 @@ def effective_sample_size(samples: Any, rank_normalize: bool = False) -> np.ndar
 
     Args:
         samples: draws of shape ``(num_draws N >= 4, num_chains M >= 1, *event)``.
-        rank_normalize: compute it on rank-normalised draws (the "bulk" ESS of Vehtari et
-            al. 2021, robust to heavy tails); the plain ESS otherwise.
+        rank_normalize: compute it on rank-normalised draws (robust to heavy tails; the
+            bulk-ESS of Vehtari et al. 2021 without their splitting of chains); the plain
+            ESS otherwise.
 
     Returns:
         float64 array of shape ``event`` (0-d for scalar draws). Values may exceed ``N·M``
@@ -317,11 +318,12 @@ def summary(record_or_samples: Any, max_dims: int = 8) -> Summary:
 
 
 def _fmt(value: float, digits: int) -> str:
-    if np.isnan(value):
-        return "nan"
-    if np.isinf(value):
-        return "inf"
-    return f"{value:.{digits}g}" if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3) else f"{value:.{digits}f}"
+    """``digits`` decimals, or that many significant digits for very large or small values."""
+    if not np.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf"
+    if abs(value) >= 1e5 or (value != 0 and abs(value) < 1e-3):
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits}f}"
 
 
 def format_summary(result: Summary | Any, max_dims: int = 8) -> str:
@@ -336,7 +338,7 @@ def format_summary(result: Summary | Any, max_dims: int = 8) -> str:
     rows: list[Sequence[str]] = [header]
     for i, name in enumerate(result.names):
         rows.append((name, _fmt(result.mean[i], 3), _fmt(result.std[i], 3),
-                     _fmt(result.ess[i], 0), _fmt(result.rhat[i], 3)))
+                     "nan" if np.isnan(result.ess[i]) else f"{result.ess[i]:.0f}", _fmt(result.rhat[i], 3)))
     widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
     lines = ["  ".join(r[0].ljust(widths[0]) if j == 0 else r[j].rjust(widths[j]) for j in range(len(r)))
              for r in rows]

@@ -31,7 +31,6 @@ _MODELS: dict[str, ModelFactory] = {}
 PLUGIN_MODULES: tuple[str, ...] = (
     "ebmlab.energy.rbm",
     "ebmlab.score_models",
-    "ebmlab.objectives",
 )
 _plugins_loaded = False
 

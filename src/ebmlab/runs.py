@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,27 @@ def split_run_data(config: TrainConfig, n: int) -> tuple[torch.Tensor, torch.Ten
         return torch.arange(n), torch.zeros(0, dtype=torch.long)
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "split"))
     return split_indices(n, heldout_fraction=config.heldout_fraction, generator=generator)
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    """``runs/<data>-<objective>-<YYYYmmdd-HHMMSS>`` (with a numeric suffix if taken)."""
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(config.data).stem) or "data"
+    base = Path("runs") / f"{stem}-{config.objective}-{datetime.now():%Y%m%d-%H%M%S}"
+    path, k = base, 1
+    while path.exists():
+        path, k = Path(f"{base}-{k}"), k + 1
+    return path
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records of ``path`` up to ``step`` (the checkpoint's), dropping any later ones."""
+    if not path.exists():
+        return
+    kept = [json.dumps(r) for r in read_metrics(path.parent) if int(r.get("step", 0)) <= step]
+    text = "".join(line + "\n" for line in kept)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 class StandardizedEnergy(Energy):
@@ -220,10 +242,9 @@ def save_pictures(run_dir: str | os.PathLike, model: nn.Module, energy: nn.Modul
     event = tuple(data.shape[1:])
     if event == (2,):
         bounds = plots.bounds_from_samples(data, pad=0.15)
-        density_energy = energy.at_sigma() if hasattr(energy, "at_sigma") else energy
         fig = Figure(figsize=(5, 5))
         ax = fig.subplots()
-        plots.plot_density_2d(density_energy, ax, bounds)
+        plots.plot_density_2d(energy, ax, bounds)
         ax.set_title("learned density exp(-E)")
         written.append(plots.save_figure(fig, run_dir / "density.png"))
         fig = Figure(figsize=(10, 5))
@@ -253,5 +274,6 @@ def load(run_dir: str | os.PathLike, ema: bool = True, device: str | torch.devic
     return load_run(run_dir, ema=ema, device=device).energy
 
 
-__all__ = ["CONFIG_NAME", "METRICS_NAME", "Run", "StandardizedEnergy", "derive_seed", "energy_on_raw_data", "load",
-           "load_run", "load_run_data", "model_samples", "read_metrics", "save_pictures", "split_run_data"]
+__all__ = ["CONFIG_NAME", "METRICS_NAME", "Run", "StandardizedEnergy", "default_run_dir", "derive_seed",
+           "energy_on_raw_data", "load", "load_run", "load_run_data", "model_samples", "read_metrics", "save_pictures",
+           "split_run_data", "truncate_metrics"]

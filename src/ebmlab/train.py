@@ -17,31 +17,37 @@ step on resume.
 Divergence guard: a NaN or infinite loss, metric (energies) or gradient norm stops the run
 with :class:`TrainingDivergedError` naming the step, before the optimiser applies it; a state
 with non-finite weights is never written, so the last checkpoint stays the last good one.
+
+Data parallel: under ``torchrun`` the trainer asks a
+:class:`~ebmlab.distributed_train.TrainSharding` where ranks differ (batch shards, per-rank
+objective generators and state, DDP-averaged gradients, metrics averaged over ranks); rank 0
+alone writes files. With one process every such call is the identity.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from . import distributed as D
 from .checkpoint import CHECKPOINT_NAME, all_finite, load_checkpoint, save_checkpoint, to_device
-from .config import TrainConfig, learning_rate
+from .config import TrainConfig, learning_rate, resolve_device
 from .data import Standardizer
+from .distributed_train import TrainSharding
 from .models import build_model
 from .objectives import Objective, get_objective_class, make_objective
 from .runs import (
-    CONFIG_NAME, METRICS_NAME, derive_seed, energy_on_raw_data, load_run_data, model_samples, read_metrics,
-    save_pictures, split_run_data,
+    CONFIG_NAME, METRICS_NAME, default_run_dir, derive_seed, energy_on_raw_data, load_run_data, model_samples,
+    read_metrics, save_pictures, split_run_data, truncate_metrics,
 )
 from .samplers import Kernel, make_kernel
 
@@ -83,28 +89,6 @@ class RunResult:
     pictures: list[Path] = field(default_factory=list)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"config: device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"config: device {name!r} was requested but no CUDA device is available")
-    return device
-
-
-def default_run_dir(config: TrainConfig) -> Path:
-    """``runs/<data>-<objective>-<YYYYmmdd-HHMMSS>`` (with a numeric suffix if taken)."""
-    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(config.data).stem) or "data"
-    base = Path("runs") / f"{stem}-{config.objective}-{datetime.now():%Y%m%d-%H%M%S}"
-    path, k = base, 1
-    while path.exists():
-        path, k = Path(f"{base}-{k}"), k + 1
-    return path
-
-
 class BatchStream:
     """Batches without replacement within an epoch; a new permutation when one runs out.
 
@@ -144,7 +128,8 @@ class Trainer:
     def __init__(self, config: TrainConfig | dict, resume: bool = False, callback: Callback | None = None):
         config = TrainConfig.from_dict(config) if isinstance(config, dict) else copy.deepcopy(config).validate()
         self.callback = callback
-        self.device = resolve_device(config.device)
+        self.sharding = TrainSharding.current()
+        self.device = D.local_device(resolve_device(config.device))
         checkpoint = None
         if resume:
             if not config.out:
@@ -153,7 +138,7 @@ class Trainer:
             _check_resumable(TrainConfig.from_dict(checkpoint["config"]), config)
         else:
             if not config.out:
-                config.out = str(default_run_dir(config))
+                config.out = D.broadcast_object(str(default_run_dir(config)))
             if (Path(config.out) / CHECKPOINT_NAME).exists():
                 raise ValueError(f"{config.out!r} already holds a run (checkpoint.pt); resume it or choose another out")
         self.config = config
@@ -162,6 +147,7 @@ class Trainer:
         self._build()
         self.step = 0
         self.elapsed = 0.0
+        self.saved_step: int | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
 
@@ -175,6 +161,7 @@ class Trainer:
             raise ValueError(f"{self.dataset.name}: need at least 2 data points, got {x.shape[0]}")
         self.train_index, self.heldout_index = split_run_data(cfg, x.shape[0])
         x_train = x[self.train_index]
+        self.sharding.check_batch(cfg.batch_size, x_train.shape[0])
         self.support = self.dataset.support
         self.standardizer = Standardizer.fit(x_train) if cfg.standardize and self.support == "real" else None
         if self.standardizer is not None:
@@ -201,10 +188,11 @@ class Trainer:
                                  f"{self.dataset.name} is {self.support} data")
             options.setdefault("kernel", self.kernel)
             options.setdefault("num_steps", cfg.sampler_steps)
-        self.objective = make_objective(cfg.objective, **options)
+        self.objective = make_objective(cfg.objective, **self.sharding.objective_options(objective_cls, options))
         self.batch_generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "batches"))
-        self.objective_generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "objective"))
+        self.objective_generator = torch.Generator(device=device).manual_seed(self._objective_seed())
         self.objective.setup(self.model, self.x_train, self.objective_generator, support=self.support)
+        self.loss_function = self.sharding.loss_function(self.model, self.objective)
         self.batches = BatchStream(self.x_train.shape[0], cfg.batch_size, self.batch_generator, device)
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]
         extra = list(self.objective.parameters())
@@ -229,19 +217,34 @@ class Trainer:
                 raise ValueError(f"resume: the data {self.config.data!r} differ from the checkpoint's")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.objective.load_state_dict(to_device(state["objective"], self.device))
+        layout = state.get("distributed")
+        self.objective.load_state_dict(to_device(self.sharding.local_objective(state["objective"], layout), self.device))
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-        self.batch_generator.set_state(state["rng"]["batches"])
-        self.objective_generator.set_state(state["rng"]["objective"])
-        self.batches.load_state_dict(state["batches"])
         self.step, self.elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
-        _truncate_metrics(self.run_dir / METRICS_NAME, self.step)
+        self.saved_step = self.step
+        self.batch_generator.set_state(state["rng"]["batches"])
+        generator_state = self.sharding.local_generator_state(layout, state["rng"]["objective"])
+        if generator_state is None:  # another world size: fresh per-rank streams, from the seed and the step
+            self.objective_generator.manual_seed(self._objective_seed(self.step))
+        else:
+            self.objective_generator.set_state(generator_state)
+        self.batches.load_state_dict(state["batches"])
+        if self.sharding.is_main:
+            truncate_metrics(self.run_dir / METRICS_NAME, self.step)
+
+    def _objective_seed(self, step: int = 0) -> int:
+        """This rank's objective-generator seed (``step`` > 0: re-derived after a world-size change)."""
+        stream = "objective" if step == 0 else f"objective@{step}"
+        return self.sharding.objective_seed(derive_seed(self.config.seed, stream))
 
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """The checkpoint's content (a collective in a process group: gathers every rank's objective state)."""
+        objective, layout = self.sharding.gather_objective(self.objective.state_dict(),
+                                                           self.objective_generator.get_state())
+        state = {
             "step": self.step,
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
@@ -249,7 +252,7 @@ class Trainer:
             "model_info": self.model_info,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"name": self.config.lr_schedule, "step": self.step},
-            "objective": self.objective.state_dict(),
+            "objective": objective,
             "rng": {"batches": self.batch_generator.get_state(), "objective": self.objective_generator.get_state()},
             "batches": self.batches.state_dict(),
             "data": {"name": self.dataset.name, "event_shape": list(self.dataset.event_shape), "support": self.support,
@@ -257,14 +260,25 @@ class Trainer:
             "standardizer": None if self.standardizer is None else self.standardizer.state_dict(),
             "elapsed": self.elapsed,
         }
+        if layout is not None:
+            state["distributed"] = layout
+        return state
 
-    def save(self) -> Path:
-        """Write the checkpoint atomically; refuses (diverged) a state with non-finite values."""
+    def save(self) -> None:
+        """Write the checkpoint atomically (rank 0); refuses (diverged) a state with non-finite values.
+
+        A collective in a process group: every rank calls it at the same steps.
+        """
         state = self.state_dict()
-        for part in ("model", "ema", "optimizer", "objective"):
-            if not all_finite(state[part]):
-                raise TrainingDivergedError(self.step, f"the {part} state")
-        return save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
+        local = {"model": self.model.state_dict(), "ema": state["ema"], "optimizer": state["optimizer"],
+                 "objective": self.objective.state_dict()}
+        flags = D.all_reduce_mean({part: 0.0 if all_finite(value) else 1.0 for part, value in local.items()})
+        bad = [part for part, flag in flags.items() if flag > 0]
+        if bad:
+            raise TrainingDivergedError(self.step, f"the {' and '.join(bad)} state")
+        if self.sharding.is_main:
+            save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
+        self.saved_step = self.step
 
     @property
     def trained_model(self) -> nn.Module:
@@ -276,11 +290,12 @@ class Trainer:
         """One optimisation step; returns the step's metrics record."""
         cfg, step = self.config, self.step + 1
         lr = learning_rate(cfg, step)
-        batch = self.x_train[self.batches.next()]
+        batch = self.x_train[self.sharding.shard_batch(self.batches.next())]
         self.model.train()
-        loss, metrics = self.objective.loss(self.model, batch, self.objective_generator)
+        loss, metrics = self.loss_function(batch, self.objective_generator)
+        metrics, loss_value = self.sharding.reduce_metrics(metrics, loss)  # means over ranks
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-        if not bool(torch.isfinite(loss)) or bad:
+        if not math.isfinite(loss_value) or bad:
             raise TrainingDivergedError(step, "the loss" if not bad else f"the metric(s) {', '.join(bad)}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -301,22 +316,24 @@ class Trainer:
         return {"step": step, **{k: float(v) for k, v in metrics.items()}, "lr": lr, "grad_norm": grad_norm}
 
     def run(self) -> RunResult:
-        cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(self.run_dir / CONFIG_NAME)
+        cfg, main = self.config, self.sharding.is_main
         metrics_path = self.run_dir / METRICS_NAME
-        if self.step == 0:
-            metrics_path.write_text("", encoding="utf-8")
-        bar = self._progress_bar()
+        if main:  # rank 0 writes every file
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / CONFIG_NAME)
+            if self.step == 0:
+                metrics_path.write_text("", encoding="utf-8")
+        bar = self._progress_bar() if main else None
         start = time.perf_counter() - self.elapsed
         try:
-            with metrics_path.open("a", encoding="utf-8") as log:
+            with (metrics_path.open("a", encoding="utf-8") if main else contextlib.nullcontext()) as log:
                 while self.step < cfg.steps:
                     record = self.update()
                     self.elapsed = time.perf_counter() - start
                     record["time"] = round(self.elapsed, 4)
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
+                    if log is not None:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
                     if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                         self.save()
                     if bar is not None:
@@ -328,14 +345,15 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        if not (self.run_dir / CHECKPOINT_NAME).exists():
+        if self.saved_step != self.step:
             self.save()  # steps = 0: still leave a loadable run
+        D.barrier()  # every file is written before any rank reads one
         model = self.trained_model.eval()
         standardizer = None if self.standardizer is None else self.standardizer.to(self.device)
         energy = energy_on_raw_data(model, standardizer, self.dataset.event_shape, self.support)
         metrics = read_metrics(self.run_dir)
         pictures: list[Path] = []
-        if cfg.plots:
+        if cfg.plots and main:
             pictures = self.pictures(model, energy, metrics)
         return RunResult(run_dir=self.run_dir, config=cfg, step=self.step, model=model, energy=energy,
                          objective=self.objective, standardizer=self.standardizer, metrics=metrics,
@@ -378,17 +396,6 @@ def _check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
     if changed:
         detail = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
         raise ValueError(f"resume: the run was trained with other settings ({detail})")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the records of ``path`` up to ``step`` (the checkpoint's), dropping any later ones."""
-    if not path.exists():
-        return
-    kept = [json.dumps(r) for r in read_metrics(path.parent) if int(r.get("step", 0)) <= step]
-    text = "".join(line + "\n" for line in kept)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def train(config: TrainConfig | dict, resume: bool = False, callback: Callback | None = None) -> RunResult:

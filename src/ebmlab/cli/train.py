@@ -24,6 +24,9 @@ from ..samplers import available
 from .common import UserError, user_errors
 
 
+_D = TrainConfig()  # the defaults shown in --help
+
+
 class _OneLineErrors(click.Command):
     """Report usage errors (unknown option, non-integer count...) as one line, exit code 2."""
 
@@ -70,21 +73,21 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
                                         "config.toml and pictures.",
                epilog="Exit status: 0 ok; 2 bad input or a diverged run; 130 interrupted (continue with --resume).")
 @click.option("--data", default=None, metavar="NAME|FILE",
-              help=f"Data set [default: 8gaussians]: {', '.join(available_datasets())}, or a .npy/.npz/.csv file.")
-@click.option("--model", default=None, metavar="NAME", help=f"Model [default: mlp]: {', '.join(available_models())}.")
+              help=f"Data set [default: {_D.data}]: {', '.join(available_datasets())}, or a .npy/.npz/.csv file.")
+@click.option("--model", default=None, metavar="NAME", help=f"Model [default: {_D.model}]: {', '.join(available_models())}.")
 @click.option("--objective", default=None, metavar="NAME",
-              help=f"Objective [default: dsm]: {', '.join(available_objectives())}.")
-@click.option("--steps", type=int, default=None, help="Optimisation steps [default: 5000].")
-@click.option("--batch-size", type=int, default=None, help="Batch size [default: 256].")
-@click.option("--lr", type=float, default=None, help="Learning rate [default: 0.002].")
+              help=f"Objective [default: {_D.objective}]: {', '.join(available_objectives())}.")
+@click.option("--steps", type=int, default=None, help=f"Optimisation steps [default: {_D.steps}].")
+@click.option("--batch-size", type=int, default=None, help=f"Batch size [default: {_D.batch_size}].")
+@click.option("--lr", type=float, default=None, help=f"Learning rate [default: {_D.lr}, {_D.lr_schedule} schedule].")
 @click.option("--sampler", default=None, metavar="NAME",
-              help=f"MCMC kernel for contrastive objectives and pictures [default: ula]: {', '.join(available())}.")
-@click.option("--sampler-steps", type=int, default=None, help="Sampler transitions per update [default: 20].")
-@click.option("--step-size", type=float, default=None, help="Sampler step size [default: 0.01].")
-@click.option("--noise-scale", type=float, default=None, help="ULA noise scale [default: 1.0].")
+              help=f"MCMC kernel for contrastive objectives and pictures [default: {_D.sampler}]: {', '.join(available())}.")
+@click.option("--sampler-steps", type=int, default=None, help=f"Sampler transitions per update [default: {_D.sampler_steps}].")
+@click.option("--step-size", type=float, default=None, help=f"Sampler step size [default: {_D.step_size}].")
+@click.option("--noise-scale", type=float, default=None, help=f"ULA noise scale [default: {_D.noise_scale}].")
 @click.option("--hidden", default=None, metavar="W[,W...]", help="MLP layer widths [default: 128,128].")
-@click.option("--seed", type=int, default=None, help="Seed of every random stream of the run [default: 0].")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto [default: cpu].")
+@click.option("--seed", type=int, default=None, help=f"Seed of every random stream of the run [default: {_D.seed}].")
+@click.option("--device", default=None, help=f"cpu, cuda, cuda:N or auto [default: {_D.device}].")
 @click.option("--out", default=None, metavar="RUN_DIR", help="Run directory [default: runs/DATA-OBJECTIVE-TIME].")
 @click.option("--resume", default=None, metavar="RUN_DIR", help="Continue the run in RUN_DIR (e.g. with more --steps).")
 @click.option("--config", "config_file", default=None, metavar="FILE.toml", help="Start from the settings in FILE.toml.")
@@ -97,7 +100,9 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
 @user_errors
 def command(data, model, objective, steps, batch_size, lr, sampler, sampler_steps, step_size, noise_scale, hidden,
             seed, device, out, resume, config_file, assignments, threads, progress, no_plots) -> None:
-    from ..train import TrainingDivergedError, default_run_dir, train
+    from .. import distributed as D
+    from ..runs import default_run_dir
+    from ..train import TrainingDivergedError, train
 
     options = {"data": data, "model": model, "objective": objective, "steps": steps, "batch_size": batch_size,
                "lr": lr, "sampler": sampler, "sampler_steps": sampler_steps, "step_size": step_size,
@@ -105,12 +110,18 @@ def command(data, model, objective, steps, batch_size, lr, sampler, sampler_step
                "progress": None if progress is None else ("on" if progress else "off"),
                "plots": False if no_plots else None}
     config = build_config(config_file, resume, options, assignments)
+    D.init_distributed()  # joins the torchrun group, if any (a no-op for one process)
+    if resume is not None and D.is_main_process():
+        before = TrainConfig.load(Path(resume) / "config.toml")
+        if config.steps != before.steps and config.lr_schedule == "cosine" and not config.lr_decay_steps:
+            click.echo(f"ebmlab: note: the cosine learning-rate schedule now spans {config.steps} steps instead of "
+                       f"{before.steps} (set lr_decay_steps to fix its length)", err=True)
     if threads < 0:
         raise UserError(f"--threads must be >= 0, got {threads}")
     if threads:
         torch.set_num_threads(threads)
-    if not config.out:
-        config.out = str(default_run_dir(config))
+    if not config.out:  # one name for every rank of a torchrun group
+        config.out = D.broadcast_object(str(default_run_dir(config)))
     try:
         result = train(config, resume=resume is not None)
     except TrainingDivergedError as err:
@@ -119,6 +130,8 @@ def command(data, model, objective, steps, batch_size, lr, sampler, sampler_step
         click.echo(f"ebmlab: interrupted; the last checkpoint is kept: continue with "
                    f"'ebmlab train --resume {config.out}'", err=True)
         raise SystemExit(130) from None
+    if not D.is_main_process():
+        return
     last = result.metrics[-1] if result.metrics else {}
     figures = ", ".join(f"{k} {last[k]:.4g}" for k in ("loss", "cd_gap", "log_z") if k in last)
     files = ", ".join(p.name for p in result.pictures)

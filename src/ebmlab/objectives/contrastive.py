@@ -52,13 +52,13 @@ def run_chains(energy: EnergyFn, kernel: Kernel, x0: torch.Tensor, num_steps: in
     Returns the detached end points (same shape as ``x0``) and ``{"accept": mean acceptance
     probability}``. No gradient with respect to the energy's parameters is built.
     """
-    accept = 0.0
+    accept = torch.zeros((), device=x0.device)
     with frozen(energy):
         state = kernel.init(energy, x0.detach())
         for _ in range(num_steps):
             state, info = kernel.step(energy, state, generator)
-            accept += float(info.accept_prob.mean())
-    return state.x.detach(), {"accept": accept / num_steps if num_steps else 1.0}
+            accept = accept + info.accept_prob.float().mean()
+    return state.x.detach(), {"accept": float(accept) / num_steps if num_steps else 1.0}
 
 
 def _as_kernel(kernel: Kernel | str | dict | None) -> Kernel:
@@ -68,6 +68,8 @@ def _as_kernel(kernel: Kernel | str | dict | None) -> Kernel:
         return make_kernel(kernel)
     if isinstance(kernel, dict):
         options = dict(kernel)
+        if "name" not in options:
+            raise ValueError(f"contrastive objective: a kernel table needs a 'name', got {sorted(options)}")
         return make_kernel(options.pop("name"), **options)
     return kernel
 
