@@ -58,12 +58,14 @@ GAUSSIAN_KERNELS = {
     "ula": (ULA(step_size=0.01), 50),
     "mala": (MALA(step_size=0.3), 50),
     "hmc": (HMC(step_size=0.3, num_leapfrog=10), 20),
+    "hmc-jitter": (HMC(step_size=0.3, num_leapfrog=10, jitter=0.5), 20),
 }
 RING_KERNELS = {
     "rwmh": (RandomWalkMetropolis(step_size=0.25), 50),
     "ula": (ULA(step_size=0.001), 50),
     "mala": (MALA(step_size=0.01), 50),
     "hmc": (HMC(step_size=0.05, num_leapfrog=10), 20),
+    "hmc-jitter": (HMC(step_size=0.05, num_leapfrog=10, jitter=0.5), 20),
 }
 
 

@@ -34,10 +34,17 @@ def leapfrog(energy: EnergyFn, x: torch.Tensor, p: torch.Tensor, grad: torch.Ten
 
 @dataclass(frozen=True)
 class HMC(Kernel):
-    """HMC with ``num_leapfrog`` leapfrog steps of size ``step_size`` and identity mass."""
+    """HMC with ``num_leapfrog`` leapfrog steps of size ``step_size`` and identity mass.
+
+    ``jitter`` j > 0 draws each transition's step size uniformly from ``ε·[1-j, 1+j]``
+    (shared by all chains; Neal 2011, §5.4.2). The draw does not depend on the state, so the
+    kernel stays exact, and it breaks the periodic orbits that make a fixed ``(ε, L)`` mix
+    badly on near-Gaussian targets (and make acceptance non-monotone in ε).
+    """
 
     step_size: float = 0.1
     num_leapfrog: int = 10
+    jitter: float = 0.0
     name = "hmc"
     uses_grad = True
     adaptive = True
@@ -47,10 +54,16 @@ class HMC(Kernel):
         super().validate()
         if int(self.num_leapfrog) < 1:
             raise ValueError(f"HMC: num_leapfrog must be >= 1, got {self.num_leapfrog}")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError(f"HMC: jitter must be in [0, 1), got {self.jitter}")
 
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo]:
         p0 = gaussian_like(state.x, generator)
-        x_new, p_new, e_new, g_new = leapfrog(energy, state.x, p0, state.grad, self.step_size, int(self.num_leapfrog))
+        step_size = self.step_size
+        if self.jitter > 0:
+            u = torch.rand((), generator=generator, device=state.x.device).item()
+            step_size = step_size * (1.0 + self.jitter * (2.0 * u - 1.0))
+        x_new, p_new, e_new, g_new = leapfrog(energy, state.x, p0, state.grad, step_size, int(self.num_leapfrog))
         # H(x, p0) - H(x', p') = E(x) - E(x') + ½ (p0 - p')·(p0 + p')
         log_alpha = torch.sub(state.energy, e_new).add_(
             torch.linalg.vecdot((p0 - p_new).flatten(1), (p0 + p_new).flatten(1)), alpha=0.5)
