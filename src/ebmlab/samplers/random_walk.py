@@ -25,7 +25,7 @@ class RandomWalkMetropolis(Kernel):
     default_target_accept = 0.234
 
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo]:
-        x_new = state.x + self.step_size * gaussian_like(state.x, generator)
+        x_new = torch.add(state.x, gaussian_like(state.x, generator), alpha=self.step_size)
         with torch.no_grad():
             e_new = eval_energy(energy, x_new).detach()
         accepted, accept_prob, diverged = metropolis_accept(state.energy - e_new, generator)
