@@ -5,7 +5,13 @@ network, ``MLPEnergy(2, (128, 128))`` with the same initial weights, optimiser (
 learning rate), batch size and data (standardised; a fixed train / held-out split) on each
 2-D toy set (8 gaussians, 2 spirals) for the same budget of seconds (wall clock by default,
 ``--clock cpu`` for process CPU time). Objective-specific settings are the library defaults
-(printed with the results). For every trained model the script reports
+(printed with the results) except one: the contrastive objectives (``cd``, ``pcd``, ``replay``;
+ULA negatives, ε = 0.01, 20 steps per update) get the energy-magnitude penalty
+``α(E(x⁺)² + E(x⁻)²)`` of Du & Mordatch (2019) with ``α = --alpha`` (default 0.1). With the
+library default ``α = 0`` their energy scale runs away within a 60 s budget (losses near
+-1e9, a MALA step size tuned down to ~1e-7, NLL gaps of ~1e5 nats), with ``α = 1`` the
+density stays too flat; ``--alpha 0`` reproduces the unregularised runs. For every trained
+model the script reports
 
 * **steps/s**: optimiser updates per wall-clock second of training;
 * **MMD² (MALA)**: the unbiased MMD² (Gretton et al. 2012; Gaussian kernel, median-heuristic
@@ -13,7 +19,9 @@ learning rate), batch size and data (standardised; a fixed train / held-out spli
   samples drawn by one shared procedure: ``--chains`` MALA chains (Roberts & Tweedie 1996)
   started from ``N(0, s² I)`` in the standardised space (the same starting points for every
   model), ``--burn-in`` transitions that tune the step size by dual averaging towards an
-  acceptance of 0.574, ``--eval-steps`` more, and each chain's end point kept;
+  acceptance of 0.574, ``--eval-steps`` more, and each chain's end point kept. ``‡`` marks a
+  model whose chains barely moved (median distance from the start below 0.1 standardised
+  units, e.g. a step size tuned to ~0 on a runaway energy): its MMD² then measures the start;
 * **MMD² (grid)**: the same MMD² with samples drawn from the learned density on a quadrature
   grid (:func:`ebmlab.partition.grid_sample`): the density's quality without the sampler's
   mixing error (mass beyond the grid's box is ignored);
@@ -23,8 +31,8 @@ learning rate), batch size and data (standardised; a fixed train / held-out spli
   ``KL(p_true ‖ p_model) ≥ 0``. ``†`` marks a model whose estimated mass beyond the box exceeds
   1e-3 (its ``log Z``, hence the gap, is then too optimistic).
 
-A reference row, ``data``, compares fresh draws of the toy set with the held-out data: the
-MMD² noise floor at these sample sizes. The figure (``--figure``, default
+A reference row, ``data (fresh draws)``, compares fresh draws of the toy set with the held-out
+data: the MMD² noise floor at these sample sizes. The figure (``--figure``, default
 ``docs/figures/objectives.png``) shows the held-out data and each learned density
 ``exp(-E)``, one row per data set and one column per objective.
 
@@ -76,6 +84,8 @@ HIDDEN = (128, 128)
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FIGURE = REPO / "docs" / "figures" / "objectives.png"
 MISSING_MASS_FLAG = 1e-3
+STUCK_FLAG = 0.1  # median distance chains moved, standardised units
+CONTRASTIVE = ("cd", "pcd", "replay")
 
 
 @dataclass
@@ -94,6 +104,7 @@ class Result:
     missing_mass: float = math.nan
     mala_step_size: float = math.nan
     mala_accept: float = math.nan
+    mala_moved: float = math.nan
     settings: str = ""
     error: str = ""
     energy: torch.nn.Module | None = field(default=None, repr=False)
@@ -108,6 +119,7 @@ def train_config(objective: str, dataset: str, args: argparse.Namespace, out: Pa
     return TrainConfig(
         data=dataset, num_samples=args.num_samples, heldout_fraction=args.heldout_fraction, standardize=True,
         model="mlp", model_kwargs={"hidden": list(HIDDEN)}, objective=objective,
+        objective_kwargs={"alpha": args.alpha} if objective in CONTRASTIVE else {},
         sampler="ula", sampler_steps=20, step_size=0.01, noise_scale=1.0,
         steps=2**62, batch_size=args.batch_size, optimizer="adam", lr=args.lr, lr_schedule="constant",
         seed=args.seed, device="cpu", out=str(out), progress="off", plots=False,
@@ -147,17 +159,19 @@ def train_for_budget(trainer: Trainer, budget: float, clock: str) -> tuple[int, 
     return trainer.step, time.perf_counter() - wall0, time.process_time() - cpu0, loss, error
 
 
-def mala_samples(model: torch.nn.Module, args: argparse.Namespace, seed: int) -> tuple[torch.Tensor, float, float]:
+def mala_samples(model: torch.nn.Module, args: argparse.Namespace, seed: int) -> tuple[torch.Tensor, float, float, float]:
     """End points of the shared MALA procedure in the standardised space, ``(chains, 2)``.
 
-    Returns ``(samples, tuned step size, mean acceptance after burn-in)``.
+    Returns ``(samples, tuned step size, mean acceptance after burn-in, median ‖x_end - x_0‖)``.
     """
     generator = torch.Generator().manual_seed(derive_seed(seed, "objectives-benchmark-mala"))
     x0 = args.init_scale * torch.randn(args.chains, 2, generator=generator)
     with frozen(model):
         record = sample(model, MALA(step_size=args.init_step_size), x0, num_steps=args.eval_steps,
                         burn_in=args.burn_in, generator=generator, adapt=True, keep_samples=False)
-    return record.final_state.x.detach(), float(record.kernel.step_size), float(record.acceptance_rate.mean())
+    x = record.final_state.x.detach()
+    moved = float((x - x0).norm(dim=1).median())
+    return x, float(record.kernel.step_size), float(record.acceptance_rate.mean()), moved
 
 
 def evaluate(trainer: Trainer, result: Result, heldout: torch.Tensor, true_log_density, args) -> None:
@@ -165,7 +179,7 @@ def evaluate(trainer: Trainer, result: Result, heldout: torch.Tensor, true_log_d
     model = trainer.trained_model.eval()
     energy = energy_on_raw_data(model, trainer.standardizer, trainer.dataset.event_shape, trainer.support)
     result.energy = energy
-    samples, result.mala_step_size, result.mala_accept = mala_samples(model, args, args.seed)
+    samples, result.mala_step_size, result.mala_accept, result.mala_moved = mala_samples(model, args, args.seed)
     raw = trainer.standardizer.inverse_transform(samples) if trainer.standardizer is not None else samples
     result.mmd2_mala = mmd2(raw, heldout)
     with warnings.catch_warnings():
@@ -236,7 +250,8 @@ def markdown_table(results: list[Result], references: dict[str, float], datasets
                 row += [_num(r.steps_per_second, ".1f") if r is not None else "—", why, why, why]
                 continue
             gap = _num(r.nll_gap, ".3f") + ("†" if not r.missing_mass <= MISSING_MASS_FLAG else "")
-            row += [_num(r.steps_per_second, ".1f"), _num(r.mmd2_mala, ".5f"), _num(r.mmd2_grid, ".5f"), gap]
+            mala = _num(r.mmd2_mala, ".5f") + ("‡" if not r.mala_moved >= STUCK_FLAG else "")
+            row += [_num(r.steps_per_second, ".1f"), mala, _num(r.mmd2_grid, ".5f"), gap]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -250,7 +265,8 @@ def run_details(results: list[Result]) -> str:
             lines.append(f"{head}; {r.error}")
         else:
             lines.append(f"{head}, last loss {r.final_loss:.4g}; MALA ε = {r.mala_step_size:.3g}, "
-                         f"acceptance {r.mala_accept:.2f}; mass beyond the quadrature box {r.missing_mass:.1e}")
+                         f"acceptance {r.mala_accept:.2f}, median move {r.mala_moved:.2f}; "
+                         f"mass beyond the quadrature box {r.missing_mass:.1e}")
     return "\n".join(lines)
 
 
@@ -311,6 +327,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--heldout-fraction", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (constant)")
+    p.add_argument("--alpha", type=float, default=0.1, help="energy-magnitude penalty of cd, pcd, replay (default 0.1)")
     p.add_argument("--chains", type=int, default=None, help="MALA chains = model samples (default 2000; 1000 quick)")
     p.add_argument("--burn-in", type=int, default=None, help="MALA adaptation steps (default 500; 200 quick)")
     p.add_argument("--eval-steps", type=int, default=None, help="MALA steps after burn-in (default 500; 200 quick)")
@@ -333,6 +350,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ("burn-in", args.burn_in, args.burn_in >= 0, ">= 0"), ("eval-steps", args.eval_steps, args.eval_steps >= 0, ">= 0"),
         ("grid-points", args.grid_points, args.grid_points >= 3, ">= 3"), ("threads", args.threads, args.threads >= 1, ">= 1"),
         ("init-scale", args.init_scale, args.init_scale > 0, "> 0"), ("lr", args.lr, args.lr > 0, "> 0"),
+        ("alpha", args.alpha, args.alpha >= 0, ">= 0"),
         ("init-step-size", args.init_step_size, args.init_step_size > 0, "> 0")] if not ok]
     if problems:
         p.error("; ".join(problems))
@@ -366,11 +384,11 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     print(f"Model samples: {args.chains} MALA chains from N(0, {args.init_scale:g}² I) in the standardised space "
           f"(the same starting points for every model), {args.burn_in} burn-in steps with dual-averaging step-size "
           f"adaptation (target acceptance 0.574, from ε = {args.init_step_size:g}), then {args.eval_steps} steps; "
-          f"one sample per chain (its end point). Grid samples: {args.chains} draws from exp(-E) on "
-          f"{args.grid_points}² nodes. MMD²: unbiased, Gaussian kernel, median-heuristic bandwidth, vs the "
-          f"{n_heldout} held-out points. NLL gap: held-out NLL (quadrature log Z, {args.grid_points}² nodes) "
+          f"one sample per chain (its end point); ‡ = median move < {STUCK_FLAG:g}. Grid samples: {args.chains} "
+          f"draws from exp(-E) on {args.grid_points}² nodes. MMD²: unbiased, Gaussian kernel, median-heuristic "
+          f"bandwidth, vs the {n_heldout} held-out points. NLL gap: held-out NLL (quadrature log Z, {args.grid_points}² nodes) "
           f"minus the true cross-entropy, nats; † = mass beyond the box > {MISSING_MASS_FLAG:g}.")
-    print("\nObjective settings (library defaults):")
+    print(f"\nObjective settings (library defaults, except alpha = {args.alpha:g} for {', '.join(CONTRASTIVE)}):")
     for o in args.objectives:
         settings = next((r.settings for r in results if r.objective == o and r.settings), "")
         print(f"- {o}: {settings or '—'}")

@@ -18,14 +18,17 @@ Energies (parameters frozen, as when sampling a trained model):
 ``mlp`` = ``MLPEnergy(2, (128, 128))`` on x of shape (C, 2);
 ``conv`` = ``ConvEnergy(1, 28, 28, base_width=8)`` on (C, 1, 28, 28). ``base_width=8``
 (channels 8/16/32/32, ≈ 0.65 MMAC per image forward) keeps 8,192 chains at about 1.5 GB
-of activations and a few seconds per floor on 2 CPU cores.
+of activations and one to a few seconds per floor on 2 CPU cores. The default CPU run took
+76 s without the compiled column on two idle cores, and 7.5 min with it (cold compilation
+included) on a 2-core machine shared with other jobs.
 
 Timing: each candidate is run ``warmup`` times, then for ``repeats`` rounds every candidate
 is timed once over ``inner`` consecutive calls, ``inner`` chosen from the warm-up time so
 one timing lasts about ``--budget`` seconds (at least one call: the large conv configuration
-therefore gets one call per round). When one round would take over 10 s (conv with 8,192
-chains on a 2-core CPU) only 3 rounds are timed. The table shows medians over rounds; the
-"rounds" column says how many.
+therefore gets one call per round). When one round of single calls takes over 10 s (conv
+with 8,192 chains on a 2-core CPU), that first round is the only warm-up and 3 rounds are
+timed. The table shows medians over rounds; the "rounds" column says how many. Rows are
+also logged to stderr as each configuration finishes.
 
 On a busy machine, ``--threads 1`` gives steadier figures than several intra-op threads
 competing with other processes for the cores.
@@ -135,23 +138,32 @@ def measure(calls: dict[str, Callable[[], object]], device: torch.device, repeat
             budget: float, max_inner: int = 200, slow_round: float = 10.0, slow_repeats: int = 3) -> dict[str, Timing]:
     """Interleaved timing of several calls (see the module docstring); seconds per call.
 
-    Each call runs ``warmup`` times (at least once); the last warm-up call's time sets how
-    many consecutive calls (``inner``) one timing spans. When one round of single calls would
-    take more than ``slow_round`` seconds (the large conv configuration on CPU), only
-    ``min(repeats, slow_repeats)`` rounds are timed.
+    Each call first runs once, timed. When that round of single calls took more than
+    ``slow_round`` seconds (the large conv configuration on CPU), it counts as the only
+    warm-up and ``min(repeats, slow_repeats)`` rounds of single calls are timed. Otherwise each
+    call runs ``warmup - 1`` more times, the last warm-up sets how many consecutive calls
+    (``inner``) one timing spans (about ``budget`` seconds), and ``repeats`` rounds are timed.
     """
-    inner: dict[str, int] = {}
-    one_round = 0.0
-    for name, call in calls.items():
-        for _ in range(max(warmup, 1)):
-            synchronize(device)
-            start = time.perf_counter()
-            call()
-            synchronize(device)
-            one = time.perf_counter() - start
-        inner[name] = int(min(max_inner, max(1, budget / max(one, 1e-9))))
-        one_round += one * inner[name]
-    rounds = repeats if one_round <= slow_round else min(repeats, slow_repeats)
+
+    def timed(call: Callable[[], object]) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        call()
+        synchronize(device)
+        return time.perf_counter() - start
+
+    first = {name: timed(call) for name, call in calls.items()}
+    if sum(first.values()) > slow_round:
+        inner = dict.fromkeys(calls, 1)
+        rounds = min(repeats, slow_repeats)
+    else:
+        inner = {}
+        for name, call in calls.items():
+            one = first[name]
+            for _ in range(warmup - 1):
+                one = timed(call)
+            inner[name] = int(min(max_inner, max(1, budget / max(one, 1e-9))))
+        rounds = repeats
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
@@ -239,7 +251,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num-leapfrog", type=int, default=5, help="HMC leapfrog steps L (default 5)")
     p.add_argument("--conv-width", type=int, default=None, help="ConvEnergy base_width (default 8; 4 with --quick)")
     p.add_argument("--repeats", type=int, default=None, help="timing rounds (default 5; 2 with --quick)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per candidate before timing (default 2)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per candidate before timing, >= 1 (default 2)")
     p.add_argument("--budget", type=float, default=None,
                    help="target seconds per timing, sets calls per timing (default 0.25; 0.01 with --quick)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -251,8 +263,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.conv_width = args.conv_width or (4 if args.quick else 8)
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.budget = args.budget if args.budget is not None else (0.01 if args.quick else 0.25)
-    if min(args.chains) < 1 or args.num_leapfrog < 1 or args.repeats < 1 or args.budget < 0:
-        p.error("--chains, --num-leapfrog and --repeats must be >= 1 and --budget >= 0")
+    if min(args.chains) < 1 or min(args.num_leapfrog, args.repeats, args.warmup) < 1 or args.budget < 0:
+        p.error("--chains, --num-leapfrog, --repeats and --warmup must be >= 1 and --budget >= 0")
     return args
 
 
@@ -275,8 +287,10 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     for model in args.models:
         for num_chains in args.chains:
             log(f"  timing {model} with {num_chains} chains ...")
-            rows += bench_config(model, num_chains, device, args.samplers, args.num_leapfrog, args.conv_width,
-                                 args.repeats, args.warmup, args.budget, args.compile, log, args.compile_mode)
+            config_rows = bench_config(model, num_chains, device, args.samplers, args.num_leapfrog, args.conv_width,
+                                       args.repeats, args.warmup, args.budget, args.compile, log, args.compile_mode)
+            log("\n".join(format_table(config_rows, args.num_leapfrog).splitlines()[2:]))
+            rows += config_rows
     table = format_table(rows, args.num_leapfrog)
     header = (f"Sampler step time vs. one forward+backward of the energy w.r.t. x ({device.type}).\n"
               f"Machine: {machine}.\n"

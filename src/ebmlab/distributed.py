@@ -20,7 +20,8 @@ Work is split in one of two ways:
 
 Estimates that combine runs are recomputed from the gathered runs, never averaged over ranks:
 :func:`log_mean_exp_across_ranks` is ``log (1/N) Σ_n w_n`` over all ``N = Σ_r N_r`` weights,
-which differs from the mean of per-rank ``log Ẑ_r`` (a biased, lower combination by Jensen).
+which differs from the mean of per-rank ``log Ẑ_r`` (lower in expectation by concavity of the
+log, so more biased, and mis-weighted when the ranks hold different numbers of runs).
 
 Backends: ``gloo`` on CPU; on a CUDA machine ``cpu:gloo,cuda:nccl`` (NCCL for GPU tensors, gloo
 for the small CPU-side exchanges). Reference: Li et al. 2020, "PyTorch Distributed: Experiences

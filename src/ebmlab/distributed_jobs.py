@@ -169,4 +169,31 @@ def distributed_ais(energy: EnergyFn, base: nn.Module | None = None, data: torch
     return result
 
 
-__all__ = ["distributed_ais", "gather_record", "run_sampling_job_distributed"]
+def distributed_rbm_ais(rbm, base_visible_bias: torch.Tensor | None = None, betas: torch.Tensor | int = 14500,
+                        num_runs: int = 100, generator: torch.Generator | None = None):
+    """:func:`ebmlab.partition.rbm_ais.rbm_ais` (Salakhutdinov & Murray 2008) with the runs split
+    over the ranks.
+
+    Rank r runs ``split_count(num_runs, r, W)`` (at least 2) annealing runs with its own
+    generator, as :func:`distributed_ais`. The result, identical on every rank, pools every
+    run: ``log_z = log Z_0 + log (1/M) Σ w`` over the gathered ``log_weights (M,)``, with the
+    standard error and ESS of the pooled weights. One process: plain ``rbm_ais``.
+    """
+    from .partition.rbm_ais import rbm_ais
+
+    ctx = D.current_context() if D.is_initialized() else D.init_distributed()
+    if not ctx.is_distributed:
+        return rbm_ais(rbm, base_visible_bias, betas=betas, num_runs=num_runs, generator=generator)
+    if int(num_runs) < 2 * ctx.world_size:
+        raise ValueError(f"RBM AIS needs at least 2 runs per process: use at least {2 * ctx.world_size} runs for "
+                         f"{ctx.world_size} processes, got {num_runs}")
+    local_runs = D.split_count(int(num_runs), ctx.rank, ctx.world_size, what="AIS runs")
+    local = D.collectively(rbm_ais, rbm, base_visible_bias, betas=betas, num_runs=local_runs,
+                           generator=_rank_generator(generator, ctx.rank))
+    log_w = D.gather_tensor(local.log_weights.to(torch.float64), 0)
+    log_mean_w, stderr, ess = log_weight_statistics(log_w)
+    return dataclasses.replace(local, log_z=local.log_z_base + log_mean_w, log_z_stderr=stderr, log_weights=log_w,
+                               effective_sample_size=ess)
+
+
+__all__ = ["distributed_ais", "distributed_rbm_ais", "gather_record", "run_sampling_job_distributed"]

@@ -1,4 +1,4 @@
-"""Plots for samplers and training: 2-D densities with samples, image grids, traces, losses.
+"""Plots for samplers and training: 2-D densities with samples, image grids, chains over time, traces, losses.
 
 Everything uses matplotlib's object-oriented API (``matplotlib.figure.Figure``, rendered by
 the Agg canvas), so no display is needed and no global pyplot state or backend is touched.
@@ -151,6 +151,36 @@ def save_image_grid(images: ArrayLike, path: str | os.PathLike, nrow: int | None
     return atomic_write(path, lambda f: imsave(f, grid, format=_fmt(path), **kwargs))
 
 
+def chain_grid_images(snapshots: ArrayLike, max_chains: int = 8, max_snapshots: int = 10) -> np.ndarray:
+    """Chains over time as one image list: ``snapshots`` ``(S, C, *image)`` -> ``(C'·S', *image)``.
+
+    Keeps the first ``max_chains`` chains and ``max_snapshots`` snapshots evenly spaced from the
+    first to the last (both kept), ordered chain by chain, so that with ``nrow = S'`` each row
+    of :func:`image_grid` is one chain and each column one time.
+    """
+    arr = _numpy(snapshots)
+    if arr.ndim < 4 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"chain_grid_images: snapshots must be (S >= 1, C >= 1, *image), got {arr.shape}")
+    if max_chains < 1 or max_snapshots < 1:
+        raise ValueError(f"chain_grid_images: max_chains and max_snapshots must be >= 1, got {max_chains}, {max_snapshots}")
+    count = min(max_snapshots, arr.shape[0])
+    times = np.unique(np.linspace(0, arr.shape[0] - 1, count).round().astype(int))
+    picked = arr[times, :max_chains]  # (S', C', *image)
+    return np.swapaxes(picked, 0, 1).reshape(-1, *arr.shape[2:])
+
+
+def save_chain_grid(snapshots: ArrayLike, path: str | os.PathLike, max_chains: int = 8, max_snapshots: int = 10,
+                    **grid_kwargs) -> Path:
+    """Save chains over time as an image grid: one row per chain, one column per snapshot.
+
+    ``snapshots`` has shape ``(S, C, *image)`` with image ``(H, W)``, ``(1, H, W)`` or
+    ``(3, H, W)`` (e.g. a sampler's kept draws); see :func:`chain_grid_images`.
+    """
+    images = chain_grid_images(snapshots, max_chains, max_snapshots)
+    columns = images.shape[0] // min(max_chains, _numpy(snapshots).shape[1])
+    return save_image_grid(images, path, nrow=columns, **grid_kwargs)
+
+
 def plot_chain_trace(samples: ArrayLike, path: str | os.PathLike, max_dims: int = 4, max_chains: int = 4) -> Path:
     """Trace plots of ``samples`` (shape ``(draws, chains, *event)``): one panel per coordinate
     (the first ``max_dims`` of the flattened event), one line per chain (the first ``max_chains``)."""
@@ -224,6 +254,6 @@ def plot_samples(energy, samples: ArrayLike, path: str | os.PathLike, max_images
 
 
 __all__ = [
-    "bounds_from_samples", "density_grid", "image_grid", "plot_chain_trace", "plot_density_2d",
-    "plot_loss_curve", "plot_samples", "plot_samples_2d", "save_figure", "save_image_grid",
+    "bounds_from_samples", "chain_grid_images", "density_grid", "image_grid", "plot_chain_trace", "plot_density_2d",
+    "plot_loss_curve", "plot_samples", "plot_samples_2d", "save_chain_grid", "save_figure", "save_image_grid",
 ]

@@ -219,16 +219,41 @@ def model_samples(model: nn.Module, objective, kernel, x_train: torch.Tensor, nu
     return samples.detach()
 
 
+def chain_snapshots(model: nn.Module, kernel, x0: torch.Tensor, num_steps: int, generator: torch.Generator,
+                    num_snapshots: int = 10) -> torch.Tensor:
+    """Chains of ``kernel`` on the frozen ``model`` from ``x0`` ``(C, *event)``, seen at
+    ``num_snapshots`` times evenly spaced over ``0..num_steps`` (the start included).
+
+    Returns ``(S, C, *event)``, detached, with ``S = min(num_snapshots, num_steps + 1)``.
+    """
+    from .objectives import frozen
+
+    if num_steps < 0 or num_snapshots < 1:
+        raise ValueError(f"chain_snapshots: need num_steps >= 0 and num_snapshots >= 1, got {num_steps}, {num_snapshots}")
+    times = sorted({round(t * num_steps / max(num_snapshots - 1, 1)) for t in range(num_snapshots)})
+    snapshots = [x0.detach().clone()] if times[0] == 0 else []
+    with frozen(model):
+        state = kernel.init(model, x0.detach())
+        for step in range(1, num_steps + 1):
+            state, _ = kernel.step(model, state, generator)
+            if step in times:
+                snapshots.append(state.x.detach().clone())
+    return torch.stack(snapshots)
+
+
 def save_pictures(run_dir: str | os.PathLike, model: nn.Module, energy: nn.Module, standardizer: Standardizer | None,
-                  x_train: torch.Tensor, samples: torch.Tensor, metrics: list[dict[str, Any]]) -> list[Path]:
+                  x_train: torch.Tensor, samples: torch.Tensor, metrics: list[dict[str, Any]],
+                  chains: torch.Tensor | None = None) -> list[Path]:
     """The pictures of a run; returns the paths written.
 
     * 2-D data: ``density.png`` (the learned density ``exp(-E)`` over the data's range) and
       ``samples.png`` (data samples beside model samples);
-    * image data: ``samples.png`` (a grid of model samples) and ``data.png`` (a grid of data);
+    * image data: ``samples.png`` (a grid of model samples), ``data.png`` (a grid of data) and,
+      given ``chains`` ``(S, C, *event)`` (see :func:`chain_snapshots`), ``chains.png``: one
+      row per chain, one column per snapshot, time running left to right;
     * always, when there are metrics: ``loss.png`` (loss and key figures against the step).
 
-    ``x_train`` and ``samples`` are in the training (standardised) space.
+    ``x_train``, ``samples`` and ``chains`` are in the training (standardised) space.
     """
     from matplotlib.figure import Figure
 
@@ -242,11 +267,12 @@ def save_pictures(run_dir: str | os.PathLike, model: nn.Module, energy: nn.Modul
     event = tuple(data.shape[1:])
     if event == (2,):
         bounds = plots.bounds_from_samples(data, pad=0.15)
-        fig = Figure(figsize=(5, 5))
-        ax = fig.subplots()
-        plots.plot_density_2d(energy, ax, bounds)
-        ax.set_title("learned density exp(-E)")
-        written.append(plots.save_figure(fig, run_dir / "density.png"))
+        if getattr(model, "parametrization", "energy") == "energy":  # a score-only network has no density
+            fig = Figure(figsize=(5, 5))
+            ax = fig.subplots()
+            plots.plot_density_2d(energy, ax, bounds)
+            ax.set_title("learned density exp(-E)")
+            written.append(plots.save_figure(fig, run_dir / "density.png"))
         fig = Figure(figsize=(10, 5))
         for ax, points, title in zip(fig.subplots(1, 2), (data, finite), ("data", "model samples")):
             plots.plot_samples_2d(points, ax, s=2, alpha=0.4)
@@ -258,6 +284,11 @@ def save_pictures(run_dir: str | os.PathLike, model: nn.Module, energy: nn.Modul
     elif len(event) == 2 or (len(event) == 3 and event[0] in (1, 3)):
         written.append(plots.save_image_grid(finite[:64].clamp(data.min(), data.max()), run_dir / "samples.png"))
         written.append(plots.save_image_grid(data[:64], run_dir / "data.png"))
+        if chains is not None:
+            frames = raw(chains.flatten(0, 1)).reshape(chains.shape).detach().cpu()
+            frames = torch.nan_to_num(frames, nan=float(data.min())).clamp(data.min(), data.max())
+            bounds = (float(data.min()), float(data.max()))
+            written.append(plots.save_chain_grid(frames, run_dir / "chains.png", value_range=bounds))
     keys = ("loss", "cd_gap", "accept", "log_z", "accuracy", "grad_norm")
     records = [{k: r[k] for k in ("step", *keys) if k in r} for r in metrics]
     if records:
@@ -274,6 +305,6 @@ def load(run_dir: str | os.PathLike, ema: bool = True, device: str | torch.devic
     return load_run(run_dir, ema=ema, device=device).energy
 
 
-__all__ = ["CONFIG_NAME", "METRICS_NAME", "Run", "StandardizedEnergy", "default_run_dir", "derive_seed",
-           "energy_on_raw_data", "load", "load_run", "load_run_data", "model_samples", "read_metrics", "save_pictures",
+__all__ = ["CONFIG_NAME", "METRICS_NAME", "Run", "StandardizedEnergy", "chain_snapshots", "default_run_dir",
+           "derive_seed", "energy_on_raw_data", "load", "load_run", "load_run_data", "model_samples", "read_metrics", "save_pictures",
            "split_run_data", "truncate_metrics"]

@@ -44,10 +44,10 @@ from .config import TrainConfig, learning_rate, resolve_device
 from .data import Standardizer
 from .distributed_train import TrainSharding
 from .models import build_model
-from .objectives import Objective, get_objective_class, make_objective
+from .objectives import NoiseSource, Objective, get_objective_class, make_objective
 from .runs import (
-    CONFIG_NAME, METRICS_NAME, default_run_dir, derive_seed, energy_on_raw_data, load_run_data, model_samples,
-    read_metrics, save_pictures, split_run_data, truncate_metrics,
+    CONFIG_NAME, METRICS_NAME, chain_snapshots, default_run_dir, derive_seed, energy_on_raw_data, load_run_data,
+    model_samples, read_metrics, save_pictures, split_run_data, truncate_metrics,
 )
 from .samplers import Kernel, make_kernel
 
@@ -175,6 +175,11 @@ class Trainer:
             torch.manual_seed(derive_seed(cfg.seed, "model"))
             self.model = build_model(cfg.model, event_shape, **cfg.model_kwargs).to(device)
         self.model_info = {"name": cfg.model, "kwargs": copy.deepcopy(cfg.model_kwargs), "event_shape": list(event_shape)}
+        model_support = getattr(self.model, "support", "real")  # discrete models (RBMs) declare theirs
+        if model_support != "real" and model_support != self.support:
+            hint = "; use binarised data (digits-binary, mnist-binary:DIR, or a file of 0/1 values)"
+            raise ValueError(f"model {cfg.model!r} has {model_support} units but {self.dataset.name} is {self.support} "
+                             f"data" + (hint if model_support == "binary" else ""))
         self.kernel = build_kernel(cfg)
         objective_cls = get_objective_class(cfg.objective)
         supports = objective_cls.supports
@@ -367,7 +372,11 @@ class Trainer:
         generator = torch.Generator(device=self.device).manual_seed(derive_seed(cfg.seed, "pictures"))
         samples = model_samples(model, self.objective, self.kernel, self.x_train, num, cfg.plot_sampler_steps,
                                 generator, self.support)
-        return save_pictures(self.run_dir, model, energy, self.standardizer, self.x_train, samples, metrics)
+        chains = None
+        if image_like and cfg.plot_sampler_steps > 0:  # chains.png: 8 chains from noise, over time
+            x0 = NoiseSource("uniform", support=self.support).fit(self.x_train).sample(8, generator)
+            chains = chain_snapshots(model, self.kernel, x0, cfg.plot_sampler_steps, generator)
+        return save_pictures(self.run_dir, model, energy, self.standardizer, self.x_train, samples, metrics, chains)
 
     def _progress_bar(self):
         import sys
@@ -395,7 +404,9 @@ def _check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
     changed = [k for k in STRUCTURAL if old[k] != new[k]]
     if changed:
         detail = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
-        raise ValueError(f"resume: the run was trained with other settings ({detail})")
+        raise ValueError(f"resume: the run was trained with other settings ({detail}); set "
+                         f"{', '.join(changed)} back to the values in {config.out}/config.toml, or train into "
+                         f"another out directory")
 
 
 def train(config: TrainConfig | dict, resume: bool = False, callback: Callback | None = None) -> RunResult:

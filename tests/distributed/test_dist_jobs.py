@@ -128,14 +128,17 @@ def check_sampling(rank: int, tmp: Path) -> None:
 
 
 def check_ais(rank: int, tmp: Path) -> None:
-    """Pooled AIS: the gathered log weights are the per-rank runs' (recomputed here from the
-    rank seeds), and log Ẑ and the reverse bound are single log-mean-exps over all of them.
-    Negative control: the mean of per-rank estimates differs from the pooled one."""
+    """Pooled AIS (generic, and the RBM's): the gathered log weights are the per-rank runs'
+    (recomputed here from the rank seeds), and log Ẑ and the reverse bound are single
+    log-mean-exps over all of them. Negative control: the mean of per-rank estimates differs
+    from the pooled one."""
     from ebmlab.cli import main
-    from ebmlab.distributed_jobs import distributed_ais
+    from ebmlab.distributed_jobs import distributed_ais, distributed_rbm_ais
     from ebmlab.energy import Gaussian
+    from ebmlab.energy.rbm import BernoulliRBM
     from ebmlab.partition import GaussianBase
     from ebmlab.partition.ais import ais
+    from ebmlab.partition.rbm_ais import rbm_ais
 
     energy = Gaussian(torch.tensor([1.0, -0.5]), torch.tensor([[0.5, 0.2], [0.2, 0.4]])).double()
     base = GaussianBase(torch.zeros(2, dtype=torch.float64), 2.0)
@@ -148,6 +151,14 @@ def check_ais(rank: int, tmp: Path) -> None:
         too_few = None
     except ValueError as err:
         too_few = str(err)
+    rbm = BernoulliRBM(6, 4, weight_scale=0.5, generator=torch.Generator().manual_seed(2))
+    bias = torch.linspace(-1.0, 1.0, 6)
+    rbm_result = distributed_rbm_ais(rbm, bias, betas=20, num_runs=7, generator=torch.Generator().manual_seed(6))
+    try:
+        distributed_rbm_ais(rbm, bias, betas=20, num_runs=3, generator=torch.Generator().manual_seed(6))
+        rbm_too_few = None
+    except ValueError as err:
+        rbm_too_few = str(err)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         main.main(["evaluate", "--energy", "gaussian:2", "--log-partition", "ais", "--runs", "6", "--temperatures", "5",
@@ -162,11 +173,17 @@ def check_ais(rank: int, tmp: Path) -> None:
         backward.append(part.reverse_log_weights)
         estimates.append(part.log_z)
     forward, backward = torch.cat(forward), torch.cat(backward)
+    rbm_forward = torch.cat([rbm_ais(rbm, bias, betas=20, num_runs=D.split_count(7, r, WORLD),
+                                     generator=torch.Generator().manual_seed(D.rank_seed(6, r))).log_weights
+                             for r in range(WORLD)])
     assert torch.equal(result.log_weights, forward) and result.num_runs == 7 and result.samples.shape == (7, 2)
     assert abs(result.log_z - float(torch.logsumexp(forward, 0) - math.log(7))) < 1e-12
     assert abs(-result.log_z_upper - float(torch.logsumexp(backward, 0) - math.log(6))) < 1e-12
     assert abs(sum(estimates) / WORLD - result.log_z) > 1e-3
     assert too_few is not None and "cannot split 1 AIS runs over 2 processes" in too_few
+    assert abs(rbm_result.log_z - rbm_result.log_z_base - float(torch.logsumexp(rbm_forward, 0) - math.log(7))) < 1e-12
+    assert torch.equal(rbm_result.log_weights, rbm_forward)
+    assert rbm_too_few is not None and "use at least 4 runs for 2 processes" in rbm_too_few
     if rank == 0:  # ``ebmlab evaluate`` under torchrun: rank 0 prints the pooled report
         report = json.loads(printed.getvalue())
         assert report["num_runs"] == 6 and math.isfinite(report["log_z"]) and report["log_z_upper"] is not None

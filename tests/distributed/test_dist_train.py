@@ -300,7 +300,8 @@ def test_incompatible_checkpoint_names_the_setting_to_change(group):
     from ebmlab.train import Trainer
 
     out, _ = group
-    with pytest.raises(ValueError, match="model_kwargs"):
+    with pytest.raises(ValueError, match=r"model_kwargs: \{'hidden': \[16, 16\]\} -> \{'hidden': \[8\]\}\); set "
+                                         r"model_kwargs back to the values in .*config.toml"):
         Trainer({**RESUME, "model_kwargs": {"hidden": [8]}, "out": str(out / "single")}, resume=True)
 
 

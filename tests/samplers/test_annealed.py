@@ -15,8 +15,8 @@ import torch
 
 from ebmlab.energy import GaussianMixture
 from ebmlab.samplers import ULA, ChainDivergedError, sample
-from ebmlab.samplers.annealed import DEFAULT_STEP_RATIO, annealed_langevin, annealed_step_sizes
-from ebmlab.score_models import geometric_sigmas
+from ebmlab.samplers.annealed import DEFAULT_STEP_RATIO, annealed_langevin, annealed_snapshots, annealed_step_sizes
+from ebmlab.score_models import NCSNMLP, geometric_sigmas
 
 MEANS = torch.tensor([[-5.0, 0.0], [5.0, 0.0]])
 WEIGHTS = torch.tensor([0.8, 0.2])
@@ -112,6 +112,16 @@ def test_final_denoising_step_is_tweedie():
     assert torch.allclose(out, mu.expand(50, 2), atol=1e-5)
     noisy = annealed_langevin(point_score, x0, torch.tensor([1.0, 0.3]), 5, 1e-3, g, final_denoise=False)
     assert not torch.allclose(noisy, mu.expand(50, 2), atol=1e-2)
+
+
+def test_snapshots_of_a_model_run():
+    """``annealed_snapshots``: the start, evenly spaced states and the denoised end, (S, C, *event)."""
+    model = NCSNMLP((1, 2, 2), hidden=(8, 8), sigmas=[1.0, 0.5, 0.1], parametrization="score")
+    x0 = torch.zeros(4, 1, 2, 2)
+    frames = annealed_snapshots(model, x0, torch.Generator().manual_seed(0), num_snapshots=4, steps_per_level=3)
+    assert frames.shape == (4, 4, 1, 2, 2) and torch.equal(frames[0], x0)
+    final = annealed_langevin(model.score, x0, model.sigmas, 3, None, torch.Generator().manual_seed(0))
+    assert torch.equal(frames[-1], final)
 
 
 def test_images_and_reproducibility():

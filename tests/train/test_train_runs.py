@@ -124,9 +124,9 @@ def test_nce_run_reports_learned_log_z(tmp_path):
 
 
 def test_image_runs_write_sample_grids(tmp_path):
-    """8×8 digits with an MLP over flattened images: samples.png and data.png are grids."""
+    """8×8 digits with an MLP over flattened images: samples.png, data.png and chains.png are grids."""
     result = train(small_config(tmp_path / "digits", data="digits", num_samples=200, steps=3, plots=True))
-    assert {p.name for p in result.pictures} == {"samples.png", "data.png", "loss.png"}
+    assert {p.name for p in result.pictures} == {"samples.png", "data.png", "chains.png", "loss.png"}
     energy = ebmlab.load(result.run_dir)
     assert energy.event_shape == (1, 8, 8)
     assert energy(torch.zeros(4, 1, 8, 8)).shape == (4,)

@@ -8,7 +8,15 @@ call per quantity) -> print a short report, or exactly one JSON object with ``--
   the data range widened by half its width per side); ``ais``: annealed importance sampling
   (any dimension; base fitted to the data, or ``N(0, base_std² I)``), plus a reverse-AIS upper
   bound started at exact draws when the energy has a sampler, else at the data (heuristic).
-* With ``--data``: NLL in nats per example (``mean E(x) + log Z``), bits per dimension, and,
+* A Bernoulli RBM (:class:`~ebmlab.energy.rbm.BernoulliRBM`, e.g. a run trained with
+  ``--model rbm``) is routed to its own estimators: ``exact`` enumerates its smaller layer
+  (≤ 22 units, whatever the number of visible units), ``ais`` runs the RBM AIS of Salakhutdinov
+  & Murray (2008) from the base-rate model fitted to ``--data`` (the uniform distribution
+  without data), with ``--temperatures`` (default 1000, in their schedule's proportions) and
+  ``--runs``; one block-Gibbs sweep per temperature. Model samples for the metrics are exact
+  draws when the smaller layer has ≤ 20 units, else 1000 block-Gibbs sweeps from the base.
+* With ``--data``: NLL in nats per example (``mean E(x) + log Z``; ``log_likelihood`` is its
+  negative), bits per dimension, and,
   against model samples (exact draws, grid draws, or AIS samples resampled by weight), the
   MMD² permutation test and the energy distance (AIS samples are resampled by weight, then
   rejuvenated by a short MCMC run on the target, and compared on at most ``--runs`` points); for 2-D toy data with a known density, the
@@ -37,13 +45,17 @@ from ..partition import (
     quadrature_log_z,
 )
 from ..distributed import is_main_process, local_device
-from ..distributed_jobs import distributed_ais
+from ..distributed_jobs import distributed_ais, distributed_rbm_ais
 from ..partition.ais import default_kernel, resolve_base
+from ..partition.rbm_ais import base_rate_visible_bias
 from ..samplers import sample
 from ..partition.quadrature import MAX_DIMS, resolve_bounds
 from .common import UserError, make_generator, resolve_device, user_errors
 
 SAMPLERS = ("mala", "hmc", "rwmh", "gibbs", "metropolis")
+DEFAULT_TEMPERATURES = 200
+RBM_TEMPERATURES = 1000  # RBM AIS: one block-Gibbs sweep per temperature is cheap
+RBM_SAMPLE_SWEEPS = 1000
 
 
 def _finite(value: Any) -> Any:
@@ -68,9 +80,65 @@ def parse_bounds(text: str | None) -> list[float] | list[list[float]] | None:
     return values if len(values) == 2 else [values[i:i + 2] for i in range(0, len(values), 2)]
 
 
+def as_rbm(energy):
+    """``energy`` when it is a :class:`~ebmlab.energy.rbm.BernoulliRBM` (RBM runs load as one), else ``None``."""
+    from ..energy.rbm import BernoulliRBM
+
+    return energy if isinstance(energy, BernoulliRBM) else None
+
+
+def _rbm_log_z(rbm, method, x, temperatures, runs, sampler, steps_per_temperature, generator,
+               report) -> Callable[[int], torch.Tensor]:
+    """:func:`_log_z` for a Bernoulli RBM: exact enumeration of the smaller layer, or RBM AIS."""
+    from ..energy.rbm import MAX_ENUMERATED_UNITS
+
+    layer = "hidden" if rbm.num_hidden <= rbm.num_visible else "visible"
+    units = min(rbm.num_hidden, rbm.num_visible)
+    report.update(model="rbm", num_visible=rbm.num_visible, num_hidden=rbm.num_hidden)
+    base = None
+    if method == "exact":
+        if units > MAX_ENUMERATED_UNITS:
+            raise ValueError(f"--log-partition exact: the RBM's smaller layer ({layer}) has {units} units, more than "
+                             f"{MAX_ENUMERATED_UNITS} to enumerate; use --log-partition ais")
+        report.update(log_z=rbm.exact_log_z(), log_z_stderr=0.0, enumerated_layer=layer, enumerated_units=units)
+    elif method == "ais":
+        ignored = [name for name, value in (("--sampler", sampler), ("--steps-per-temperature", steps_per_temperature))
+                   if value is not None]
+        if ignored:
+            report["warnings"].append(f"{' and '.join(ignored)} ignored: RBM AIS makes one block-Gibbs sweep per "
+                                      "temperature")
+        base = None if x is None else base_rate_visible_bias(x)
+        # = rbm_ais(...) in one process; under torchrun the runs are split over the ranks and pooled
+        result = distributed_rbm_ais(rbm, base, betas=int(temperatures), num_runs=runs, generator=generator)
+        report.update(log_z=result.log_z, log_z_stderr=result.log_z_stderr, ess=result.effective_sample_size,
+                      num_temperatures=int(temperatures), num_runs=int(runs), sampler="block_gibbs",
+                      schedule="salakhutdinov-murray", log_z_base=result.log_z_base,
+                      base="base-rate model of the data" if base is not None else "uniform distribution")
+    else:
+        raise ValueError(f"--log-partition {method} is for continuous energies; for an RBM use exact "
+                         f"(smaller layer <= {MAX_ENUMERATED_UNITS} units) or ais")
+
+    def draw(n: int) -> torch.Tensor:
+        if units <= 20:
+            return rbm.exact_sample(n, generator)
+        logits = torch.zeros(rbm.num_visible) if base is None else base.to(torch.get_default_dtype())
+        probs = torch.sigmoid(logits).to(rbm.W.device, rbm.W.dtype).expand(n, rbm.num_visible)
+        v = torch.bernoulli(probs, generator=generator)
+        with torch.no_grad():
+            for _ in range(RBM_SAMPLE_SWEEPS):
+                v = rbm.sample_visible(rbm.sample_hidden(v, generator), generator)
+        return v.reshape(n, *rbm.event_shape)
+
+    return draw
+
+
 def _log_z(energy, event_shape, support, method, x, bounds, grid_points, temperatures, schedule, runs, sampler,
            steps_per_temperature, base_std, reverse, generator, device, report) -> Callable[[int], torch.Tensor]:
     """Fill ``report`` with the log Z fields; return a function drawing n model samples."""
+    rbm = as_rbm(energy)
+    if rbm is not None:
+        return _rbm_log_z(rbm, method, x, temperatures, runs, sampler, steps_per_temperature, generator, report)
+    temperatures = DEFAULT_TEMPERATURES if temperatures is None else temperatures
     if method == "exact":
         report["log_z"] = exact_log_z(energy, event_shape, device=device)
         report["log_z_stderr"] = 0.0
@@ -139,14 +207,18 @@ def _log_z(energy, event_shape, support, method, x, bounds, grid_points, tempera
 
 def evaluate(energy, event_shape: tuple[int, ...], support: str, method: str, x: torch.Tensor | None = None,
              true_log_density: Callable[[torch.Tensor], torch.Tensor] | None = None, *, bounds=None,
-             grid_points: int | None = None, temperatures: int = 200, schedule: str = "sigmoid", runs: int = 100,
+             grid_points: int | None = None, temperatures: int | None = None, schedule: str = "sigmoid", runs: int = 100,
              sampler: str | None = None, steps_per_temperature: int | None = None, base_std: float | None = None,
              reverse: bool = True, metrics: bool = True, metric_samples: int = 1000, num_levels: int | None = None,
              seed: int = 0, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Evaluate ``energy``: log Z by ``method``, and with data ``x`` ``(N, *event_shape)`` the NLL
-    (nats per example) and the sample-quality metrics. Returns a JSON-ready dict."""
+    (nats per example) and the sample-quality metrics. Returns a JSON-ready dict.
+
+    ``temperatures`` (AIS) defaults to 200, or 1000 for a Bernoulli RBM."""
     if method not in METHODS:
         raise ValueError(f"--log-partition must be one of {', '.join(METHODS)}, got {method!r}")
+    if temperatures is None and as_rbm(energy) is not None:
+        temperatures = RBM_TEMPERATURES
     device = torch.device(device)
     generator = make_generator(seed, device)
     report: dict[str, Any] = {"method": method, "event_shape": list(event_shape), "support": support, "warnings": []}
@@ -164,7 +236,7 @@ def evaluate(energy, event_shape: tuple[int, ...], support: str, method: str, x:
     with torch.no_grad():
         spread = float(energy(x[:4096]).double().std()) if len(x) > 1 else 0.0
     report.update(nll=nll, nll_stderr=math.hypot(report["log_z_stderr"], spread / math.sqrt(len(x))),
-                  num_examples=int(len(x)), bits_per_dim=bits_per_dim(nll, dims, num_levels))
+                  log_likelihood=-nll, num_examples=int(len(x)), bits_per_dim=bits_per_dim(nll, dims, num_levels))
     if true_log_density is not None:
         true_nll = float(-true_log_density(x.detach().cpu().double()).mean())
         report.update(true_nll=true_nll, excess_nll=nll - true_nll)
@@ -194,6 +266,10 @@ def format_report(report: dict[str, Any]) -> str:
         if report.get("log_z_upper") is not None:
             lines.append(f"  bracket [{report['log_z']:.4f}, {report['log_z_upper']:.4f}] "
                          f"(reverse AIS from {report['upper_bound_source']})")
+    if report.get("model") == "rbm":
+        how = (f"enumerated its {report['enumerated_layer']} layer (2^{report['enumerated_units']} states)"
+               if method == "exact" else f"RBM AIS (Salakhutdinov & Murray 2008) from the {report['base']}")
+        lines.append(f"  RBM with {report['num_visible']} visible and {report['num_hidden']} hidden units: {how}")
     if method == "quadrature":
         lines.append(f"  {report['grid_points']} points per axis on {report['bounds']}; "
                      f"estimated missing mass {report['missing_mass']:.2g}")
@@ -253,7 +329,8 @@ def _load_data(spec: str, energy_spec: str, event_shape, num_examples: int | Non
 @click.option("--data", "data_spec", default=None, metavar="FILE|NAME",
               help="Data set name or file (.npy, .npz, .csv), or 'heldout': the held-out split of the --energy run.")
 @click.option("--log-partition", "method", required=True, type=click.Choice(METHODS), help="How to compute log Z.")
-@click.option("--temperatures", type=int, default=200, show_default=True, help="AIS: K temperatures (>= 2).")
+@click.option("--temperatures", type=int, default=None,
+              help=f"AIS: K temperatures (>= 2) [default: {DEFAULT_TEMPERATURES}; RBMs: {RBM_TEMPERATURES}].")
 @click.option("--schedule", type=click.Choice(["sigmoid", "linear"]), default="sigmoid", show_default=True,
               help="AIS temperature schedule.")
 @click.option("--runs", type=int, default=100, show_default=True, help="AIS: independent runs.")
@@ -282,7 +359,7 @@ def command(energy_spec, data_spec, method, temperatures, schedule, runs, sample
     except RuntimeError:
         raise UserError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
     torch_device = local_device(torch_device)  # cuda -> cuda:LOCAL_RANK under torchrun
-    if method == "ais" and temperatures < 2:
+    if method == "ais" and temperatures is not None and temperatures < 2:
         raise UserError(f"--temperatures must be >= 2 (the base and the target), got {temperatures}")
     energy, shape, support = resolve_energy(energy_spec, parse_event_shape(event_shape))
     energy = energy.to(torch_device).eval() if isinstance(energy, torch.nn.Module) else energy
@@ -290,7 +367,8 @@ def command(energy_spec, data_spec, method, temperatures, schedule, runs, sample
         p.requires_grad_(False)
     if method == "exact" and support == "real":
         raise UserError("--log-partition exact needs a discrete energy; use quadrature (<= 3 dims) or ais")
-    if method == "exact" and math.prod(shape) * math.log(int(getattr(energy, "num_states", 2))) > math.log(MAX_STATES):
+    too_many = math.prod(shape) * math.log(int(getattr(energy, "num_states", 2))) > math.log(MAX_STATES)
+    if method == "exact" and too_many and as_rbm(energy) is None:  # RBMs enumerate their smaller layer
         raise UserError(f"--log-partition exact: too many states to enumerate for event shape {shape} "
                         f"(limit {MAX_STATES}); use --log-partition ais")
     if method == "quadrature" and (len(shape) != 1 or shape[0] > MAX_DIMS):

@@ -8,11 +8,13 @@ the chains; lower ``--step-size``). No output file is written in either failure 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..distributed import is_main_process
 from ..distributed_jobs import run_sampling_job_distributed
-from ..sampling_job import SampleJob, format_summary, summarize
+from ..sampling_job import SampleJob, check_writable, format_summary, summarize
 from ..samplers import ChainDivergedError, available
 from ..specs import describe_builtin, parse_event_shape
 from .common import UserError, is_terminal, resolve_device, user_errors
@@ -60,9 +62,13 @@ _ENERGY_HELP = (
 @click.option("--plot", default=None, metavar="FILE.png",
               help="Also plot: density contours with samples (2-D), an image grid (image-shaped events) "
                    "or chain traces.")
+@click.option("--plot-chains", default=None, metavar="FILE.png",
+              help="Also plot the chains over time: for image-shaped events a grid with one row per chain "
+                   "(the first 8) and one column per snapshot (10, evenly spaced over the kept draws); "
+                   "otherwise trace plots.")
 @user_errors
 def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_size, num_leapfrog, seed, init,
-            device, compile_, event_shape, target_accept, out, plot) -> None:
+            device, compile_, event_shape, target_accept, out, plot, plot_chains) -> None:
     try:
         torch_device = resolve_device(device)
     except RuntimeError:
@@ -73,9 +79,28 @@ def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_siz
         device=str(torch_device), compile=compile_, event_shape=parse_event_shape(event_shape),
         target_accept=target_accept, plot=plot, progress=is_terminal(),
     )
+    if plot_chains is not None:
+        if Path(plot_chains).suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise UserError(f"--plot-chains {plot_chains!r}: the file name must end in .png, .pdf or .svg")
+        check_writable(plot_chains, "--plot-chains")
     try:
         result = run_sampling_job_distributed(job)  # = run_sampling_job(job) outside torchrun
     except ChainDivergedError as err:
         raise UserError(f"sampling stopped, nothing written: {err}") from err
     if is_main_process():
+        if plot_chains is not None:
+            _plot_chains(result.record.samples, plot_chains)
         click.echo(format_summary(summarize(result)))
+        if plot_chains is not None:
+            click.echo(f"wrote {plot_chains}")
+
+
+def _plot_chains(samples, path: str) -> None:
+    """Chains over time: an image grid for image-shaped events, else trace plots."""
+    from ..plots import plot_chain_trace, save_chain_grid
+
+    event = tuple(samples.shape[2:])
+    if len(event) == 2 or (len(event) == 3 and event[0] in (1, 3)):
+        save_chain_grid(samples, path)
+    else:
+        plot_chain_trace(samples, path)

@@ -1,8 +1,10 @@
 """``ebmlab train``: train an energy on a data set and write a run directory.
 
 Thin: options -> :class:`ebmlab.config.TrainConfig` -> :func:`ebmlab.train.train` -> a summary.
-Settings are layered: the defaults, then ``--config FILE.toml`` (or the run's own
-``config.toml`` with ``--resume RUN_DIR``), then the explicit options, then ``--set key=value``.
+Settings are layered: the defaults, then the settings recommended for the model and data
+(:mod:`ebmlab.presets`: RBMs, Langevin on images) where nothing later names them, then
+``--config FILE.toml`` (or the run's own ``config.toml`` with ``--resume RUN_DIR``), then the
+explicit options, then ``--set key=value``.
 RUN_DIR receives ``checkpoint.pt``, ``metrics.jsonl``, ``config.toml`` (every setting, so
 ``--config RUN_DIR/config.toml --out NEW_DIR`` repeats the run) and the pictures.
 Exit status: 0 ok; 2 bad input or a diverged run (one line, the last checkpoint is kept);
@@ -16,7 +18,7 @@ from pathlib import Path
 import click
 import torch
 
-from ..config import TrainConfig
+from ..config import OPTIMIZERS, TrainConfig
 from ..data import available_datasets
 from ..models import available_models
 from ..objectives import available_objectives
@@ -47,10 +49,40 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
-def build_config(config_file: str | None, resume: str | None, options: dict, assignments: tuple[str, ...]) -> TrainConfig:
-    """Layer the settings: defaults < file (or the resumed run's config) < options < ``--set``."""
+#: Models whose ``--hidden`` is one integer: the model option it sets.
+_HIDDEN_AS_ONE = {"rbm": "num_hidden", "conv": "base_width"}
+
+
+def _hidden_setting(model: str, text: str) -> tuple[str, int | list[int]]:
+    """``(model_kwargs key, value)`` for ``--hidden``: layer widths, or one integer for rbm / conv."""
+    sizes = _hidden(text)
+    if model not in _HIDDEN_AS_ONE:
+        return "hidden", sizes
+    if len(sizes) != 1:
+        raise UserError(f"--hidden for model {model!r} is one integer (its {_HIDDEN_AS_ONE[model]}), got {text!r}")
+    return _HIDDEN_AS_ONE[model], sizes[0]
+
+
+def _file_keys(path: str) -> set[str]:
+    """The settings a TOML file names (a table counts as a whole); unreadable files are left to the loader."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return set(tomllib.load(f))
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()
+
+
+def build_config(config_file: str | None, resume: str | None, options: dict, assignments: tuple[str, ...],
+                 notes: list[str] | None = None) -> TrainConfig:
+    """Layer the settings: defaults < recommended (:mod:`ebmlab.presets`) < file (or the resumed
+    run's config) < options < ``--set``. Notes for the user (data replaced) go to ``notes``."""
+    from ..presets import recommend
+
     if config_file and resume:
         raise UserError("--config and --resume exclude each other: a resumed run keeps its own config.toml")
+    options = dict(options)
     if resume:
         path = Path(resume) / "config.toml"
         if not path.is_file():
@@ -61,16 +93,31 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
         options = {**options, "out": str(resume)}
     else:
         config = TrainConfig.load(config_file) if config_file else TrainConfig()
-    values = config.to_dict()
     hidden = options.pop("hidden", None)
-    if hidden is not None:
-        values["model_kwargs"]["hidden"] = _hidden(hidden)
-    values.update({k: v for k, v in options.items() if v is not None})
-    return TrainConfig.from_dict(values).with_overrides(assignments)
+    given = {k: v for k, v in options.items() if v is not None}
+    set_keys = {item.partition("=")[0].strip() for item in assignments}
+    explicit = (_file_keys(config_file) if config_file else set()) | set(given) | set_keys
+    values = config.to_dict()
+    values.update(given)
+    config = TrainConfig.from_dict(values).with_overrides(assignments)
+    values = config.to_dict()
+    if hidden is not None:  # read once the model is known; --set model_kwargs.KEY still wins
+        key, value = _hidden_setting(config.model, hidden)
+        if f"model_kwargs.{key}" not in set_keys:
+            values["model_kwargs"][key] = value
+        explicit.add(f"model_kwargs.{key}")
+    if not resume:
+        values, messages = recommend(values, explicit)
+        if notes is not None:
+            notes.extend(messages)
+    return TrainConfig.from_dict(values)
 
 
 @click.command(cls=_OneLineErrors, help="Train an energy-based model; writes RUN_DIR with checkpoint.pt, metrics.jsonl, "
-                                        "config.toml and pictures.",
+                                        "config.toml and pictures. Settings left unset take the values recommended "
+                                        "for the model and data where there are some (--model rbm: PCD with block "
+                                        "Gibbs and SGD on binary data; cd/pcd/replay on images: short-run Langevin "
+                                        "in [0, 1]); config.toml records every value used.",
                epilog="Exit status: 0 ok; 2 bad input or a diverged run; 130 interrupted (continue with --resume).")
 @click.option("--data", default=None, metavar="NAME|FILE",
               help=f"Data set [default: {_D.data}]: {', '.join(available_datasets())}, or a .npy/.npz/.csv file.")
@@ -80,12 +127,18 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
 @click.option("--steps", type=int, default=None, help=f"Optimisation steps [default: {_D.steps}].")
 @click.option("--batch-size", type=int, default=None, help=f"Batch size [default: {_D.batch_size}].")
 @click.option("--lr", type=float, default=None, help=f"Learning rate [default: {_D.lr}, {_D.lr_schedule} schedule].")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help=f"Optimiser [default: {_D.optimizer}].")
+@click.option("--momentum", type=float, default=None, help=f"SGD momentum [default: {_D.momentum}].")
+@click.option("--weight-decay", type=float, default=None,
+              help=f"L2 weight decay of the model's parameters [default: {_D.weight_decay}].")
 @click.option("--sampler", default=None, metavar="NAME",
               help=f"MCMC kernel for contrastive objectives and pictures [default: {_D.sampler}]: {', '.join(available())}.")
 @click.option("--sampler-steps", type=int, default=None, help=f"Sampler transitions per update [default: {_D.sampler_steps}].")
 @click.option("--step-size", type=float, default=None, help=f"Sampler step size [default: {_D.step_size}].")
 @click.option("--noise-scale", type=float, default=None, help=f"ULA noise scale [default: {_D.noise_scale}].")
-@click.option("--hidden", default=None, metavar="W[,W...]", help="MLP layer widths [default: 128,128].")
+@click.option("--hidden", default=None, metavar="W[,W...]",
+              help="mlp: layer widths [default: 128,128]; rbm: the number of hidden units [64]; "
+                   "conv: the base channel width [32].")
 @click.option("--seed", type=int, default=None, help=f"Seed of every random stream of the run [default: {_D.seed}].")
 @click.option("--device", default=None, help=f"cpu, cuda, cuda:N or auto [default: {_D.device}].")
 @click.option("--out", default=None, metavar="RUN_DIR", help="Run directory [default: runs/DATA-OBJECTIVE-TIME].")
@@ -98,19 +151,25 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.option("--no-plots", is_flag=True, help="Skip the pictures.")
 @user_errors
-def command(data, model, objective, steps, batch_size, lr, sampler, sampler_steps, step_size, noise_scale, hidden,
-            seed, device, out, resume, config_file, assignments, threads, progress, no_plots) -> None:
+def command(data, model, objective, steps, batch_size, lr, optimizer, momentum, weight_decay, sampler, sampler_steps,
+            step_size, noise_scale, hidden, seed, device, out, resume, config_file, assignments, threads, progress,
+            no_plots) -> None:
     from .. import distributed as D
     from ..runs import default_run_dir
     from ..train import TrainingDivergedError, train
 
     options = {"data": data, "model": model, "objective": objective, "steps": steps, "batch_size": batch_size,
-               "lr": lr, "sampler": sampler, "sampler_steps": sampler_steps, "step_size": step_size,
+               "lr": lr, "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay, "sampler": sampler,
+               "sampler_steps": sampler_steps, "step_size": step_size,
                "noise_scale": noise_scale, "hidden": hidden, "seed": seed, "device": device, "out": out,
                "progress": None if progress is None else ("on" if progress else "off"),
                "plots": False if no_plots else None}
-    config = build_config(config_file, resume, options, assignments)
+    notes: list[str] = []
+    config = build_config(config_file, resume, options, assignments, notes)
     D.init_distributed()  # joins the torchrun group, if any (a no-op for one process)
+    if D.is_main_process():
+        for note in notes:
+            click.echo(f"ebmlab: note: {note}", err=True)
     if resume is not None and D.is_main_process():
         before = TrainConfig.load(Path(resume) / "config.toml")
         if config.steps != before.steps and config.lr_schedule == "cosine" and not config.lr_decay_steps:

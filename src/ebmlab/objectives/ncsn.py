@@ -15,7 +15,8 @@ drawn in that order from the generator. The levels are the model's ``sigmas`` bu
 checkpoints and samplers use the levels it was trained with); :meth:`NCSNObjective.setup`
 sets them from the objective's hyperparameters, taking ``σ_max`` from the data when it is
 not given (NCSNv2, Song & Ermon 2020, technique 1: σ_max = the largest pairwise distance
-between training points).
+between training points). The model samples of a run's pictures come from annealed Langevin
+dynamics over the same levels (:mod:`ebmlab.samplers.annealed`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class NCSNObjective(Objective):
 
     name = "ncsn"
     supports = ("real",)
+    #: the noise-conditional model that stands for each generic model name (``--model mlp``,
+    #: the trainer's default, means ``ncsn_mlp`` for this objective)
+    model_aliases = {"mlp": "ncsn_mlp", "conv": "ncsn_conv"}
 
     def __init__(self, sigma_max: float | None = None, sigma_min: float = 0.01, num_levels: int = 10,
                  sample_steps_per_level: int = 100, sample_step_size: float = 0.0):

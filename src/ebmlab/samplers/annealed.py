@@ -129,10 +129,49 @@ def sample_noise_conditional(
     return annealed_langevin(model.score, x0, sigmas, steps_per_level, step_size, generator, final_denoise, callback)
 
 
+def annealed_snapshots(model: NoiseConditionalModel, x0: torch.Tensor, generator: torch.Generator | None = None,
+                       num_snapshots: int = 10, steps_per_level: int = 100,
+                       step_size: float | None = None) -> torch.Tensor:
+    """Annealed Langevin chains of ``model`` from ``x0`` ``(C, *event)``, seen at ``num_snapshots``
+    times evenly spaced over the run (the start and the denoised end included).
+
+    Returns ``(S, C, *event)``, ``S = min(num_snapshots, L·T + 2)``: the picture of chains
+    over time for noise-conditional runs (MCMC kernels need an energy; this needs a score).
+    """
+    if int(num_snapshots) < 1:
+        raise ValueError(f"annealed_snapshots: num_snapshots must be >= 1, got {num_snapshots}")
+    total = model.sigmas.numel() * int(steps_per_level) + 1  # callback steps, the denoising step last
+    times = {round(t * total / max(int(num_snapshots) - 1, 1)) for t in range(int(num_snapshots))}
+    snapshots = [x0.detach().clone()] if 0 in times else []
+
+    def keep(step: int, x: torch.Tensor) -> None:
+        if step in times:
+            snapshots.append(x.clone())
+
+    annealed_langevin(model.score, x0, model.sigmas, steps_per_level, step_size, generator, True, keep)
+    return torch.stack(snapshots)
+
+
+def sample_run(run, num_samples: int, generator: torch.Generator | None = None, steps_per_level: int = 100,
+               step_size: float | None = None, callback: StepCallback | None = None) -> torch.Tensor:
+    """Samples of a trained noise-conditional run (``ebmlab.runs.load_run(RUN_DIR)``) in data space.
+
+    Runs :func:`sample_noise_conditional` on ``run.model`` in its training (standardised)
+    space, then undoes the standardisation; shape ``(num_samples, *run.event_shape)``.
+    Raises ``ValueError`` when the run's model is not noise-conditional.
+    """
+    if not isinstance(run.model, NoiseConditionalModel):
+        raise ValueError(f"annealed Langevin needs a noise-conditional run (objective ncsn), got model "
+                         f"{type(run.model).__name__}")
+    x = sample_noise_conditional(run.model, num_samples, generator, steps_per_level, step_size, True, callback)
+    return x if run.standardizer is None else run.standardizer.inverse_transform(x)
+
+
 def _check_finite(x: torch.Tensor, step: int) -> None:
     bad = ~torch.isfinite(x.flatten(1)).all(1)
     if bad.any():
         raise ChainDivergedError(step, bad.nonzero().flatten().tolist(), "annealed_langevin")
 
 
-__all__ = ["DEFAULT_STEP_RATIO", "annealed_langevin", "annealed_step_sizes", "sample_noise_conditional"]
+__all__ = ["DEFAULT_STEP_RATIO", "annealed_langevin", "annealed_step_sizes", "annealed_snapshots", "sample_noise_conditional",
+           "sample_run"]

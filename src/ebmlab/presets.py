@@ -1,0 +1,117 @@
+"""Recommended settings by model and data kind, for the settings a user leaves unset.
+
+``ebmlab train`` layers its settings as defaults < recommended < ``--config`` file < options <
+``--set``: :func:`recommend` fills in only what none of the later layers names, so every
+recommendation can be overridden, and the run's ``config.toml`` holds the values used.
+
+* ``--model rbm`` (:class:`~ebmlab.energy.rbm.BernoulliRBM`): persistent CD with one block-Gibbs
+  sweep per update (Tieleman 2008), SGD with momentum and L2 weight decay as in Hinton's
+  practical guide (2010): learning rate 0.05, momentum 0.5, weight decay 1e-4, mini-batches of
+  100; no standardisation (the visible units are binary). Measured on ``digits-binary`` with 16
+  hidden units (exact log Z), these reach a held-out NLL of 18.4 nats per image in 10,000
+  updates, where Adam at 1e-3 stays at 20.9. Real-valued image sets with a binarised
+  variant (``digits``, ``mnist:DIR``, ``fashion-mnist:DIR``) are replaced by it (pixels
+  thresholded at ½), and the data default to ``digits-binary``.
+* Contrastive objectives (``cd``, ``pcd``, ``replay``) on real-valued image data: short-run
+  Langevin in the pixel range [0, 1] as in Du & Mordatch (2019) — no standardisation,
+  unadjusted Langevin with a large step on the gradient and small tempered noise,
+  ``x ← x - ε∇E(x) + s√(2ε) ξ`` with ε = 1, s = 0.005 (noise std ≈ 0.007), 30 steps per
+  update, negatives clipped to the data range, the energy-magnitude penalty α = 0.1, Adam with
+  β₁ = 0 and learning rate 1e-3 (cosine decay) over 3,000 updates of 64 images; ``conv`` on the
+  8×8 ``digits`` gets base width 16. On ``digits`` with ``--model conv --objective replay``
+  this gives recognisable digits in about 4 minutes on one CPU core; at learning rate 2e-3
+  the same run diverged (the energy gap ran to the penalty's limit, 1/α) after 1,500 updates,
+  and base width 32 gave worse samples for the same CPU time (1,500 updates).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+#: Image data sets (by spec) whose values are real, mapped to their binarised variant.
+BINARY_VARIANTS = {"digits": "digits-binary", "digits-flat": "digits-binary-flat", "mnist": "mnist-binary",
+                   "fashion-mnist": "fashion-mnist-binary"}
+IMAGE_SCHEMES = ("digits", "digits-binary", "mnist", "mnist-binary", "fashion-mnist", "fashion-mnist-binary", "images")
+CONTRASTIVE = ("cd", "pcd", "replay")
+
+RBM_SETTINGS: dict[str, Any] = {
+    "data": "digits-binary", "objective": "pcd", "sampler": "block_gibbs", "sampler_steps": 1,
+    "standardize": False, "optimizer": "sgd", "lr": 0.05, "momentum": 0.5, "weight_decay": 1e-4,
+    "batch_size": 100, "plot_sampler_steps": 1000,
+}
+
+IMAGE_LANGEVIN_SETTINGS: dict[str, Any] = {
+    "standardize": False, "sampler": "ula", "step_size": 1.0, "noise_scale": 0.005, "sampler_steps": 30,
+    "objective_kwargs.alpha": 0.1, "objective_kwargs.clamp": True,
+    "optimizer": "adam", "lr": 1e-3, "betas": [0.0, 0.999], "batch_size": 64, "steps": 3000,
+    "plot_sampler_steps": 200,
+}
+#: Added to :data:`IMAGE_LANGEVIN_SETTINGS` for ``--model conv`` on the 8×8 digits.
+SMALL_CONV_SETTINGS: dict[str, Any] = {"model_kwargs.base_width": 16}
+
+
+def _scheme(data: str) -> tuple[str, str]:
+    """``("mnist", "/dir")`` for ``"mnist:/dir"``, ``("digits", "")`` for ``"digits"`` (scheme lower-cased)."""
+    scheme, _, arg = data.strip().partition(":")
+    return scheme.lower(), arg
+
+
+def is_image_data(data: str) -> bool:
+    """Whether the data spec names an image set (events ``(C, H, W)``): digits, MNIST, PNG folders."""
+    return _scheme(data)[0] in IMAGE_SCHEMES
+
+
+def binary_variant(data: str) -> str | None:
+    """The binarised variant of a real-valued image data spec (``mnist:D`` -> ``mnist-binary:D``), else ``None``."""
+    scheme, arg = _scheme(data)
+    if scheme not in BINARY_VARIANTS:
+        return None
+    return BINARY_VARIANTS[scheme] + (f":{arg}" if ":" in data else "")
+
+
+def _set(values: dict[str, Any], key: str, value: Any) -> None:
+    table, dot, sub = key.partition(".")
+    if dot:
+        values[table][sub] = value
+    else:
+        values[key] = value
+
+
+def recommended_settings(model: str, objective: str, data: str) -> dict[str, Any]:
+    """The recommended settings (keys as in ``--set``: ``lr``, ``objective_kwargs.alpha``...)."""
+    if model == "rbm":
+        return dict(RBM_SETTINGS)
+    if objective in CONTRASTIVE and is_image_data(data) and not _scheme(data)[0].endswith("-binary"):
+        small = model == "conv" and _scheme(data)[0] == "digits"
+        return {**IMAGE_LANGEVIN_SETTINGS, **(SMALL_CONV_SETTINGS if small else {})}
+    return {}
+
+
+def recommend(values: dict[str, Any], explicit: Iterable[str]) -> tuple[dict[str, Any], list[str]]:
+    """Fill the settings not named in ``explicit`` with :func:`recommended_settings`.
+
+    ``values`` is a config as a dict (:meth:`ebmlab.config.TrainConfig.to_dict`); ``explicit``
+    the keys set by the user (``"lr"``, ``"objective_kwargs.alpha"``; a bare table name counts
+    for all its keys). Returns the new dict and notes for the user (data that were replaced).
+    """
+    explicit = set(explicit)
+    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+
+    def chosen(key: str) -> bool:
+        return key in explicit or key.partition(".")[0] in explicit
+
+    notes: list[str] = []
+    for key, value in recommended_settings(values["model"], values["objective"], values["data"]).items():
+        if not chosen(key):
+            _set(values, key, value)
+    if values["model"] == "rbm":
+        binary = binary_variant(values["data"])
+        if binary is not None:
+            notes.append(f"model 'rbm' has binary visible units: training on {binary} "
+                         f"({values['data']} with pixels thresholded at 1/2)")
+            values["data"] = binary
+    return values, notes
+
+
+__all__ = ["BINARY_VARIANTS", "IMAGE_LANGEVIN_SETTINGS", "RBM_SETTINGS", "SMALL_CONV_SETTINGS", "binary_variant",
+           "is_image_data", "recommend", "recommended_settings"]
