@@ -66,3 +66,15 @@ def test_sample_plot_chains(tmp_path):
     result = CliRunner().invoke(main, ["sample", "--energy", "gmm8", "--sampler", "mala", "--out", tmp_path / "t.npz",
                                        "--plot-chains", tmp_path / "c.txt"])
     assert result.exit_code == 2 and "--plot-chains" in result.output and not (tmp_path / "t.npz").exists()
+
+
+def test_objective_chains_default_and_annealed():
+    """The base objective leaves chains to the trainer; NCSN returns annealed Langevin snapshots
+    from ``N(0, σ_1² I)`` ending at the denoised samples."""
+    from ebmlab.objectives import make_objective
+    from ebmlab.score_models import NCSNMLP
+
+    assert make_objective("pcd").model_chains(BernoulliRBM(4, 2), 3, None) is None
+    model = NCSNMLP((1, 2, 2), hidden=(8, 8), sigmas=[1.0, 0.5, 0.1], parametrization="score")
+    frames = make_objective("ncsn", sample_steps_per_level=3).model_chains(model, 3, torch.Generator().manual_seed(0))
+    assert frames.shape == (10, 3, 1, 2, 2) and torch.isfinite(frames).all()

@@ -237,7 +237,8 @@ def plot_loss_curve(metrics, path: str | os.PathLike) -> Path:
 def plot_samples(energy, samples: ArrayLike, path: str | os.PathLike, max_images: int = 64) -> Path:
     """The default picture of a sampling run ``samples`` (shape ``(draws, chains, *event)``).
 
-    2-D events: density contours of ``exp(-E)`` with every draw scattered on top; image-like
+    2-D events: density contours of ``exp(-E)`` (when ``energy`` is not ``None``) with every
+    draw scattered on top; image-like
     events ``(H, W)``, ``(1, H, W)`` or ``(3, H, W)``: a grid of each chain's last draw (at
     most ``max_images``); anything else: trace plots.
     """
@@ -246,7 +247,11 @@ def plot_samples(energy, samples: ArrayLike, path: str | os.PathLike, max_images
     if event == (2,):
         fig = Figure(figsize=(5, 5))
         ax = fig.subplots()
-        plot_density_2d(energy, ax, bounds_from_samples(arr), samples=arr)
+        if energy is None:
+            plot_samples_2d(arr, ax)
+            ax.set_aspect("equal")
+        else:
+            plot_density_2d(energy, ax, bounds_from_samples(arr), samples=arr)
         return save_figure(fig, path)
     if len(event) == 2 or (len(event) == 3 and event[0] in (1, 3)):
         return save_image_grid(arr[-1, :max_images], path)

@@ -171,17 +171,19 @@ class Trainer:
     def _build(self) -> None:
         cfg, device = self.config, self.device
         event_shape = tuple(self.dataset.event_shape)
+        objective_cls = get_objective_class(cfg.objective)
+        # An objective may need its own model family (ncsn: mlp -> ncsn_mlp, conv -> ncsn_conv).
+        model_name = getattr(objective_cls, "model_aliases", {}).get(cfg.model, cfg.model)
         with torch.random.fork_rng(devices=[]):  # initial weights from the run's seed, global RNG untouched
             torch.manual_seed(derive_seed(cfg.seed, "model"))
-            self.model = build_model(cfg.model, event_shape, **cfg.model_kwargs).to(device)
-        self.model_info = {"name": cfg.model, "kwargs": copy.deepcopy(cfg.model_kwargs), "event_shape": list(event_shape)}
+            self.model = build_model(model_name, event_shape, **cfg.model_kwargs).to(device)
+        self.model_info = {"name": model_name, "kwargs": copy.deepcopy(cfg.model_kwargs), "event_shape": list(event_shape)}
         model_support = getattr(self.model, "support", "real")  # discrete models (RBMs) declare theirs
         if model_support != "real" and model_support != self.support:
             hint = "; use binarised data (digits-binary, mnist-binary:DIR, or a file of 0/1 values)"
             raise ValueError(f"model {cfg.model!r} has {model_support} units but {self.dataset.name} is {self.support} "
                              f"data" + (hint if model_support == "binary" else ""))
         self.kernel = build_kernel(cfg)
-        objective_cls = get_objective_class(cfg.objective)
         supports = objective_cls.supports
         if self.support not in supports:
             raise ValueError(f"objective {cfg.objective!r} needs {' or '.join(supports)} data; "
@@ -373,9 +375,11 @@ class Trainer:
         samples = model_samples(model, self.objective, self.kernel, self.x_train, num, cfg.plot_sampler_steps,
                                 generator, self.support)
         chains = None
-        if image_like and cfg.plot_sampler_steps > 0:  # chains.png: 8 chains from noise, over time
-            x0 = NoiseSource("uniform", support=self.support).fit(self.x_train).sample(8, generator)
-            chains = chain_snapshots(model, self.kernel, x0, cfg.plot_sampler_steps, generator)
+        if image_like:  # chains.png: 8 chains over time, the objective's own or the run's kernel from noise
+            chains = self.objective.model_chains(model, 8, generator)
+            if chains is None and cfg.plot_sampler_steps > 0:
+                x0 = NoiseSource("uniform", support=self.support).fit(self.x_train).sample(8, generator)
+                chains = chain_snapshots(model, self.kernel, x0, cfg.plot_sampler_steps, generator)
         return save_pictures(self.run_dir, model, energy, self.standardizer, self.x_train, samples, metrics, chains)
 
     def _progress_bar(self):

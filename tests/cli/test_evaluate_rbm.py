@@ -67,7 +67,7 @@ def test_exact_json_fields(rbm_run):
 
 
 def test_ais_agrees_with_exact(rbm_run):
-    """RBM AIS through the CLI (base rates of the held-out data) is within 3 SE of exact log Z.
+    """RBM AIS through the CLI (base rates of the run's training data) is within 3 SE of exact log Z.
 
     Detects an error in log Z (or a wrong energy routed to AIS) of about 3·SE, here ≈ 0.02 nats
     (SE ≈ 0.007 with 1,000 temperatures and 100 runs). Negative control: the same AIS on the RBM
@@ -78,7 +78,7 @@ def test_ais_agrees_with_exact(rbm_run):
     ais = run_json("--energy", rbm_run, "--data", "heldout", "--log-partition", "ais", "--temperatures", TEMPERATURES,
                    "--runs", RUNS, "--seed", 3, "--no-metrics")
     assert (ais["num_temperatures"], ais["num_runs"], ais["sampler"]) == (TEMPERATURES, RUNS, "block_gibbs")
-    assert ais["base"] == "base-rate model of the data" and 0 < ais["log_z_stderr"] < 0.05
+    assert ais["base"] == "base-rate model of the run's training data" and 0 < ais["log_z_stderr"] < 0.05
     assert abs(ais["log_z"] - exact["log_z"]) <= Z_TOLERANCE * ais["log_z_stderr"], (ais["log_z"], exact["log_z"])
     assert ais["nll"] - exact["nll"] == pytest.approx(ais["log_z"] - exact["log_z"], abs=1e-6)
 
@@ -86,7 +86,7 @@ def test_ais_agrees_with_exact(rbm_run):
     wrong = load(rbm_run)
     with torch.no_grad():
         wrong.W.mul_(1.05)
-    bad = rbm_ais(wrong, base_rate_visible_bias(run_.heldout_data()), betas=TEMPERATURES, num_runs=RUNS,
+    bad = rbm_ais(wrong, base_rate_visible_bias(run_.train_data()), betas=TEMPERATURES, num_runs=RUNS,
                   generator=torch.Generator().manual_seed(3))
     assert abs(bad.log_z - exact["log_z"]) > Z_TOLERANCE * bad.log_z_stderr, (bad.log_z, exact["log_z"])
 
@@ -109,6 +109,9 @@ def test_an_rbm_spec_with_many_visible_units(tmp_path):
     report = run_json("--energy", f"{tmp_path / 'models.py'}:small", "--log-partition", "exact")
     rbm = BernoulliRBM(784, 10, event_shape=(1, 28, 28), weight_scale=0.1, generator=torch.Generator().manual_seed(0))
     assert report["log_z"] == pytest.approx(rbm.exact_log_z(), abs=1e-6)
+    ais = run_json("--energy", f"{tmp_path / 'models.py'}:small", "--log-partition", "ais", "--temperatures", 20,
+                   "--runs", 10, "--no-metrics")
+    assert ais["base"] == "uniform distribution" and ais["num_temperatures"] == 20  # no data, no run
     result = run("--energy", f"{tmp_path / 'models.py'}:wide", "--log-partition", "exact")
     assert result.exit_code == 2
     assert "smaller layer (hidden) has 30 units" in result.stderr and "use --log-partition ais" in result.stderr

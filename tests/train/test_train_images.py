@@ -134,3 +134,13 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     text = result.output.strip()
     assert result.exit_code == 2, (args, result.output)
     assert text.startswith("ebmlab: error:") and message in text and len(text.splitlines()) == 1
+
+
+def test_noise_conditional_image_runs_draw_chains_with_annealed_langevin(tmp_path):
+    """A score model has no energy for the run's MCMC kernel: its chains picture comes from the
+    objective's annealed Langevin (``Objective.model_chains``)."""
+    out = tmp_path / "ncsn"
+    result = run("--data", "digits", "--model", "ncsn_conv", "--objective", "ncsn", "--steps", 2, "--set",
+                 "num_samples=100", "--set", "objective_kwargs.sample_steps_per_level=2", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert IMAGE_PICTURES <= {p.name for p in out.iterdir()}

@@ -9,10 +9,11 @@ call per quantity) -> print a short report, or exactly one JSON object with ``--
   (any dimension; base fitted to the data, or ``N(0, base_std² I)``), plus a reverse-AIS upper
   bound started at exact draws when the energy has a sampler, else at the data (heuristic).
 * A Bernoulli RBM (:class:`~ebmlab.energy.rbm.BernoulliRBM`, e.g. a run trained with
-  ``--model rbm``) is routed to its own estimators: ``exact`` enumerates its smaller layer
-  (≤ 22 units, whatever the number of visible units), ``ais`` runs the RBM AIS of Salakhutdinov
-  & Murray (2008) from the base-rate model fitted to ``--data`` (the uniform distribution
-  without data), with ``--temperatures`` (default 1000, in their schedule's proportions) and
+  ``--model rbm``) is routed to its own estimators (:mod:`ebmlab.cli.evaluate_rbm`): ``exact``
+  enumerates its smaller layer (≤ 22 units, whatever the number of visible units), ``ais``
+  runs the RBM AIS of Salakhutdinov & Murray (2008) from the base-rate model fitted to the
+  run's training data (for a run directory), else to ``--data``, else the uniform
+  distribution, with ``--temperatures`` (default 1000, in their schedule's proportions) and
   ``--runs``; one block-Gibbs sweep per temperature. Model samples for the metrics are exact
   draws when the smaller layer has ≤ 20 units, else 1000 block-Gibbs sweeps from the base.
 * With ``--data``: NLL in nats per example (``mean E(x) + log Z``; ``log_likelihood`` is its
@@ -45,17 +46,15 @@ from ..partition import (
     quadrature_log_z,
 )
 from ..distributed import is_main_process, local_device
-from ..distributed_jobs import distributed_ais, distributed_rbm_ais
+from ..distributed_jobs import distributed_ais
 from ..partition.ais import default_kernel, resolve_base
-from ..partition.rbm_ais import base_rate_visible_bias
 from ..samplers import sample
 from ..partition.quadrature import MAX_DIMS, resolve_bounds
 from .common import UserError, make_generator, resolve_device, user_errors
+from .evaluate_rbm import RBM_TEMPERATURES, as_rbm, rbm_log_z
 
 SAMPLERS = ("mala", "hmc", "rwmh", "gibbs", "metropolis")
 DEFAULT_TEMPERATURES = 200
-RBM_TEMPERATURES = 1000  # RBM AIS: one block-Gibbs sweep per temperature is cheap
-RBM_SAMPLE_SWEEPS = 1000
 
 
 def _finite(value: Any) -> Any:
@@ -80,64 +79,9 @@ def parse_bounds(text: str | None) -> list[float] | list[list[float]] | None:
     return values if len(values) == 2 else [values[i:i + 2] for i in range(0, len(values), 2)]
 
 
-def as_rbm(energy):
-    """``energy`` when it is a :class:`~ebmlab.energy.rbm.BernoulliRBM` (RBM runs load as one), else ``None``."""
-    from ..energy.rbm import BernoulliRBM
-
-    return energy if isinstance(energy, BernoulliRBM) else None
-
-
-def _rbm_log_z(rbm, method, x, temperatures, runs, sampler, steps_per_temperature, generator,
-               report) -> Callable[[int], torch.Tensor]:
-    """:func:`_log_z` for a Bernoulli RBM: exact enumeration of the smaller layer, or RBM AIS."""
-    from ..energy.rbm import MAX_ENUMERATED_UNITS
-
-    layer = "hidden" if rbm.num_hidden <= rbm.num_visible else "visible"
-    units = min(rbm.num_hidden, rbm.num_visible)
-    report.update(model="rbm", num_visible=rbm.num_visible, num_hidden=rbm.num_hidden)
-    base = None
-    if method == "exact":
-        if units > MAX_ENUMERATED_UNITS:
-            raise ValueError(f"--log-partition exact: the RBM's smaller layer ({layer}) has {units} units, more than "
-                             f"{MAX_ENUMERATED_UNITS} to enumerate; use --log-partition ais")
-        report.update(log_z=rbm.exact_log_z(), log_z_stderr=0.0, enumerated_layer=layer, enumerated_units=units)
-    elif method == "ais":
-        ignored = [name for name, value in (("--sampler", sampler), ("--steps-per-temperature", steps_per_temperature))
-                   if value is not None]
-        if ignored:
-            report["warnings"].append(f"{' and '.join(ignored)} ignored: RBM AIS makes one block-Gibbs sweep per "
-                                      "temperature")
-        base = None if x is None else base_rate_visible_bias(x)
-        # = rbm_ais(...) in one process; under torchrun the runs are split over the ranks and pooled
-        result = distributed_rbm_ais(rbm, base, betas=int(temperatures), num_runs=runs, generator=generator)
-        report.update(log_z=result.log_z, log_z_stderr=result.log_z_stderr, ess=result.effective_sample_size,
-                      num_temperatures=int(temperatures), num_runs=int(runs), sampler="block_gibbs",
-                      schedule="salakhutdinov-murray", log_z_base=result.log_z_base,
-                      base="base-rate model of the data" if base is not None else "uniform distribution")
-    else:
-        raise ValueError(f"--log-partition {method} is for continuous energies; for an RBM use exact "
-                         f"(smaller layer <= {MAX_ENUMERATED_UNITS} units) or ais")
-
-    def draw(n: int) -> torch.Tensor:
-        if units <= 20:
-            return rbm.exact_sample(n, generator)
-        logits = torch.zeros(rbm.num_visible) if base is None else base.to(torch.get_default_dtype())
-        probs = torch.sigmoid(logits).to(rbm.W.device, rbm.W.dtype).expand(n, rbm.num_visible)
-        v = torch.bernoulli(probs, generator=generator)
-        with torch.no_grad():
-            for _ in range(RBM_SAMPLE_SWEEPS):
-                v = rbm.sample_visible(rbm.sample_hidden(v, generator), generator)
-        return v.reshape(n, *rbm.event_shape)
-
-    return draw
-
-
 def _log_z(energy, event_shape, support, method, x, bounds, grid_points, temperatures, schedule, runs, sampler,
            steps_per_temperature, base_std, reverse, generator, device, report) -> Callable[[int], torch.Tensor]:
     """Fill ``report`` with the log Z fields; return a function drawing n model samples."""
-    rbm = as_rbm(energy)
-    if rbm is not None:
-        return _rbm_log_z(rbm, method, x, temperatures, runs, sampler, steps_per_temperature, generator, report)
     temperatures = DEFAULT_TEMPERATURES if temperatures is None else temperatures
     if method == "exact":
         report["log_z"] = exact_log_z(energy, event_shape, device=device)
@@ -210,10 +154,13 @@ def evaluate(energy, event_shape: tuple[int, ...], support: str, method: str, x:
              grid_points: int | None = None, temperatures: int | None = None, schedule: str = "sigmoid", runs: int = 100,
              sampler: str | None = None, steps_per_temperature: int | None = None, base_std: float | None = None,
              reverse: bool = True, metrics: bool = True, metric_samples: int = 1000, num_levels: int | None = None,
-             seed: int = 0, device: torch.device | str = "cpu") -> dict[str, Any]:
+             seed: int = 0, device: torch.device | str = "cpu",
+             base_data: torch.Tensor | None = None) -> dict[str, Any]:
     """Evaluate ``energy``: log Z by ``method``, and with data ``x`` ``(N, *event_shape)`` the NLL
     (nats per example) and the sample-quality metrics. Returns a JSON-ready dict.
 
+    A Bernoulli RBM goes to its own estimators (see the module docstring); its AIS base rates
+    come from ``base_data`` (e.g. the run's training data) when given, else from ``x``.
     ``temperatures`` (AIS) defaults to 200, or 1000 for a Bernoulli RBM."""
     if method not in METHODS:
         raise ValueError(f"--log-partition must be one of {', '.join(METHODS)}, got {method!r}")
@@ -226,8 +173,15 @@ def evaluate(energy, event_shape: tuple[int, ...], support: str, method: str, x:
         check_data_shape(energy, x, where="evaluate")
         x = x.to(device=device, dtype=next((t.dtype for t in [*energy.parameters(), *energy.buffers()]
                                             if t.is_floating_point()), x.dtype))
-    draw = _log_z(energy, event_shape, support, method, x, bounds, grid_points, temperatures, schedule, runs, sampler,
-                  steps_per_temperature, base_std, reverse, generator, device, report)
+    rbm = as_rbm(energy)
+    if rbm is not None:
+        source, label = (base_data, "the run's training data") if base_data is not None else (x, "the data")
+        source = None if source is None else source.to(device)
+        draw = rbm_log_z(rbm, method, source, label, temperatures, runs, sampler, steps_per_temperature, generator,
+                         report)
+    else:
+        draw = _log_z(energy, event_shape, support, method, x, bounds, grid_points, temperatures, schedule, runs,
+                      sampler, steps_per_temperature, base_std, reverse, generator, device, report)
     if x is None:
         return report
 
@@ -375,11 +329,16 @@ def command(energy_spec, data_spec, method, temperatures, schedule, runs, sample
         raise UserError(f"--log-partition quadrature works in at most {MAX_DIMS} dimensions, the energy has event "
                         f"shape {shape}; use --log-partition ais")
     x, true_log_density = _load_data(data_spec, energy_spec, shape, num_examples, seed) if data_spec else (None, None)
+    base_data = None
+    if method == "ais" and as_rbm(energy) is not None and os.path.isdir(energy_spec):
+        from ..runs import load_run
+
+        base_data = load_run(energy_spec).train_data()  # base rates of the training data (Salakhutdinov & Murray)
     report = evaluate(energy, shape, support, method, x, true_log_density, bounds=parse_bounds(bounds),
                       grid_points=grid_points, temperatures=temperatures, schedule=schedule, runs=runs,
                       sampler=sampler, steps_per_temperature=steps_per_temperature, base_std=base_std,
                       reverse=not no_reverse, metrics=not no_metrics, num_levels=num_levels, seed=seed,
-                      device=torch_device)
+                      device=torch_device, base_data=base_data)
     report.update(energy=energy_spec, data=data_spec)
     if getattr(energy, "learned_log_z", None) is not None:  # NCE runs learn an estimate of log Z
         report["learned_log_z"] = float(energy.learned_log_z)

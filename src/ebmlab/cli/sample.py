@@ -16,6 +16,7 @@ from ..distributed import is_main_process
 from ..distributed_jobs import run_sampling_job_distributed
 from ..sampling_job import SampleJob, check_writable, format_summary, summarize
 from ..samplers import ChainDivergedError, available
+from ..sampling_annealed import ANNEALED, format_annealed_summary, noise_conditional_run, run_annealed_job
 from ..specs import describe_builtin, parse_event_shape
 from .common import UserError, is_terminal, resolve_device, user_errors
 
@@ -41,7 +42,9 @@ _ENERGY_HELP = (
 @click.command(cls=_OneLineErrors, help="Draw MCMC samples from an energy SPEC and save them as .npz.",
                epilog="Exit status: 0 ok; 2 bad input or a diverged chain (nothing is written then).")
 @click.option("--energy", "energy_spec", required=True, metavar="SPEC", help=_ENERGY_HELP)
-@click.option("--sampler", required=True, metavar="NAME", help=f"One of {', '.join(available())}.")
+@click.option("--sampler", default=None, metavar="NAME",
+              help=f"One of {', '.join(available())}, or annealed (annealed Langevin; the default and only "
+                   "choice for runs trained with --objective ncsn, where --steps counts steps per noise level).")
 @click.option("--chains", "num_chains", type=int, default=16, show_default=True, help="Number of chains.")
 @click.option("--steps", "num_steps", type=int, default=1000, show_default=True, help="Transitions after burn-in.")
 @click.option("--burn-in", type=int, default=500, show_default=True,
@@ -79,6 +82,15 @@ def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_siz
         device=str(torch_device), compile=compile_, event_shape=parse_event_shape(event_shape),
         target_accept=target_accept, plot=plot, progress=is_terminal(),
     )
+    annealed_run = noise_conditional_run(energy_spec) if sampler in (None, ANNEALED) else None
+    if annealed_run is not None:
+        check_writable(out)
+        meta = run_annealed_job(annealed_run, out, num_chains, num_steps, step_size, seed, plot)
+        click.echo(format_annealed_summary(meta))
+        return
+    if sampler is None or sampler == ANNEALED:
+        need = "needs a run directory trained with --objective ncsn" if sampler == ANNEALED else "is required"
+        raise UserError(f"--sampler {need}; choose one of {', '.join(available())}")
     if plot_chains is not None:
         if Path(plot_chains).suffix.lower() not in (".png", ".pdf", ".svg"):
             raise UserError(f"--plot-chains {plot_chains!r}: the file name must end in .png, .pdf or .svg")

@@ -67,6 +67,11 @@ class Objective:
         """Samples of the trained model for pictures, or ``None`` to let the trainer draw them."""
         return None
 
+    def model_chains(self, energy: EnergyFn, num_chains: int, generator: torch.Generator | None) -> torch.Tensor | None:
+        """Chains over time for pictures, ``(S, num_chains, *event)`` (snapshot times first), or
+        ``None`` to let the trainer run its sampler kernel from noise."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 

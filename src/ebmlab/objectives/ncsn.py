@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from ..samplers.annealed import sample_noise_conditional
+from ..samplers.annealed import annealed_snapshots, sample_noise_conditional
 from ..score_models import NoiseConditionalModel, geometric_sigmas
 from .base import Metrics, Objective, check_positive
 from .registry import register_objective
@@ -137,6 +137,16 @@ class NCSNObjective(Objective):
             self.check_model(energy), num_samples, generator, steps_per_level=self.sample_steps_per_level,
             step_size=self.sample_step_size or None,
         )
+
+    def model_chains(self, energy, num_chains: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Annealed Langevin chains from ``N(0, σ_1² I)`` seen over time, ``(S, num_chains, *event)``
+        (:func:`~ebmlab.samplers.annealed.annealed_snapshots`): MCMC kernels need an energy."""
+        model = self.check_model(energy)
+        sigmas = model.sigmas
+        x0 = sigmas[0] * torch.randn((int(num_chains), *model.event_shape), generator=generator, dtype=sigmas.dtype,
+                                     device=sigmas.device)
+        return annealed_snapshots(model, x0, generator, steps_per_level=self.sample_steps_per_level,
+                                  step_size=self.sample_step_size or None)
 
 
 register_objective(NCSNObjective)

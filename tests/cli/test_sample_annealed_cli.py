@@ -1,0 +1,51 @@
+"""``ebmlab sample`` on noise-conditional runs: annealed Langevin is the default sampler.
+
+Plumbing only (a tiny run, a few steps per level); the sampler's statistics are tested in
+``tests/samplers/test_annealed.py``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from ebmlab.cli import main
+
+
+def _train_tiny_ncsn(run_dir) -> None:
+    result = CliRunner().invoke(main, ["train", "--objective", "ncsn", "--steps", "20", "--batch-size", "64",
+                                       "--no-plots", "--no-progress", "--out", str(run_dir)])
+    assert result.exit_code == 0, result.output
+
+
+def test_ncsn_run_defaults_to_annealed_langevin(tmp_path):
+    run_dir = tmp_path / "run"
+    _train_tiny_ncsn(run_dir)
+    out = tmp_path / "s.npz"
+    result = CliRunner().invoke(main, ["sample", "--energy", str(run_dir), "--chains", "32", "--steps", "3",
+                                       "--out", str(out), "--plot", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+    assert "annealed Langevin" in result.output
+    with np.load(out) as data:
+        assert data["samples"].shape == (1, 32, 2)
+        assert np.isfinite(data["samples"]).all()
+        np.testing.assert_array_equal(data["acceptance_rate"], np.ones(32))
+        meta = json.loads(str(data["metadata"]))
+    assert meta["sampler"] == "annealed" and meta["steps_per_level"] == 3
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_annealed_needs_a_noise_conditional_run(tmp_path):
+    result = CliRunner().invoke(main, ["sample", "--energy", "gmm8", "--sampler", "annealed",
+                                       "--out", str(tmp_path / "x.npz")])
+    assert result.exit_code == 2
+    assert "--objective ncsn" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_sampler_is_required_for_other_energies(tmp_path):
+    result = CliRunner().invoke(main, ["sample", "--energy", "gmm8", "--out", str(tmp_path / "x.npz")])
+    assert result.exit_code == 2
+    assert "--sampler is required" in result.output
