@@ -50,14 +50,10 @@ def run_annealed_job(run, out: str, num_chains: int, steps_per_level: int, step_
     start = time.perf_counter()
     x = sample_run(run, num_chains, generator, steps_per_level=steps_per_level, step_size=step_size)
     wall = time.perf_counter() - start
-    energy_fn = run.energy if hasattr(run, "energy") else None
     energy = np.full((1, num_chains), np.nan)
-    if energy_fn is not None:
-        try:
-            with torch.no_grad():
-                energy = energy_fn(x).detach().cpu().numpy()[None]
-        except (RuntimeError, TypeError, NotImplementedError):
-            pass
+    if getattr(run.model, "parametrization", "score") == "energy":
+        with torch.no_grad():
+            energy = run.energy(x).detach().cpu().numpy()[None]
     levels = int(run.model.sigmas.numel()) if hasattr(run.model, "sigmas") else 0
     meta = {"sampler": ANNEALED, "num_chains": num_chains, "steps_per_level": steps_per_level,
             "step_size": step_size, "seed": seed, "num_levels": levels, "wall_time": wall}
@@ -74,7 +70,8 @@ def run_annealed_job(run, out: str, num_chains: int, steps_per_level: int, step_
     if plot is not None:
         from .plots import plot_samples
 
-        plot_samples(None, x[None], plot)
+        has_energy = getattr(run.model, "parametrization", "score") == "energy"
+        plot_samples(run.energy if has_energy else None, x[None], plot)
     meta["samples_per_s"] = num_chains / max(wall, 1e-9)
     return meta
 

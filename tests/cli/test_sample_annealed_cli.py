@@ -9,20 +9,23 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from ebmlab.cli import main
 
 
-def _train_tiny_ncsn(run_dir) -> None:
+def _train_tiny_ncsn(run_dir, parametrization: str) -> None:
     result = CliRunner().invoke(main, ["train", "--objective", "ncsn", "--steps", "20", "--batch-size", "64",
+                                       "--set", f"model_kwargs.parametrization={parametrization}",
                                        "--no-plots", "--no-progress", "--out", str(run_dir)])
     assert result.exit_code == 0, result.output
 
 
-def test_ncsn_run_defaults_to_annealed_langevin(tmp_path):
+@pytest.mark.parametrize("parametrization", ["energy", "score"])
+def test_ncsn_run_defaults_to_annealed_langevin(tmp_path, parametrization):
     run_dir = tmp_path / "run"
-    _train_tiny_ncsn(run_dir)
+    _train_tiny_ncsn(run_dir, parametrization)
     out = tmp_path / "s.npz"
     result = CliRunner().invoke(main, ["sample", "--energy", str(run_dir), "--chains", "32", "--steps", "3",
                                        "--out", str(out), "--plot", str(tmp_path / "s.png")])
@@ -32,6 +35,7 @@ def test_ncsn_run_defaults_to_annealed_langevin(tmp_path):
         assert data["samples"].shape == (1, 32, 2)
         assert np.isfinite(data["samples"]).all()
         np.testing.assert_array_equal(data["acceptance_rate"], np.ones(32))
+        assert np.isfinite(data["energy"]).all() == (parametrization == "energy")
         meta = json.loads(str(data["metadata"]))
     assert meta["sampler"] == "annealed" and meta["steps_per_level"] == 3
     assert (tmp_path / "s.png").stat().st_size > 0
