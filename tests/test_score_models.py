@@ -106,10 +106,10 @@ def test_levels_and_checkpoint_round_trip():
 
 
 def test_registry_factories():
-    """``ncsn_mlp`` (energy by default) and ``ncsn_conv`` (score by default) build from event shapes."""
+    """``ncsn_mlp`` and ``ncsn_conv`` (both score by default) build from event shapes."""
     mlp = build_model("ncsn_mlp", (2,), hidden=[8, 8, 8])
     conv = build_model("ncsn_conv", (1, 8, 8), base_width=8, num_blocks=1)
-    assert isinstance(mlp, NCSNMLP) and mlp.parametrization == "energy" and mlp.event_shape == (2,)
+    assert isinstance(mlp, NCSNMLP) and mlp.parametrization == "score" and mlp.event_shape == (2,)
     assert isinstance(conv, NCSNConv) and conv.parametrization == "score" and conv.event_shape == (1, 8, 8)
     with pytest.raises(ValueError, match="image events"):
         build_model("ncsn_conv", (64,))

@@ -201,7 +201,7 @@ def test_trains_through_the_trainer_and_the_levels_survive_the_checkpoint(tmp_pa
     """``train`` with objective ncsn and model ncsn_mlp: finite losses, pictures from annealed
     Langevin, the levels set from the data stored with the model, and annealed samples of
     the loaded run in data space (:func:`sample_run`)."""
-    config = {"data": "8gaussians", "num_samples": 500, "model": "ncsn_mlp", "model_kwargs": {"hidden": [16, 16, 16]},
+    config = {"data": "8gaussians", "num_samples": 500, "model": "ncsn_mlp", "model_kwargs": {"hidden": [16, 16, 16], "parametrization": "energy"},
               "objective": "ncsn", "objective_kwargs": {"num_levels": 4, "sigma_min": 0.05, "sample_steps_per_level": 5},
               "steps": 5, "batch_size": 64, "plot_samples": 100, "progress": "off", "out": str(tmp_path / "run")}
     result = train(config)
