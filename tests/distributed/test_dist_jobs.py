@@ -31,10 +31,10 @@ import torch
 import torch.multiprocessing as mp
 
 from ebmlab import distributed as D
+from process_group import WORLD, assert_ok, free_port, run_group
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(240)]
 
-WORLD = 2
 GROUP_TIMEOUT_S = 180
 
 
@@ -198,58 +198,21 @@ CHECKS = {"collectives": check_collectives, "log_mean_exp": check_log_mean_exp, 
 # ---------------------------------------------------------------------- the process group
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    warnings.simplefilter("error")  # as in the test suite
-    torch.set_num_threads(1)
-    D.init_distributed(timeout=60)
-    reports = {}
-    for name, check in CHECKS.items():
-        tmp = Path(out_dir) / name
-        tmp.mkdir(exist_ok=True)
-        try:
-            check(rank, tmp)
-            reports[name] = "ok"
-        except Exception:  # reported to the test that owns the check
-            reports[name] = traceback.format_exc()
-    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(reports))
-    D.destroy_distributed()
-
-
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> dict[int, dict[str, str]]:
     out = tmp_path_factory.mktemp("dist_jobs")
-    context = mp.start_processes(_entry, args=(_free_port(), str(out)), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + GROUP_TIMEOUT_S
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the two-process group did not finish within {GROUP_TIMEOUT_S} s")
-    return {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)}
-
-
-def _assert_ok(reports, name):
-    for r in range(WORLD):
-        assert reports[r][name] == "ok", f"rank {r}:\n{reports[r][name]}"
+    reports = run_group(CHECKS, out, GROUP_TIMEOUT_S)
+    return reports
 
 
 def test_collectives_reduce_gather_and_fail_together(reports):
-    _assert_ok(reports, "collectives")
+    assert_ok(reports, "collectives")
 
 
 def test_ais_estimate_is_one_log_mean_exp_over_all_runs(reports):
-    _assert_ok(reports, "log_mean_exp")
-    _assert_ok(reports, "ais")
+    assert_ok(reports, "log_mean_exp")
+    assert_ok(reports, "ais")
 
 
 def test_sampling_splits_and_gathers_chains(reports):
-    _assert_ok(reports, "sampling")
+    assert_ok(reports, "sampling")

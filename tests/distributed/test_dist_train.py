@@ -37,10 +37,10 @@ import torch
 import torch.multiprocessing as mp
 
 from ebmlab import distributed as D
+from process_group import WORLD, assert_ok, free_port, run_group
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]
 
-WORLD = 2
 GROUP_TIMEOUT_S = 240
 RTOL, ATOL = 1e-5, 1e-7
 BASE = dict(data="8gaussians", num_samples=64, heldout_fraction=0.0, model="mlp", model_kwargs={"hidden": [16, 16]},
@@ -215,31 +215,6 @@ CHECKS = {"equivalence": check_equivalence, "fixed_negatives": check_fixed_negat
 # ---------------------------------------------------------------------- the process group
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    warnings.simplefilter("error")  # as in the test suite
-    torch.set_num_threads(1)
-    D.init_distributed(timeout=60)
-    reports = {}
-    for name, check in CHECKS.items():
-        tmp = Path(out_dir) / name
-        tmp.mkdir(exist_ok=True)
-        try:
-            check(rank, tmp)
-            reports[name] = "ok"
-        except Exception:  # reported to the test that owns the check
-            reports[name] = traceback.format_exc()
-    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(reports))
-    D.destroy_distributed()
-
-
 @pytest.fixture(scope="module")
 def group(tmp_path_factory) -> tuple[Path, dict[int, dict[str, str]]]:
     from ebmlab.train import Trainer
@@ -247,36 +222,24 @@ def group(tmp_path_factory) -> tuple[Path, dict[int, dict[str, str]]]:
     out = tmp_path_factory.mktemp("dist_train")
     torch.set_num_threads(1)
     Trainer({**RESUME, "steps": 2, "out": str(out / "single")}).run()  # a one-process run for the 2-rank resume
-    context = mp.start_processes(_entry, args=(_free_port(), str(out)), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + GROUP_TIMEOUT_S
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the two-process group did not finish within {GROUP_TIMEOUT_S} s")
-    return out, {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)}
-
-
-def _assert_ok(group, name):
-    for r in range(WORLD):
-        assert group[1][r][name] == "ok", f"rank {r}:\n{group[1][r][name]}"
+    reports = run_group(CHECKS, out, GROUP_TIMEOUT_S)
+    return out, reports
 
 
 def test_one_step_equals_the_whole_batch_step_for_every_objective(group):
-    _assert_ok(group, "equivalence")
+    assert_ok(group[1], "equivalence")
 
 
 def test_contrastive_divergence_with_fixed_negatives_matches_the_whole_batch(group):
-    _assert_ok(group, "fixed_negatives")
+    assert_ok(group[1], "fixed_negatives")
 
 
 def test_checkpoint_written_once_and_resume_is_exact(group):
-    _assert_ok(group, "checkpoints")
+    assert_ok(group[1], "checkpoints")
 
 
 def test_batch_size_not_divisible_by_world_size_is_refused(group):
-    _assert_ok(group, "bad_batch")
+    assert_ok(group[1], "bad_batch")
 
 
 def test_two_rank_checkpoint_resumes_in_one_process(group):
@@ -286,7 +249,7 @@ def test_two_rank_checkpoint_resumes_in_one_process(group):
     from ebmlab.train import Trainer
 
     out, _ = group
-    _assert_ok(group, "checkpoints")
+    assert_ok(group[1], "checkpoints")
     run_dir = out / "world2_at_step2"
     result = Trainer({**RESUME, "out": str(run_dir)}, resume=True).run()
     assert result.step == 4 and result.objective.buffer.samples.shape == (32, 2)
@@ -312,7 +275,7 @@ def test_ebmlab_train_under_torchrun(tmp_path):
     script.write_text("from ebmlab.cli import main\nmain()\n")
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "--master-addr",
-               "127.0.0.1", "--master-port", str(_free_port()), str(script), "train", "--data", "8gaussians",
+               "127.0.0.1", "--master-port", str(free_port()), str(script), "train", "--data", "8gaussians",
                "--objective", "dsm", "--steps", "3", "--batch-size", "8", "--hidden", "16,16", "--out", str(run_dir),
                "--set", "plots=false", "--set", "num_samples=64"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
