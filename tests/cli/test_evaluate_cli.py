@@ -19,18 +19,7 @@ from ebmlab.cli import main
 from ebmlab.energy import Ising, eight_gaussians
 from ebmlab.likelihood import held_out_nll
 from ebmlab.partition import exact_log_z
-
-
-def run(*args):
-    return CliRunner().invoke(main, ["evaluate", *map(str, args)])
-
-
-def run_json(*args) -> dict:
-    result = run(*args, "--json")
-    assert result.exit_code == 0, result.output
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stdout  # exactly one JSON object
-    return json.loads(lines[0])
+from evaluate_helpers import run, run_json
 
 
 def test_quadrature_with_toy_data_json():

@@ -20,21 +20,10 @@ from ebmlab.likelihood import held_out_nll
 from ebmlab.partition.rbm_ais import base_rate_visible_bias, rbm_ais
 from ebmlab.runs import load, load_run
 from ebmlab.train import train
+from evaluate_helpers import run, run_json
 
 Z_TOLERANCE = 3.0
 TEMPERATURES, RUNS = 1000, 100
-
-
-def run(*args):
-    return CliRunner().invoke(main, ["evaluate", *map(str, args)])
-
-
-def run_json(*args) -> dict:
-    result = run(*args, "--json")
-    assert result.exit_code == 0, result.output
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stdout
-    return json.loads(lines[0])
 
 
 @pytest.fixture(scope="module")
