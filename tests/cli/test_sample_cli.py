@@ -266,3 +266,10 @@ def test_console_script(tmp_path):
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().startswith("ebmlab: error: unknown energy 'nosuch'")
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_negative_thread_count_is_refused(tmp_path):
+    result = CliRunner().invoke(main, ["sample", "--energy", "gmm8", "--sampler", "mala", "--threads", "-1",
+                                       "--out", str(tmp_path / "x.npz")])
+    assert result.exit_code == 2 and "--threads must be >= 0" in result.output
+    assert not (tmp_path / "x.npz").exists()

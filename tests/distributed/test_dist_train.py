@@ -37,7 +37,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ebmlab import distributed as D
-from process_group import WORLD, assert_ok, free_port, run_group
+from process_group import WORLD, assert_ok, run_group
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]
 
@@ -274,8 +274,9 @@ def test_ebmlab_train_under_torchrun(tmp_path):
     script = tmp_path / "ebmlab_cli.py"
     script.write_text("from ebmlab.cli import main\nmain()\n")
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "--master-addr",
-               "127.0.0.1", "--master-port", str(free_port()), str(script), "train", "--data", "8gaussians",
+    # --standalone: torchrun picks a free rendezvous port itself (no window for another process to take it)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+               str(script), "train", "--data", "8gaussians",
                "--objective", "dsm", "--steps", "3", "--batch-size", "8", "--hidden", "16,16", "--out", str(run_dir),
                "--set", "plots=false", "--set", "num_samples=64"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
