@@ -6,7 +6,6 @@ categorical ``x ∈ {0..K-1}`` (support ``"categorical"``), shape ``(B, L, L)``.
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import torch
@@ -27,6 +26,13 @@ def enumerate_states(num_sites: int, num_states: int = 2, batch_size: int = 6553
     for start in range(0, total, batch_size):
         n = torch.arange(start, min(start + batch_size, total), device=device)
         yield ((n[:, None] // powers) % num_states).to(dtype or torch.get_default_dtype())
+
+
+def _enumerated_log_z(energy: Energy) -> float:
+    """``log Σ_x exp(-E(x))`` over every state, in float64 (:func:`ebmlab.partition.exact_log_z`)."""
+    from ..partition.exact import exact_log_z  # partition builds on energy: import at call time
+
+    return exact_log_z(energy, dtype=torch.float64)
 
 
 def _neighbour_sum(s: torch.Tensor) -> torch.Tensor:
@@ -78,11 +84,7 @@ class Ising(Energy):
     def log_z(self) -> float | None:
         if self.size > 4:
             return None
-        total = -math.inf
-        for batch in enumerate_states(self.size**2, 2, dtype=torch.float64):
-            lse = torch.logsumexp(-self(batch.view(-1, self.size, self.size)), 0).item()
-            total = float(torch.logaddexp(torch.tensor(total, dtype=torch.float64), torch.tensor(lse, dtype=torch.float64)))
-        return total
+        return _enumerated_log_z(self)
 
     def sample_uniform(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Independent fair coin flips, shape ``(n, L, L)`` — a dispersed start."""
@@ -116,10 +118,6 @@ class Potts(Energy):
 
     @property
     def log_z(self) -> float | None:
-        n = self.size**2
-        if self.num_states**n > 2**22:
+        if self.num_states ** (self.size**2) > 2**22:
             return None
-        values = []
-        for batch in enumerate_states(n, self.num_states, dtype=torch.float64):
-            values.append(torch.logsumexp(-self(batch.view(-1, self.size, self.size)), 0))
-        return float(torch.logsumexp(torch.stack(values), 0))
+        return _enumerated_log_z(self)
