@@ -22,10 +22,11 @@ from torch import nn
 
 from .energy.base import Energy
 from .energy.neural import ConvEnergy, MLPEnergy
+from .registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
 
-_MODELS: dict[str, ModelFactory] = {}
+_MODELS: Registry[ModelFactory] = Registry("model")
 
 #: Modules that register models when imported (tried once, silently skipped when absent).
 PLUGIN_MODULES: tuple[str, ...] = (
@@ -37,12 +38,7 @@ _plugins_loaded = False
 
 def register_model(name: str, factory: ModelFactory) -> ModelFactory:
     """Register ``factory(event_shape, **kwargs) -> nn.Module`` under ``name``; duplicates refused."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"register_model: the name must be a non-empty string, got {name!r}")
-    if name in _MODELS and _MODELS[name] is not factory:
-        raise ValueError(f"register_model: a model named {name!r} already exists")
-    _MODELS[name] = factory
-    return factory
+    return _MODELS.add(name, factory)
 
 
 def _load_plugins() -> None:
@@ -61,16 +57,13 @@ def _load_plugins() -> None:
 def available_models() -> list[str]:
     """Registered model names, sorted."""
     _load_plugins()
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def get_model_factory(name: str) -> ModelFactory:
     """The factory registered as ``name``; ``ValueError`` listing the known names otherwise."""
     _load_plugins()
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(_MODELS))}") from None
+    return _MODELS.get(name)
 
 
 def build_model(name: str, event_shape: Sequence[int], **kwargs) -> nn.Module:

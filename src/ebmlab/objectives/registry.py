@@ -4,29 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..registry import Registry
 from .base import Objective
 
-_OBJECTIVES: dict[str, type[Objective]] = {}
+_OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:
     """Register an objective class under ``cls.name`` (usable as a decorator)."""
     if not getattr(cls, "name", ""):
         raise ValueError(f"register_objective: {cls.__name__} has no name")
-    if cls.name in _OBJECTIVES and _OBJECTIVES[cls.name] is not cls:
-        raise ValueError(
-            f"register_objective: an objective named {cls.name!r} already exists ({_OBJECTIVES[cls.name].__name__})"
-        )
-    _OBJECTIVES[cls.name] = cls
-    return cls
+    return _OBJECTIVES.add(cls.name, cls)
 
 
 def get_objective_class(name: str) -> type[Objective]:
     """The class registered as ``name``; ``ValueError`` listing the known names otherwise."""
-    try:
-        return _OBJECTIVES[name]
-    except KeyError:
-        raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(sorted(_OBJECTIVES))}") from None
+    return _OBJECTIVES.get(name)
 
 
 def make_objective(name: str, **kwargs: Any) -> Objective:
@@ -40,4 +33,4 @@ def make_objective(name: str, **kwargs: Any) -> Objective:
 
 def available_objectives() -> list[str]:
     """Registered objective names, sorted."""
-    return sorted(_OBJECTIVES)
+    return _OBJECTIVES.names()

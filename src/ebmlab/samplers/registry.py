@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 
+from ..registry import Registry
 from .base import Kernel
 
-_KERNELS: dict[str, type[Kernel]] = {}
+_KERNELS: Registry[type[Kernel]] = Registry("sampler")
 
 
 def register(cls: type[Kernel]) -> type[Kernel]:
     """Register a kernel class under ``cls.name`` (usable as a decorator)."""
     if not cls.name:
         raise ValueError(f"register: {cls.__name__} has no name")
-    if cls.name in _KERNELS and _KERNELS[cls.name] is not cls:
-        raise ValueError(f"register: a sampler named {cls.name!r} already exists ({_KERNELS[cls.name].__name__})")
-    _KERNELS[cls.name] = cls
-    return cls
+    return _KERNELS.add(cls.name, cls)
 
 
 def get_kernel_class(name: str) -> type[Kernel]:
     """The kernel class registered as ``name``; ``ValueError`` listing the known names otherwise."""
-    try:
-        return _KERNELS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(sorted(_KERNELS))}") from None
+    return _KERNELS.get(name)
 
 
 def make_kernel(name: str, **hyperparameters) -> Kernel:
@@ -34,6 +29,6 @@ def make_kernel(name: str, **hyperparameters) -> Kernel:
 
 
 def available() -> list[str]:
-    return sorted(_KERNELS)
+    return _KERNELS.names()
 
 
