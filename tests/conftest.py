@@ -46,3 +46,12 @@ def small_ising() -> Ising:
 def small_ising_probs(small_ising: Ising) -> torch.Tensor:
     """Exact probabilities of the 512 states of ``small_ising``, enumeration order, float64."""
     return enumerate_probabilities(small_ising, (3, 3), 2)
+
+
+@pytest.fixture
+def float64():
+    """Run the test with float64 as torch's default dtype, restoring the previous one after."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -13,13 +13,6 @@ from ebmlab.likelihood import bits_per_dim, held_out_nll, log_likelihood
 from ebmlab.partition import exact_log_z
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
 
 def test_gaussian_nll_matches_torch_distributions(generator, float64):
     """With the closed-form log Z, the NLL equals -mean log N(x; μ, Σ) from torch.distributions."""

@@ -100,13 +100,6 @@ def test_energy_distance_matches_closed_form_for_1d_gaussians(generator):
     assert energy_distance_closed_form(0.3, 1.2, 0.3, 1.2) == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
 
 def test_grid_kl_matches_closed_form_for_two_gaussians(float64):
     """KL(N(μ₁,Σ₁) ‖ N(μ₂,Σ₂)) = ½[tr(Σ₂⁻¹Σ₁) + (μ₂-μ₁)ᵀΣ₂⁻¹(μ₂-μ₁) - d + log det Σ₂/det Σ₁]

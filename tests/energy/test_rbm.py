@@ -14,18 +14,9 @@ import torch
 from ebmlab.energy import delta_energy_flip, enumerate_states, site_energies, value_and_grad
 from ebmlab.energy.rbm import BernoulliRBM
 from ebmlab.testing import distribution_check, enumerate_probabilities
+from rbm_helpers import random_rbm
 
 P_VALUE = 1e-5
-
-
-def random_rbm(num_visible: int, num_hidden: int, scale: float = 1.0, seed: int = 0,
-               event_shape=None) -> BernoulliRBM:
-    g = torch.Generator().manual_seed(seed)
-    rbm = BernoulliRBM(num_visible, num_hidden, event_shape=event_shape, weight_scale=scale, generator=g)
-    with torch.no_grad():
-        rbm.b.normal_(0.0, 0.5, generator=g)
-        rbm.c.normal_(0.0, 0.5, generator=g)
-    return rbm.double()
 
 
 def test_free_energy_sums_out_hidden_units():

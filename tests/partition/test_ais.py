@@ -27,11 +27,8 @@ Z = 3.0
 
 
 @pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+def _float64_default(float64):
+    """Every test here runs in float64 (the ``float64`` fixture of conftest.py)."""
 
 
 def offset_gaussian() -> Gaussian:

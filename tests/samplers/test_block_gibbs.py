@@ -17,18 +17,10 @@ from ebmlab.energy import Ising, enumerate_states
 from ebmlab.energy.rbm import BernoulliRBM
 from ebmlab.samplers import BlockGibbs, make_kernel, sample
 from ebmlab.testing import distribution_check, enumerate_probabilities
+from rbm_helpers import random_rbm
 
 P_VALUE = 1e-5
 NUM_CHAINS = 20000
-
-
-def random_rbm(num_visible: int, num_hidden: int, scale: float = 1.0, seed: int = 0, event_shape=None) -> BernoulliRBM:
-    g = torch.Generator().manual_seed(seed)
-    rbm = BernoulliRBM(num_visible, num_hidden, event_shape=event_shape, weight_scale=scale, generator=g)
-    with torch.no_grad():
-        rbm.b.normal_(0.0, 0.5, generator=g)
-        rbm.c.normal_(0.0, 0.5, generator=g)
-    return rbm.double()
 
 
 def bernoulli_prob(states: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
