@@ -42,7 +42,7 @@ from ebmlab.energy import GaussianMixture
 from ebmlab.metrics import mmd2
 from ebmlab.objectives.ncsn import NCSNObjective
 from ebmlab.samplers.annealed import annealed_langevin, sample_noise_conditional
-from ebmlab.score_models import NCSNMLP, geometric_sigmas
+from ebmlab.energy.noise_conditional import NCSNMLP, geometric_sigmas
 
 MEANS = torch.tensor([[-5.0, 0.0], [5.0, 0.0]])
 WEIGHTS = torch.tensor([0.8, 0.2])

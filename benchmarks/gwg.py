@@ -28,7 +28,7 @@ from common import machine_description, set_threads
 from ebmlab.diagnostics import effective_sample_size
 from ebmlab.energy import Ising
 from ebmlab.energy.rbm import BernoulliRBM
-from ebmlab.train import train
+from ebmlab.training.trainer import train
 from ebmlab.samplers import BlockGibbs, Gibbs, GibbsWithGradients, sample
 
 

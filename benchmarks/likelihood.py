@@ -4,7 +4,7 @@ For each objective (contrastive divergence with a replay buffer, exact / sliced 
 score matching, noise-contrastive estimation) and each 2-D toy set (8 gaussians, 2 spirals,
 checkerboard) this script
 
-1. trains an MLP energy with :func:`ebmlab.train.train` for ``--steps`` updates;
+1. trains an MLP energy with :func:`ebmlab.training.trainer.train` for ``--steps`` updates;
 2. computes ``log Z`` of the trained energy (over the raw data space) by grid quadrature on
    the held-out points' range widened by half its width per side (``missing`` is the
    quadrature's estimated mass beyond that box; ``inf`` means the density does not decay
@@ -47,12 +47,12 @@ try:  # run as ``python -m benchmarks.likelihood`` or imported as part of the pa
 except ImportError:  # run as ``python benchmarks/likelihood.py``
     from common import machine_description, resolve_device, set_threads
 
-from ebmlab.config import TrainConfig
+from ebmlab.training.config import TrainConfig
 from ebmlab.data import load_dataset
-from ebmlab.likelihood import held_out_nll
+from ebmlab.partition.likelihood import held_out_nll
 from ebmlab.metrics import grid_kl
 from ebmlab.partition import BoundaryMassWarning, GaussianBase, ais, quadrature_log_z
-from ebmlab.train import train
+from ebmlab.training.trainer import train
 
 OBJECTIVES = ("replay", "sm", "ssm", "dsm", "nce")
 DATASETS = ("8gaussians", "2spirals", "checkerboard")
@@ -129,7 +129,7 @@ def evaluate_model(objective: str, dataset: str, args, workdir: Path) -> Row:
 
 def _training_data(result) -> torch.Tensor:
     """The run's training points in the raw data space (the base of AIS is fitted to them)."""
-    from ebmlab.train import load_run_data
+    from ebmlab.training.trainer import load_run_data
 
     return load_run_data(result.config).x
 

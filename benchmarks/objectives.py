@@ -69,14 +69,14 @@ try:  # run as ``python -m benchmarks.objectives`` or imported as part of the pa
 except ImportError:  # run as ``python benchmarks/objectives.py``
     from common import machine_description, set_threads
 
-from ebmlab.config import TrainConfig
-from ebmlab.likelihood import held_out_nll
+from ebmlab.training.config import TrainConfig
+from ebmlab.partition.likelihood import held_out_nll
 from ebmlab.metrics import mmd2
 from ebmlab.objectives.base import frozen
 from ebmlab.partition import BoundaryMassWarning, grid_sample, quadrature_log_z
-from ebmlab.runs import derive_seed, energy_on_raw_data
+from ebmlab.training.runs import derive_seed, energy_on_raw_data
 from ebmlab.samplers import MALA, sample
-from ebmlab.train import Trainer, TrainingDivergedError
+from ebmlab.training.trainer import Trainer, TrainingDivergedError
 
 OBJECTIVES = ("cd", "pcd", "replay", "sm", "ssm", "dsm", "nce")
 DATASETS = ("8gaussians", "2spirals")
@@ -275,7 +275,7 @@ def plot_figure(results: list[Result], heldout: dict[str, torch.Tensor], dataset
     """Held-out data, then each learned density ``exp(-E)``; one row per data set."""
     from matplotlib.figure import Figure
 
-    from ebmlab import plots
+    from ebmlab.jobs import plots
 
     by_key = {(r.dataset, r.objective): r for r in results}
     fig = Figure(figsize=(2.0 * (1 + len(objectives)), 2.15 * len(datasets) + 0.35), layout="constrained")

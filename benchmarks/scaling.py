@@ -4,12 +4,12 @@ For each process count W the script launches itself under
 ``python -m torch.distributed.run --nproc-per-node W`` (the real launcher, gloo on CPU) and
 measures, in the worker processes:
 
-* **training** — ``ebmlab.train`` (data-parallel, DDP) on ``8gaussians`` with an MLP energy
+* **training** — ``ebmlab.training.trainer`` (data-parallel, DDP) on ``8gaussians`` with an MLP energy
   (``hidden = [128, 128]``) and a *fixed global batch* (strong scaling: each rank computes
   ``B/W`` examples per step). Steps/s are timed from the trainer's per-step callback after
   ``--warmup`` steps, so set-up, the process group and the final checkpoint are excluded.
   One sampling-free objective (``dsm``) and one that runs MCMC every step (``cd``, 10 ULA steps).
-* **sampling** — ``ebmlab sample`` (:func:`ebmlab.distributed_jobs.run_sampling_job_distributed`)
+* **sampling** — ``ebmlab sample`` (:func:`ebmlab.jobs.distributed.run_sampling_job_distributed`)
   of a fixed total of chains split over the ranks: MALA on an MLP energy
   (``ebmlab.energy.neural:MLPEnergy``, 2-D, ``hidden = (128, 128)``). Throughput is chain
   transitions per second, ``chains · (burn_in + steps) / wall``, with the wall time of the
@@ -81,7 +81,7 @@ def _threads(args: argparse.Namespace, world: int) -> int:
 
 
 def _train_rate(objective: str, args: argparse.Namespace, run_dir: str) -> float:
-    from ebmlab.train import train
+    from ebmlab.training.trainer import train
 
     stamps: list[float] = []
     config = {"data": "8gaussians", "num_samples": 8192, "heldout_fraction": 0.0, "model": "mlp",
@@ -94,8 +94,8 @@ def _train_rate(objective: str, args: argparse.Namespace, run_dir: str) -> float
 
 
 def _sample_rate(args: argparse.Namespace, out: str) -> float:
-    from ebmlab.distributed_jobs import run_sampling_job_distributed
-    from ebmlab.sampling_job import SampleJob
+    from ebmlab.jobs.distributed import run_sampling_job_distributed
+    from ebmlab.jobs.sampling import SampleJob
 
     job = SampleJob(energy="ebmlab.energy.neural:MLPEnergy", sampler="mala", out=out, num_chains=args.chains,
                     num_steps=args.sampler_steps, burn_in=args.burn_in, step_size=0.01, seed=0)

@@ -10,8 +10,8 @@ from matplotlib.image import imread
 
 from ebmlab.cli import main
 from ebmlab.energy.rbm import BernoulliRBM
-from ebmlab.plots import chain_grid_images, image_grid, save_chain_grid
-from ebmlab.runs import chain_snapshots
+from ebmlab.jobs.plots import chain_grid_images, image_grid, save_chain_grid
+from ebmlab.training.runs import chain_snapshots
 from ebmlab.samplers import BlockGibbs
 
 
@@ -72,7 +72,7 @@ def test_objective_chains_default_and_annealed():
     """The base objective leaves chains to the trainer; NCSN returns annealed Langevin snapshots
     from ``N(0, σ_1² I)`` ending at the denoised samples."""
     from ebmlab.objectives import make_objective
-    from ebmlab.score_models import NCSNMLP
+    from ebmlab.energy.noise_conditional import NCSNMLP
 
     assert make_objective("pcd").model_chains(BernoulliRBM(4, 2), 3, None) is None
     model = NCSNMLP((1, 2, 2), hidden=(8, 8), sigmas=[1.0, 0.5, 0.1], parametrization="score")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ebmlab.energy import Gaussian, Ising
-from ebmlab.energy.discrete import enumerate_states
-from ebmlab.likelihood import bits_per_dim, held_out_nll, log_likelihood
+from ebmlab.energy.enumeration import enumerate_states
+from ebmlab.partition.likelihood import bits_per_dim, held_out_nll, log_likelihood
 from ebmlab.partition import exact_log_z
 
 

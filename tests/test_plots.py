@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from ebmlab.energy import Gaussian, Ising
-from ebmlab.plots import (
+from ebmlab.jobs.plots import (
     bounds_from_samples, density_grid, image_grid, plot_chain_trace, plot_density_2d, plot_loss_curve,
     plot_samples, plot_samples_2d, save_image_grid,
 )

@@ -1,11 +1,11 @@
-"""Recommended settings (:mod:`ebmlab.presets`): what they fill in, and that explicit settings win."""
+"""Recommended settings (:mod:`ebmlab.training.presets`): what they fill in, and that explicit settings win."""
 
 from __future__ import annotations
 
 import pytest
 
-from ebmlab.config import TrainConfig
-from ebmlab.presets import (
+from ebmlab.training.config import TrainConfig
+from ebmlab.training.presets import (
     IMAGE_LANGEVIN_SETTINGS, RBM_SETTINGS, binary_variant, is_image_data, recommend, recommended_settings,
 )
 

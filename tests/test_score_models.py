@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ebmlab.energy import score as energy_score
-from ebmlab.models import build_model
+from ebmlab.training.models import build_model
 from ebmlab.samplers import MALA, sample
-from ebmlab.score_models import NCSNConv, NCSNMLP, geometric_sigmas
+from ebmlab.energy.noise_conditional import NCSNConv, NCSNMLP, geometric_sigmas
 
 MODELS = {
     "mlp": (lambda p: NCSNMLP(3, hidden=(16, 16, 16), parametrization=p), (3,)),

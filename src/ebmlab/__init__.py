@@ -4,17 +4,17 @@ An energy ``E(x)`` defines ``p(x) = exp(-E(x)) / Z``. See :mod:`ebmlab.energy` f
 :mod:`ebmlab.samplers` for MCMC, :mod:`ebmlab.diagnostics` for ESS and R-hat.
 """
 
-from . import energy, samplers
-from .energy import (
+from ebmlab import energy, samplers
+from ebmlab.energy import (
     Banana, ConvEnergy, Energy, Funnel, Gaussian, GaussianMixture, Ising, MLPEnergy, Potts,
     compile_energy, eight_gaussians, log_prob, log_ratio, score,
 )
-from .samplers import HMC, MALA, ULA, ChainRecord, Gibbs, RandomWalkMetropolis, SingleSiteMetropolis, sample
+from ebmlab.samplers import HMC, MALA, ULA, ChainRecord, Gibbs, RandomWalkMetropolis, SingleSiteMetropolis, sample
 
 __version__ = "0.1.0"
 
 # Loading trained runs, imported on first use (it pulls in the data stack).
-_LAZY = {"load": "runs", "load_run": "runs", "TrainConfig": "config"}
+_LAZY = {"load": "training.runs", "load_run": "training.runs", "TrainConfig": "training.config"}
 
 
 def __getattr__(name: str):

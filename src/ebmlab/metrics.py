@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .energy.base import EnergyFn, event_shape_of
-from .partition.quadrature import grid_dim, grid_log_density, log_weights_1d, resolve_bounds
+from ebmlab.energy.base import EnergyFn, event_shape_of
+from ebmlab.partition.quadrature import grid_dim, grid_log_density, log_weights_1d, resolve_bounds
 
 
 def _as_samples(x: torch.Tensor, name: str, min_size: int = 2) -> torch.Tensor:

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from .energy.base import EnergyFn, energy as eval_energy
-from .energy.discrete import enumerate_states
+from ebmlab.energy.base import EnergyFn, energy as eval_energy
+from ebmlab.energy.enumeration import enumerate_states
 
 DEFAULT_Z = 4.5
 DEFAULT_P_VALUE = 1e-5

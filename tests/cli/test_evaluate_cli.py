@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from ebmlab.cli import main
 from ebmlab.energy import Ising, eight_gaussians
-from ebmlab.likelihood import held_out_nll
+from ebmlab.partition.likelihood import held_out_nll
 from ebmlab.partition import exact_log_z
 from evaluate_helpers import run, run_json
 

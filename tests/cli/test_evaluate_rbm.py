@@ -14,12 +14,12 @@ import torch
 from click.testing import CliRunner
 
 from ebmlab.cli import main
-from ebmlab.config import TrainConfig
+from ebmlab.training.config import TrainConfig
 from ebmlab.energy.rbm import BernoulliRBM
-from ebmlab.likelihood import held_out_nll
+from ebmlab.partition.likelihood import held_out_nll
 from ebmlab.partition.rbm_ais import base_rate_visible_bias, rbm_ais
-from ebmlab.runs import load, load_run
-from ebmlab.train import train
+from ebmlab.training.runs import load, load_run
+from ebmlab.training.trainer import train
 from evaluate_helpers import run, run_json
 
 Z_TOLERANCE = 3.0

@@ -225,7 +225,7 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, user_file):
 def test_unwritable_output_directory_is_refused_before_sampling(tmp_path, monkeypatch):
     """Permission bits do not stop root, so the directory's write probe is made to fail instead;
     resolving the energy or sampling first would raise AssertionError (exit code 1)."""
-    import ebmlab.sampling_job as job_module
+    import ebmlab.jobs.sampling as job_module
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

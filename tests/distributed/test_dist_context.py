@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from ebmlab import distributed as D
-from ebmlab.distributed_train import TrainSharding, merge_states, split_state
+from ebmlab.training.sharding import TrainSharding, merge_states, split_state
 from ebmlab.objectives import get_objective_class
 
 pytestmark = pytest.mark.distributed

@@ -89,10 +89,10 @@ def check_log_mean_exp(rank: int, tmp: Path) -> None:
 def check_sampling(rank: int, tmp: Path) -> None:
     """Chains are split 3/2, each block sampled with its rank's seed, gathered in rank order;
     rank 0 alone writes the file. Negative control: rank 0's block alone is not the result."""
-    from ebmlab import distributed_jobs
+    from ebmlab.jobs import distributed as distributed_jobs
     from ebmlab.cli import main
     from ebmlab.samplers import sample
-    from ebmlab.sampling_job import SampleJob, prepare
+    from ebmlab.jobs.sampling import SampleJob, prepare
 
     writes = []
     original = distributed_jobs.save_record
@@ -133,7 +133,7 @@ def check_ais(rank: int, tmp: Path) -> None:
     log-mean-exps over all of them. Negative control: the mean of per-rank estimates differs
     from the pooled one."""
     from ebmlab.cli import main
-    from ebmlab.distributed_jobs import distributed_ais, distributed_rbm_ais
+    from ebmlab.jobs.distributed import distributed_ais, distributed_rbm_ais
     from ebmlab.energy import Gaussian
     from ebmlab.energy.rbm import BernoulliRBM
     from ebmlab.partition import GaussianBase

@@ -16,10 +16,10 @@ import torch
 from ebmlab.energy import Gaussian, MLPEnergy
 from ebmlab.objectives import make_objective
 from ebmlab.objectives.ncsn import NCSNObjective, dsm_terms, max_pairwise_distance
-from ebmlab.runs import load_run
-from ebmlab.samplers.annealed import sample_run
-from ebmlab.score_models import NCSNMLP, NoiseConditionalModel, geometric_sigmas
-from ebmlab.train import train
+from ebmlab.training.runs import load_run
+from ebmlab.jobs.annealed_sampling import sample_run
+from ebmlab.energy.noise_conditional import NCSNMLP, NoiseConditionalModel, geometric_sigmas
+from ebmlab.training.trainer import train
 
 Z = 4.5
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from quadratic_energy_helpers import QuadraticEnergy, single_thread  # noqa: F401
 
 from ebmlab.energy.neural import MLPEnergy
-from ebmlab.models import build_model
+from ebmlab.training.models import build_model
 from ebmlab.objectives import (
     ContrastiveDivergence, DenoisingScoreMatching, NoiseContrastiveEstimation, PersistentCD, ReplayCD,
     ScoreMatching, SlicedScoreMatching, available_objectives, make_objective, run_chains,

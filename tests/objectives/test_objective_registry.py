@@ -9,7 +9,8 @@ import torch
 from quadratic_energy_helpers import single_thread  # noqa: F401
 
 from ebmlab.energy.neural import MLPEnergy
-from ebmlab.models import FlattenedEnergy, available_models, build_model, register_model
+from ebmlab.energy.neural import FlattenedEnergy
+from ebmlab.training.models import available_models, build_model, register_model
 from ebmlab.objectives import (
     NoiseContrastiveEstimation, NoiseSource, Objective, PersistentCD, ReplayBuffer, ReplayCD, available_objectives,
     get_objective_class, make_objective, register_objective,

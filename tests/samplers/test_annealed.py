@@ -16,7 +16,7 @@ import torch
 from ebmlab.energy import GaussianMixture
 from ebmlab.samplers import ULA, ChainDivergedError, sample
 from ebmlab.samplers.annealed import DEFAULT_STEP_RATIO, annealed_langevin, annealed_snapshots, annealed_step_sizes
-from ebmlab.score_models import NCSNMLP, geometric_sigmas
+from ebmlab.energy.noise_conditional import NCSNMLP, geometric_sigmas
 
 MEANS = torch.tensor([[-5.0, 0.0], [5.0, 0.0]])
 WEIGHTS = torch.tensor([0.8, 0.2])

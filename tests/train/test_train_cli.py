@@ -10,10 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ebmlab.checkpoint import load_checkpoint
+from ebmlab.training.checkpoint import load_checkpoint
 from ebmlab.cli import main
 from ebmlab.cli.train import build_config
-from ebmlab.config import TrainConfig
+from ebmlab.training.config import TrainConfig
 
 SMALL = ["--steps", "15", "--hidden", "8,8", "--batch-size", "64", "--no-plots", "--set", "num_samples=300"]
 

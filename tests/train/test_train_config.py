@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from ebmlab.config import TrainConfig, to_toml, toml_value
+from ebmlab.training.config import TrainConfig, to_toml, toml_value
 
 
 def test_toml_round_trip_is_exact():

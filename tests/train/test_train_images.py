@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ebmlab.checkpoint import load_checkpoint
+from ebmlab.training.checkpoint import load_checkpoint
 from ebmlab.cli import main
 from ebmlab.cli.common import UserError
 from ebmlab.cli.train import build_config
-from ebmlab.config import TrainConfig
+from ebmlab.training.config import TrainConfig
 from ebmlab.energy.rbm import BernoulliRBM
-from ebmlab.runs import load
+from ebmlab.training.runs import load
 
 IMAGE_PICTURES = {"samples.png", "data.png", "chains.png", "loss.png"}
 

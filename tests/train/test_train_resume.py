@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-from ebmlab.checkpoint import load_checkpoint
-from ebmlab.config import TrainConfig
-from ebmlab.train import Trainer, TrainingDivergedError, train
+from ebmlab.training.checkpoint import load_checkpoint
+from ebmlab.training.config import TrainConfig
+from ebmlab.training.trainer import Trainer, TrainingDivergedError, train
 
 STEPS = 12
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import ebmlab
-from ebmlab.checkpoint import load_checkpoint, save_checkpoint
-from ebmlab.config import TrainConfig
-from ebmlab.runs import StandardizedEnergy, load_run
-from ebmlab.config import learning_rate
-from ebmlab.train import train
+from ebmlab.training.checkpoint import load_checkpoint, save_checkpoint
+from ebmlab.training.config import TrainConfig
+from ebmlab.training.runs import StandardizedEnergy, load_run
+from ebmlab.training.config import learning_rate
+from ebmlab.training.trainer import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

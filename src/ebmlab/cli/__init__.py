@@ -10,7 +10,7 @@ import importlib
 
 import click
 
-from .common import UserError
+from ebmlab.cli.common import UserError
 
 _SUBCOMMANDS = ("sample", "train", "evaluate")
 

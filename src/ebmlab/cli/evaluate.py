@@ -9,7 +9,7 @@ call per quantity) -> print a short report, or exactly one JSON object with ``--
   (any dimension; base fitted to the data, or ``N(0, base_std² I)``), plus a reverse-AIS upper
   bound started at exact draws when the energy has a sampler, else at the data (heuristic).
 * A Bernoulli RBM (:class:`~ebmlab.energy.rbm.BernoulliRBM`, e.g. a run trained with
-  ``--model rbm``) is routed to its own estimators (:mod:`ebmlab.cli.evaluate_rbm`): ``exact``
+  ``--model rbm``) is routed to its own estimators (:mod:`ebmlab.jobs.evaluation_rbm`): ``exact``
   enumerates its smaller layer (≤ 22 units, whatever the number of visible units), ``ais``
   runs the RBM AIS of Salakhutdinov & Murray (2008) from the base-rate model fitted to the
   run's training data (for a run directory), else to ``--data``, else the uniform
@@ -39,19 +39,19 @@ from typing import Any, Callable
 import click
 import torch
 
-from ..likelihood import bits_per_dim, check_data_shape, held_out_nll
-from ..metrics import energy_distance, grid_kl, mmd_test
-from ..partition import (
+from ebmlab.partition.likelihood import bits_per_dim, check_data_shape, held_out_nll
+from ebmlab.metrics import energy_distance, grid_kl, mmd_test
+from ebmlab.partition import (
     BoundaryMassWarning, GaussianBase, MAX_STATES, METHODS, exact_log_z, exact_sample, fit_base, grid_sample,
     quadrature_log_z,
 )
-from ..distributed import is_main_process, local_device
-from ..distributed_jobs import distributed_ais
-from ..partition.ais import default_kernel, resolve_base
-from ..samplers import sample
-from ..partition.quadrature import MAX_DIMS, resolve_bounds
-from .common import UserError, make_generator, resolve_device, user_errors
-from .evaluate_rbm import RBM_TEMPERATURES, as_rbm, rbm_log_z
+from ebmlab.distributed import is_main_process, local_device
+from ebmlab.jobs.distributed import distributed_ais
+from ebmlab.partition.ais import default_kernel, resolve_base
+from ebmlab.samplers import sample
+from ebmlab.partition.quadrature import MAX_DIMS, resolve_bounds
+from ebmlab.cli.common import UserError, make_generator, resolve_device, user_errors
+from ebmlab.jobs.evaluation_rbm import RBM_TEMPERATURES, as_rbm, rbm_log_z
 
 SAMPLERS = ("mala", "hmc", "rwmh", "gibbs", "metropolis")
 DEFAULT_TEMPERATURES = 200
@@ -259,14 +259,14 @@ def _load_data(spec: str, energy_spec: str, event_shape, num_examples: int | Non
     if spec == "heldout":
         if not os.path.isdir(energy_spec):
             raise ValueError("--data heldout needs a run directory as --energy; otherwise name a data set or file")
-        from ..runs import load_run
+        from ebmlab.training.runs import load_run
 
         run = load_run(energy_spec)
         x, true_log_density = run.heldout_data(), run.dataset().true_log_density
         if len(x) == 0:
             raise ValueError(f"run {energy_spec!r} kept no held-out data (heldout_fraction = 0); name a data set instead")
     else:
-        from ..data import load_dataset
+        from ebmlab.data import load_dataset
 
         dataset = load_dataset(spec, num_samples=num_examples, generator=torch.Generator().manual_seed(seed + 1))
         x, true_log_density = dataset.x, dataset.true_log_density
@@ -306,7 +306,7 @@ def _load_data(spec: str, energy_spec: str, event_shape, num_examples: int | Non
 def command(energy_spec, data_spec, method, temperatures, schedule, runs, sampler, steps_per_temperature, base_std,
             no_reverse, bounds, grid_points, num_examples, num_levels, no_metrics, event_shape, seed, device,
             as_json) -> None:
-    from ..specs import parse_event_shape, resolve_energy
+    from ebmlab.jobs.specs import parse_event_shape, resolve_energy
 
     try:
         torch_device = resolve_device(device)
@@ -331,7 +331,7 @@ def command(energy_spec, data_spec, method, temperatures, schedule, runs, sample
     x, true_log_density = _load_data(data_spec, energy_spec, shape, num_examples, seed) if data_spec else (None, None)
     base_data = None
     if method == "ais" and as_rbm(energy) is not None and os.path.isdir(energy_spec):
-        from ..runs import load_run
+        from ebmlab.training.runs import load_run
 
         base_data = load_run(energy_spec).train_data()  # base rates of the training data (Salakhutdinov & Murray)
     report = evaluate(energy, shape, support, method, x, true_log_density, bounds=parse_bounds(bounds),

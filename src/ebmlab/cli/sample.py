@@ -1,6 +1,6 @@
 """``ebmlab sample``: draw MCMC samples from an energy SPEC and save them as ``.npz``.
 
-Thin: parse options -> :class:`ebmlab.sampling_job.SampleJob` -> :func:`run_sampling_job`
+Thin: parse options -> :class:`ebmlab.jobs.sampling.SampleJob` -> :func:`run_sampling_job`
 -> print the summary. Exit status: 0 on success; 2 on bad input (one line, no traceback) and
 when a chain's energy turns NaN or infinite during the run (the message names the step and
 the chains; lower ``--step-size``). No output file is written in either failure case.
@@ -13,13 +13,13 @@ from pathlib import Path
 import click
 import torch
 
-from ..distributed import is_main_process
-from ..distributed_jobs import run_sampling_job_distributed
-from ..sampling_job import SampleJob, check_writable, format_summary, summarize
-from ..samplers import ChainDivergedError, available
-from ..sampling_annealed import ANNEALED, format_annealed_summary, noise_conditional_run, run_annealed_job
-from ..specs import describe_builtin, parse_event_shape
-from .common import UserError, is_terminal, resolve_device, user_errors
+from ebmlab.distributed import is_main_process
+from ebmlab.jobs.distributed import run_sampling_job_distributed
+from ebmlab.jobs.sampling import SampleJob, check_writable, format_summary, summarize
+from ebmlab.samplers import ChainDivergedError, available
+from ebmlab.jobs.annealed_sampling import ANNEALED, format_annealed_summary, noise_conditional_run, run_annealed_job
+from ebmlab.jobs.specs import describe_builtin, parse_event_shape
+from ebmlab.cli.common import UserError, is_terminal, resolve_device, user_errors
 
 
 class _OneLineErrors(click.Command):
@@ -116,7 +116,7 @@ def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_siz
 
 def _plot_chains(samples, path: str) -> None:
     """Chains over time: an image grid for image-shaped events, else trace plots."""
-    from ..plots import plot_chain_trace, save_chain_grid
+    from ebmlab.jobs.plots import plot_chain_trace, save_chain_grid
 
     event = tuple(samples.shape[2:])
     if len(event) == 2 or (len(event) == 3 and event[0] in (1, 3)):

@@ -1,8 +1,8 @@
 """``ebmlab train``: train an energy on a data set and write a run directory.
 
-Thin: options -> :class:`ebmlab.config.TrainConfig` -> :func:`ebmlab.train.train` -> a summary.
+Thin: options -> :class:`ebmlab.training.config.TrainConfig` -> :func:`ebmlab.training.trainer.train` -> a summary.
 Settings are layered: the defaults, then the settings recommended for the model and data
-(:mod:`ebmlab.presets`: RBMs, Langevin on images) where nothing later names them, then
+(:mod:`ebmlab.training.presets`: RBMs, Langevin on images) where nothing later names them, then
 ``--config FILE.toml`` (or the run's own ``config.toml`` with ``--resume RUN_DIR``), then the
 explicit options, then ``--set key=value``.
 RUN_DIR receives ``checkpoint.pt``, ``metrics.jsonl``, ``config.toml`` (every setting, so
@@ -18,12 +18,12 @@ from pathlib import Path
 import click
 import torch
 
-from ..config import OPTIMIZERS, TrainConfig
-from ..data import available_datasets
-from ..models import available_models
-from ..objectives import available_objectives
-from ..samplers import available
-from .common import UserError, user_errors
+from ebmlab.training.config import OPTIMIZERS, TrainConfig
+from ebmlab.data import available_datasets
+from ebmlab.training.models import available_models
+from ebmlab.objectives import available_objectives
+from ebmlab.samplers import available
+from ebmlab.cli.common import UserError, user_errors
 
 
 _D = TrainConfig()  # the defaults shown in --help
@@ -76,9 +76,9 @@ def _file_keys(path: str) -> set[str]:
 
 def build_config(config_file: str | None, resume: str | None, options: dict, assignments: tuple[str, ...],
                  notes: list[str] | None = None) -> TrainConfig:
-    """Layer the settings: defaults < recommended (:mod:`ebmlab.presets`) < file (or the resumed
+    """Layer the settings: defaults < recommended (:mod:`ebmlab.training.presets`) < file (or the resumed
     run's config) < options < ``--set``. Notes for the user (data replaced) go to ``notes``."""
-    from ..presets import recommend
+    from ebmlab.training.presets import recommend
 
     if config_file and resume:
         raise UserError("--config and --resume exclude each other: a resumed run keeps its own config.toml")
@@ -154,9 +154,9 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
 def command(data, model, objective, steps, batch_size, lr, optimizer, momentum, weight_decay, sampler, sampler_steps,
             step_size, noise_scale, hidden, seed, device, out, resume, config_file, assignments, threads, progress,
             no_plots) -> None:
-    from .. import distributed as D
-    from ..runs import default_run_dir
-    from ..train import TrainingDivergedError, train
+    from ebmlab import distributed as D
+    from ebmlab.training.runs import default_run_dir
+    from ebmlab.training.trainer import TrainingDivergedError, train
 
     options = {"data": data, "model": model, "objective": objective, "steps": steps, "batch_size": batch_size,
                "lr": lr, "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay, "sampler": sampler,

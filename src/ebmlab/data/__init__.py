@@ -5,11 +5,11 @@ data tensor ``x`` ``(N, *event)``, its event shape and support, and, for toy set
 sampler and the true log-density. See :mod:`ebmlab.data.datasets` for the accepted specs.
 """
 
-from .datasets import DEFAULT_TOY_SAMPLES, Dataset, available_datasets, load_dataset
-from .files import load_array, validate_array
-from .images import binarize, load_digits, load_image_folder, load_mnist, read_idx
-from .toy2d import TOY_NAMES, TOY_SETS, sample_toy, toy_sampler, true_log_density
-from .transforms import Standardizer, split_indices, train_heldout_split
+from ebmlab.data.datasets import DEFAULT_TOY_SAMPLES, Dataset, available_datasets, load_dataset
+from ebmlab.data.files import load_array, validate_array
+from ebmlab.data.images import binarize, load_digits, load_image_folder, load_mnist, read_idx
+from ebmlab.data.toy2d import TOY_NAMES, TOY_SETS, sample_toy, toy_sampler, true_log_density
+from ebmlab.data.transforms import Standardizer, split_indices, train_heldout_split
 
 __all__ = [
     "DEFAULT_TOY_SAMPLES", "Dataset", "Standardizer", "TOY_NAMES", "TOY_SETS", "available_datasets",

@@ -26,10 +26,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .files import SUPPORTED_SUFFIXES, is_data_file, load_array
-from .images import load_digits, load_image_folder, load_mnist
-from .toy2d import TOY_NAMES, TOY_SETS
-from .transforms import split_indices
+from ebmlab.data.files import SUPPORTED_SUFFIXES, is_data_file, load_array
+from ebmlab.data.images import load_digits, load_image_folder, load_mnist
+from ebmlab.data.toy2d import TOY_NAMES, TOY_SETS
+from ebmlab.data.transforms import split_indices
 
 DEFAULT_TOY_SAMPLES = 10_000
 DIGITS_NAMES = ("digits", "digits-binary", "digits-flat", "digits-binary-flat")

@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..energy.analytic import eight_gaussians
+from ebmlab.energy.analytic import eight_gaussians
 
 Sampler = Callable[[int, "torch.Generator | None"], torch.Tensor]
 LogDensity = Callable[[torch.Tensor], torch.Tensor]

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .base import Energy
+from ebmlab.energy.base import Energy
 
 
 def _as_float(value) -> torch.Tensor:

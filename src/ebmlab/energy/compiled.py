@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import EnergyFn, check_energy_output
+from ebmlab.energy.base import EnergyFn, check_energy_output
 
 
 class CompiledEnergy(nn.Module):

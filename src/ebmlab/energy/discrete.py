@@ -6,32 +6,14 @@ categorical ``x ∈ {0..K-1}`` (support ``"categorical"``), shape ``(B, L, L)``.
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import torch
 
-from .base import Energy
-
-
-def enumerate_states(num_sites: int, num_states: int = 2, batch_size: int = 65536,
-                     dtype: torch.dtype | None = None, device=None) -> Iterator[torch.Tensor]:
-    """Yield every configuration of ``num_sites`` sites with ``num_states`` values, in batches.
-
-    Configuration number ``n`` has site ``i`` equal to digit ``i`` of ``n`` in base K
-    (site 0 most significant), so batches come in lexicographic order. Each batch has
-    shape ``(b, num_sites)`` and ``dtype`` (default float).
-    """
-    total = num_states**num_sites
-    powers = num_states ** torch.arange(num_sites - 1, -1, -1, device=device)
-    for start in range(0, total, batch_size):
-        n = torch.arange(start, min(start + batch_size, total), device=device)
-        yield ((n[:, None] // powers) % num_states).to(dtype or torch.get_default_dtype())
+from ebmlab.energy.base import Energy
+from ebmlab.energy.enumeration import exact_log_z
 
 
 def _enumerated_log_z(energy: Energy) -> float:
-    """``log Σ_x exp(-E(x))`` over every state, in float64 (:func:`ebmlab.partition.exact_log_z`)."""
-    from ..partition.exact import exact_log_z  # partition builds on energy: import at call time
-
+    """``log Σ_x exp(-E(x))`` over every state, in float64 (:func:`ebmlab.energy.enumeration.exact_log_z`)."""
     return exact_log_z(energy, dtype=torch.float64)
 
 

@@ -8,12 +8,13 @@ the network's Lipschitz constant and is a common stabiliser for contrastive trai
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from .base import Energy
+from ebmlab.energy.base import Energy
 
 
 def _maybe_sn(layer: nn.Module, spectral_norm: bool) -> nn.Module:
@@ -70,3 +71,50 @@ class ConvEnergy(Energy):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
+
+
+# ---------------------------------------------------------------------- factories (event_shape, **options)
+
+
+class FlattenedEnergy(Energy):
+    """``E(x) = inner(x.flatten(1))``: runs a vector energy on events of any shape.
+
+    Shapes: x ``(B, *event_shape)`` -> ``(B,)``.
+    """
+
+    def __init__(self, inner: nn.Module, event_shape: Sequence[int]):
+        super().__init__()
+        self.inner = inner
+        self.event_shape = tuple(int(s) for s in event_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.flatten(1))
+
+
+def mlp_energy(event_shape: tuple[int, ...], hidden: Sequence[int] = (128, 128), spectral_norm: bool = False) -> nn.Module:
+    """The ``mlp`` model: :class:`MLPEnergy` on events of any shape (image events are flattened)."""
+    net = MLPEnergy(dim=math.prod(event_shape), hidden=tuple(hidden), spectral_norm=spectral_norm)
+    return net if len(event_shape) == 1 else FlattenedEnergy(net, event_shape)
+
+
+def conv_energy(event_shape: tuple[int, ...], base_width: int = 32, spectral_norm: bool = False) -> nn.Module:
+    """The ``conv`` model: :class:`ConvEnergy` on image events ``(C, H, W)`` or ``(H, W)``."""
+    if len(event_shape) == 2:
+        event_shape = (1, *event_shape)
+        net = ConvEnergy(*event_shape, base_width=base_width, spectral_norm=spectral_norm)
+        return _Unsqueezed(net, event_shape[1:])
+    if len(event_shape) != 3:
+        raise ValueError(f"model 'conv' needs image events (C, H, W) or (H, W), got event shape {event_shape}")
+    return ConvEnergy(*event_shape, base_width=base_width, spectral_norm=spectral_norm)
+
+
+class _Unsqueezed(Energy):
+    """A ``(C=1, H, W)`` energy applied to ``(B, H, W)`` images."""
+
+    def __init__(self, inner: nn.Module, event_shape: Sequence[int]):
+        super().__init__()
+        self.inner = inner
+        self.event_shape = tuple(int(s) for s in event_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.unsqueeze(1))

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from .base import Energy
-from .discrete import enumerate_states
+from ebmlab.energy.base import Energy
+from ebmlab.energy.enumeration import enumerate_states
 
 MAX_ENUMERATED_UNITS = 22
 
@@ -254,13 +254,5 @@ def make_rbm(event_shape: Sequence[int], num_hidden: int = 64, weight_scale: flo
     return BernoulliRBM(math.prod(shape), int(num_hidden), event_shape=shape,
                         weight_scale=float(weight_scale), generator=generator)
 
-
-def _register() -> None:
-    from ..models import register_model  # imported here: ebmlab.models loads this module as a plugin
-
-    register_model("rbm", make_rbm)
-
-
-_register()
 
 __all__ = ["BernoulliRBM", "MAX_ENUMERATED_UNITS", "make_rbm"]

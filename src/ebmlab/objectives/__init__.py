@@ -8,12 +8,12 @@ is present. Build one with ``make_objective(name, **options)``.
 
 import importlib as _importlib
 
-from .base import Objective, frozen
-from .buffers import NoiseSource, ReplayBuffer
-from .contrastive import ContrastiveDivergence, PersistentCD, ReplayCD, run_chains
-from .nce import NoiseContrastiveEstimation
-from .registry import available_objectives, get_objective_class, make_objective, register_objective
-from .score_matching import DenoisingScoreMatching, ScoreMatching, SlicedScoreMatching
+from ebmlab.objectives.base import Objective, frozen
+from ebmlab.objectives.buffers import NoiseSource, ReplayBuffer
+from ebmlab.objectives.contrastive import ContrastiveDivergence, PersistentCD, ReplayCD, run_chains
+from ebmlab.objectives.nce import NoiseContrastiveEstimation
+from ebmlab.objectives.registry import available_objectives, get_objective_class, make_objective, register_objective
+from ebmlab.objectives.score_matching import DenoisingScoreMatching, ScoreMatching, SlicedScoreMatching
 
 for _cls in (ContrastiveDivergence, PersistentCD, ReplayCD, ScoreMatching, SlicedScoreMatching,
              DenoisingScoreMatching, NoiseContrastiveEstimation):

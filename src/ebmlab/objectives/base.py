@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
-from ..energy.base import EnergyFn
+from ebmlab.energy.base import EnergyFn
 
 Metrics = dict[str, float]
 

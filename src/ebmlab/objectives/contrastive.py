@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from ..energy.base import EnergyFn, check_energy_output
-from ..samplers import ULA, Kernel, make_kernel
-from .base import Metrics, Objective, check_positive, frozen
-from .buffers import NOISE_KINDS, NoiseSource, ReplayBuffer
+from ebmlab.energy.base import EnergyFn, check_energy_output
+from ebmlab.samplers import ULA, Kernel, make_kernel
+from ebmlab.objectives.base import Metrics, Objective, check_positive, frozen
+from ebmlab.objectives.buffers import NOISE_KINDS, NoiseSource, ReplayBuffer
 
 
 def _check_noise(owner: str, noise: str) -> str:

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..energy.base import EnergyFn, check_energy_output
-from .base import Metrics, Objective, check_positive
+from ebmlab.energy.base import EnergyFn, check_energy_output
+from ebmlab.objectives.base import Metrics, Objective, check_positive
 
 
 class NoiseContrastiveEstimation(Objective):

@@ -25,10 +25,10 @@ import math
 
 import torch
 
-from ..samplers.annealed import annealed_snapshots, sample_noise_conditional
-from ..score_models import NoiseConditionalModel, geometric_sigmas
-from .base import Metrics, Objective, check_positive
-from .registry import register_objective
+from ebmlab.samplers.annealed import annealed_snapshots, sample_noise_conditional
+from ebmlab.energy.noise_conditional import NoiseConditionalModel, geometric_sigmas
+from ebmlab.objectives.base import Metrics, Objective, check_positive
+from ebmlab.objectives.registry import register_objective
 
 #: data points used to estimate the largest pairwise distance (σ_max) in :meth:`NCSNObjective.setup`
 MAX_POINTS_FOR_SIGMA_MAX = 2048
@@ -65,7 +65,7 @@ class NCSNObjective(Objective):
         sample_step_size: its ε; 0 means ``0.2 σ_L²`` (see
             :func:`~ebmlab.samplers.annealed.sample_noise_conditional`).
 
-    The model passed as ``energy`` must be a :class:`~ebmlab.score_models.NoiseConditionalModel`
+    The model passed as ``energy`` must be a :class:`~ebmlab.energy.noise_conditional.NoiseConditionalModel`
     (``ncsn_mlp`` / ``ncsn_conv``); both the score and the energy parametrisations work.
     """
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import Registry
-from .base import Objective
+from ebmlab.registry import Registry
+from ebmlab.objectives.base import Objective
 
 _OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 

@@ -22,8 +22,8 @@ import math
 
 import torch
 
-from ..energy.base import EnergyFn, value_and_grad
-from .base import Metrics, Objective, check_positive
+from ebmlab.energy.base import EnergyFn, value_and_grad
+from ebmlab.objectives.base import Metrics, Objective, check_positive
 
 
 def score_with_graph(energy: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

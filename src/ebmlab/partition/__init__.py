@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..energy.base import EnergyFn
-from .ais import AISResult, ais, combine_log_weights, log_weight_statistics
-from .bases import AnnealedEnergy, CategoricalBase, GaussianBase, fit_base
-from .exact import MAX_STATES, exact_log_z, exact_sample
-from .quadrature import BoundaryMassWarning, QuadratureResult, grid_sample, quadrature_log_z
-from .schedules import linear_schedule, make_schedule, sigmoid_schedule
+from ebmlab.energy.base import EnergyFn
+from ebmlab.partition.ais import AISResult, ais, combine_log_weights, log_weight_statistics
+from ebmlab.partition.bases import AnnealedEnergy, CategoricalBase, GaussianBase, fit_base
+from ebmlab.energy.enumeration import MAX_STATES, exact_log_z, exact_sample
+from ebmlab.partition.quadrature import BoundaryMassWarning, QuadratureResult, grid_sample, quadrature_log_z
+from ebmlab.partition.schedules import linear_schedule, make_schedule, sigmoid_schedule
 
 METHODS = ("exact", "quadrature", "ais")
 

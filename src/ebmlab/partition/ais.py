@@ -37,12 +37,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..energy.base import EnergyFn, event_shape_of
-from ..samplers.base import ChainState, Kernel
-from ..samplers.registry import make_kernel
-from .bases import AnnealedEnergy, CategoricalBase, GaussianBase, fit_base, split_energy
-from .exact import energy_device, energy_dtype
-from .schedules import make_schedule
+from ebmlab.energy.base import EnergyFn, event_shape_of
+from ebmlab.samplers.base import ChainState, Kernel
+from ebmlab.samplers.registry import make_kernel
+from ebmlab.partition.bases import AnnealedEnergy, CategoricalBase, GaussianBase, fit_base, split_energy
+from ebmlab.energy.enumeration import energy_device, energy_dtype
+from ebmlab.partition.schedules import make_schedule
 
 
 @dataclass

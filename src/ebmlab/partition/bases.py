@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from ..energy.base import EnergyFn, energy as eval_energy, site_energies, value_and_grad
+from ebmlab.energy.base import EnergyFn, energy as eval_energy, site_energies, value_and_grad
 
 
 class GaussianBase(nn.Module):

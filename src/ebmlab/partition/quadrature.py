@@ -31,8 +31,8 @@ from typing import Sequence
 
 import torch
 
-from ..energy.base import EnergyFn, check_energy_output, event_shape_of
-from .exact import energy_device, energy_dtype
+from ebmlab.energy.base import EnergyFn, check_energy_output, event_shape_of
+from ebmlab.energy.enumeration import energy_device, energy_dtype
 
 MAX_DIMS = 3
 DEFAULT_NUM_POINTS = {1: 2049, 2: 513, 3: 129}
@@ -142,7 +142,7 @@ def grid_dim(energy: EnergyFn, event_shape: Sequence[int] | None, bounds, data, 
     if len(shape) != 1 or dim > MAX_DIMS:
         raise ValueError(
             f"{where}: a grid is limited to vectors of at most {MAX_DIMS} dimensions, got event shape "
-            f"{tuple(shape)}; use AIS instead (ebmlab.partition.ais, or `--log-partition ais`)"
+            f"{tuple(shape)}; estimate log Z by annealed importance sampling (AIS) instead: ebmlab.partition.ais"
         )
     return dim
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.functional import softplus
 
-from ..energy.rbm import BernoulliRBM
+from ebmlab.energy.rbm import BernoulliRBM
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,15 @@
 """MCMC samplers: kernels (``state, info = kernel.step(energy, state, generator)``) and the run driver."""
 
-from .adaptation import DualAveraging, DualAveragingState
-from .base import ChainState, Kernel, StepInfo, metropolis_accept
-from .block_gibbs import BlockGibbs
-from .gibbs import Gibbs, SingleSiteMetropolis
-from .gwg import GibbsWithGradients
-from .hmc import HMC, leapfrog
-from .langevin import MALA, ULA
-from .random_walk import RandomWalkMetropolis
-from .registry import available, get_kernel_class, make_kernel, register
-from .run import ChainDivergedError, ChainRecord, sample
+from ebmlab.samplers.adaptation import DualAveraging, DualAveragingState
+from ebmlab.samplers.base import ChainState, Kernel, StepInfo, metropolis_accept
+from ebmlab.samplers.block_gibbs import BlockGibbs
+from ebmlab.samplers.gibbs import Gibbs, SingleSiteMetropolis
+from ebmlab.samplers.gwg import GibbsWithGradients
+from ebmlab.samplers.hmc import HMC, leapfrog
+from ebmlab.samplers.langevin import MALA, ULA
+from ebmlab.samplers.random_walk import RandomWalkMetropolis
+from ebmlab.samplers.registry import available, get_kernel_class, make_kernel, register
+from ebmlab.samplers.driver import ChainDivergedError, ChainRecord, sample
 
 for _cls in (RandomWalkMetropolis, ULA, MALA, HMC, SingleSiteMetropolis, Gibbs, BlockGibbs, GibbsWithGradients):
     register(_cls)

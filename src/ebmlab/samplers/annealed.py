@@ -16,7 +16,7 @@ final denoising step (NCSNv2; Song & Ermon 2020, Jolicoeur-Martineau et al. 2021
 returns Tweedie's estimate ``E[x_clean | x]`` and removes the residual σ_L noise.
 
 ``score_fn(x, sigma)`` takes ``x (C, *event)`` and ``sigma (C,)`` and returns ``x.shape``:
-a :class:`~ebmlab.score_models.NoiseConditionalModel`'s ``score`` method, or any closed-form
+a :class:`~ebmlab.energy.noise_conditional.NoiseConditionalModel`'s ``score`` method, or any closed-form
 noised score. Chains are the batch dimension; every draw uses ``generator``.
 """
 
@@ -27,8 +27,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..score_models import NoiseConditionalModel, check_sigmas
-from .run import ChainDivergedError
+from ebmlab.energy.noise_conditional import NoiseConditionalModel, check_sigmas
+from ebmlab.samplers.driver import ChainDivergedError
 
 #: default ``ε / σ_L²``: the ratio ``α_i / σ_i²`` of step to noise variance at every level
 DEFAULT_STEP_RATIO = 0.2
@@ -152,26 +152,10 @@ def annealed_snapshots(model: NoiseConditionalModel, x0: torch.Tensor, generator
     return torch.stack(snapshots)
 
 
-def sample_run(run, num_samples: int, generator: torch.Generator | None = None, steps_per_level: int = 100,
-               step_size: float | None = None, callback: StepCallback | None = None) -> torch.Tensor:
-    """Samples of a trained noise-conditional run (``ebmlab.runs.load_run(RUN_DIR)``) in data space.
-
-    Runs :func:`sample_noise_conditional` on ``run.model`` in its training (standardised)
-    space, then undoes the standardisation; shape ``(num_samples, *run.event_shape)``.
-    Raises ``ValueError`` when the run's model is not noise-conditional.
-    """
-    if not isinstance(run.model, NoiseConditionalModel):
-        raise ValueError(f"annealed Langevin needs a noise-conditional run (objective ncsn), got model "
-                         f"{type(run.model).__name__}")
-    x = sample_noise_conditional(run.model, num_samples, generator, steps_per_level, step_size, True, callback)
-    return x if run.standardizer is None else run.standardizer.inverse_transform(x)
-
-
 def _check_finite(x: torch.Tensor, step: int) -> None:
     bad = ~torch.isfinite(x.flatten(1)).all(1)
     if bad.any():
         raise ChainDivergedError(step, bad.nonzero().flatten().tolist(), "annealed_langevin")
 
 
-__all__ = ["DEFAULT_STEP_RATIO", "annealed_langevin", "annealed_step_sizes", "annealed_snapshots", "sample_noise_conditional",
-           "sample_run"]
+__all__ = ["DEFAULT_STEP_RATIO", "annealed_langevin", "annealed_step_sizes", "annealed_snapshots", "sample_noise_conditional"]

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 
-from ..energy.base import EnergyFn, energy as eval_energy, value_and_grad
+from ebmlab.energy.base import EnergyFn, energy as eval_energy, value_and_grad
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..energy.base import EnergyFn, energy as eval_energy
-from .base import ChainState, Kernel, StepInfo
+from ebmlab.energy.base import EnergyFn, energy as eval_energy
+from ebmlab.samplers.base import ChainState, Kernel, StepInfo
 
 
 def require_layers(energy: EnergyFn, where: str) -> None:

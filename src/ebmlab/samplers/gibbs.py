@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..energy.base import EnergyFn, energy as eval_energy, get_site, num_sites, set_site, site_energies
-from .base import ChainState, Kernel, StepInfo, metropolis_accept, select_state
+from ebmlab.energy.base import EnergyFn, energy as eval_energy, get_site, num_sites, set_site, site_energies
+from ebmlab.samplers.base import ChainState, Kernel, StepInfo, metropolis_accept, select_state
 
 
 def choose_sites(state: ChainState, scan: str, generator: torch.Generator | None) -> torch.Tensor:

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..energy.base import EnergyFn, value_and_grad
-from .base import ChainState, Kernel, StepInfo, metropolis_accept, select_state
+from ebmlab.energy.base import EnergyFn, value_and_grad
+from ebmlab.samplers.base import ChainState, Kernel, StepInfo, metropolis_accept, select_state
 
 
 def flip_log_probs(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

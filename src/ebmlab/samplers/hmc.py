@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..energy.base import EnergyFn, value_and_grad
-from .base import ChainState, Kernel, StepInfo, gaussian_like, metropolis_accept, select_state
+from ebmlab.energy.base import EnergyFn, value_and_grad
+from ebmlab.samplers.base import ChainState, Kernel, StepInfo, gaussian_like, metropolis_accept, select_state
 
 
 def leapfrog(energy: EnergyFn, x: torch.Tensor, p: torch.Tensor, grad: torch.Tensor, step_size: float,

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..energy.base import EnergyFn, value_and_grad
-from .base import ChainState, Kernel, StepInfo, gaussian_like, metropolis_accept, select_state
+from ebmlab.energy.base import EnergyFn, value_and_grad
+from ebmlab.samplers.base import ChainState, Kernel, StepInfo, gaussian_like, metropolis_accept, select_state
 
 
 def langevin_proposal(state: ChainState, step_size: float, noise: torch.Tensor, noise_scale: float = 1.0) -> torch.Tensor:

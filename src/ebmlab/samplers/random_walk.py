@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..energy.base import EnergyFn, energy as eval_energy
-from .base import ChainState, Kernel, StepInfo, gaussian_like, metropolis_accept, select_state
+from ebmlab.energy.base import EnergyFn, energy as eval_energy
+from ebmlab.samplers.base import ChainState, Kernel, StepInfo, gaussian_like, metropolis_accept, select_state
 
 
 @dataclass(frozen=True)

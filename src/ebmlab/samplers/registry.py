@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-from ..registry import Registry
-from .base import Kernel
+from ebmlab.registry import Registry
+from ebmlab.samplers.base import Kernel
 
 _KERNELS: Registry[type[Kernel]] = Registry("sampler")
 

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .atomic import atomic_write
+from ebmlab.atomic import atomic_write
 
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
@@ -40,7 +40,7 @@ class TrainConfig:
     Data: ``data`` (a spec for :func:`ebmlab.data.load_dataset`: a toy name, ``digits``, a
     file...), ``num_samples``, ``standardize`` (fit ``z = (x - μ)/s`` on the training split),
     ``heldout_fraction`` (kept out of training, for evaluation).
-    Model: ``model`` (a name in :mod:`ebmlab.models`) and ``model_kwargs``.
+    Model: ``model`` (a name in :mod:`ebmlab.training.models`) and ``model_kwargs``.
     Objective: ``objective`` (a name in :mod:`ebmlab.objectives`) and ``objective_kwargs``.
     Sampler (contrastive objectives, and model samples for pictures): ``sampler`` (a name in
     :mod:`ebmlab.samplers`), ``sampler_steps`` (transitions per update), ``step_size``,

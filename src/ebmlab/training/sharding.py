@@ -1,4 +1,4 @@
-"""Data-parallel training: what :class:`ebmlab.train.Trainer` does differently on several ranks.
+"""Data-parallel training: what :class:`ebmlab.training.trainer.Trainer` does differently on several ranks.
 
 The trainer holds one :class:`TrainSharding` (``world_size == 1`` outside a process group,
 where every method is the identity) and asks it at the few places where ranks differ:
@@ -46,7 +46,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from . import distributed as D
+from ebmlab import distributed as D
 
 #: Objective-state entries holding per-rank rows along dim 0 (persistent chains, replay buffer).
 SHARDED_STATE_KEYS = ("chains", "buffer")

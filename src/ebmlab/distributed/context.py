@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .distributed_shards import check_divisible, rank_seed, shard_bounds, shard_indices, split_count
+from ebmlab.distributed.shards import check_divisible, rank_seed, shard_bounds, shard_indices, split_count
 
 #: The variables ``torchrun`` sets for each process.
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

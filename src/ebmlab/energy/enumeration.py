@@ -1,4 +1,4 @@
-"""Exact log-partition function of a discrete energy by enumerating every state.
+"""Enumeration of a discrete state space: every state, the exact log-partition function, exact draws.
 
 For ``x ∈ {0..K-1}^D`` (binary data is K = 2),
 
@@ -23,10 +23,24 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..energy.base import EnergyFn, check_energy_output, event_shape_of
-from ..energy.discrete import enumerate_states
+from ebmlab.energy.base import EnergyFn, check_energy_output, event_shape_of
 
 MAX_STATES = 2**22
+
+
+def enumerate_states(num_sites: int, num_states: int = 2, batch_size: int = 65536,
+                     dtype: torch.dtype | None = None, device=None) -> Iterator[torch.Tensor]:
+    """Yield every configuration of ``num_sites`` sites with ``num_states`` values, in batches.
+
+    Configuration number ``n`` has site ``i`` equal to digit ``i`` of ``n`` in base K
+    (site 0 most significant), so batches come in lexicographic order. Each batch has
+    shape ``(b, num_sites)`` and ``dtype`` (default float).
+    """
+    total = num_states**num_sites
+    powers = num_states ** torch.arange(num_sites - 1, -1, -1, device=device)
+    for start in range(0, total, batch_size):
+        n = torch.arange(start, min(start + batch_size, total), device=device)
+        yield ((n[:, None] // powers) % num_states).to(dtype or torch.get_default_dtype())
 
 
 def energy_dtype(energy: EnergyFn) -> torch.dtype:
@@ -79,7 +93,7 @@ def _check_size(num_sites: int, num_states: int, max_states: int, where: str) ->
     if num_sites * math.log(num_states) > math.log(max_states) + 1e-9:
         raise ValueError(
             f"{where}: {num_states}^{num_sites} states exceed the enumeration limit of {max_states}; "
-            f"use AIS instead (ebmlab.partition.ais, or `ebmlab evaluate --log-partition ais`)"
+            f"estimate log Z by annealed importance sampling (AIS) instead: ebmlab.partition.ais"
         )
     return num_states**num_sites
 

@@ -9,10 +9,10 @@ distributed code can call the same pieces::
     print(format_summary(summarize(result)))
 
 :func:`prepare` does everything that can fail on bad input — option checks, the output path,
-the energy SPEC (see :mod:`ebmlab.specs`), the sampler/support match, the initial states and
+the energy SPEC (see :mod:`ebmlab.jobs.specs`), the sampler/support match, the initial states and
 their energies — before any sampling starts, raising ``ValueError`` with a one-line message.
 A chain whose energy becomes NaN during the run raises
-:class:`~ebmlab.samplers.run.ChainDivergedError` (naming the step and the chains), and no
+:class:`~ebmlab.samplers.driver.ChainDivergedError` (naming the step and the chains), and no
 output file is written then.
 
 The ``.npz`` holds ``samples`` ``(kept, C, *event)``, ``energy`` ``(kept, C)``,
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_write
-from .samplers import ChainRecord, Kernel, available, get_kernel_class, make_kernel, sample
-from .specs import resolve_energy, support_of
+from ebmlab.atomic import atomic_write
+from ebmlab.samplers import ChainRecord, Kernel, available, get_kernel_class, make_kernel, sample
+from ebmlab.jobs.specs import resolve_energy, support_of
 
 INITS = ("noise", "zeros")
 SUMMARY_DIMS = 4
@@ -187,7 +187,7 @@ def prepare(job: SampleJob) -> PreparedJob:
         raise ValueError(f"energy {job.energy!r} is NaN or infinite at the start (--init {job.init}) "
                          f"for chain(s) {shown}")
     if job.compile:
-        from .energy import compile_energy
+        from ebmlab.energy import compile_energy
 
         energy = compile_energy(energy)
     kernel = make_kernel(job.sampler, step_size=job.step_size, num_leapfrog=job.num_leapfrog, num_states=num_states)
@@ -209,7 +209,7 @@ def metadata(prepared: PreparedJob, record: ChainRecord | None = None) -> dict:
 
 
 def _version() -> str:
-    from . import __version__
+    from ebmlab import __version__
 
     return __version__
 
@@ -239,7 +239,7 @@ def run_sampling_job(job: SampleJob) -> SampleResult:
     """Prepare, sample, write ``job.out`` (and ``job.plot``), and return the result.
 
     Raises ``ValueError``/``FileNotFoundError``/``PermissionError`` on bad input before
-    sampling, and :class:`~ebmlab.samplers.run.ChainDivergedError` when a chain's energy turns
+    sampling, and :class:`~ebmlab.samplers.driver.ChainDivergedError` when a chain's energy turns
     NaN or infinite; no output file is written in either case.
     """
     prepared = prepare(job)
@@ -249,7 +249,7 @@ def run_sampling_job(job: SampleJob) -> SampleResult:
     out = save_record(job.out, record, metadata(prepared, record))
     plot = None
     if job.plot is not None:
-        from .plots import plot_samples
+        from ebmlab.jobs.plots import plot_samples
 
         plot = plot_samples(prepared.energy, record.samples, job.plot)
     return SampleResult(prepared, record, out, plot)
@@ -258,7 +258,7 @@ def run_sampling_job(job: SampleJob) -> SampleResult:
 def summarize(result: SampleResult, max_dims: int = SUMMARY_DIMS) -> dict:
     """Acceptance, divergences, tuned step size, speed, and ESS and split R-hat of the first
     ``max_dims`` coordinates (and of the energy), from :mod:`ebmlab.diagnostics`."""
-    from .diagnostics import effective_sample_size, split_rhat
+    from ebmlab.diagnostics import effective_sample_size, split_rhat
 
     record, job = result.record, result.prepared.job
     acc = record.acceptance_rate.detach().cpu().double()

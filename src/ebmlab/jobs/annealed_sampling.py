@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_write
+from ebmlab.atomic import atomic_write
+from ebmlab.energy.noise_conditional import NoiseConditionalModel
+from ebmlab.samplers.annealed import StepCallback, sample_noise_conditional
 
 ANNEALED = "annealed"
 
@@ -27,11 +29,25 @@ def noise_conditional_run(spec: str):
     """The loaded run when ``spec`` is a run directory of a noise-conditional model, else ``None``."""
     if not (os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "checkpoint.pt"))):
         return None
-    from .runs import load_run
-    from .score_models import NoiseConditionalModel
+    from ebmlab.training.runs import load_run
 
     run = load_run(spec)
     return run if isinstance(run.model, NoiseConditionalModel) else None
+
+
+def sample_run(run, num_samples: int, generator: torch.Generator | None = None, steps_per_level: int = 100,
+               step_size: float | None = None, callback: StepCallback | None = None) -> torch.Tensor:
+    """Samples of a trained noise-conditional run (``ebmlab.training.runs.load_run(RUN_DIR)``) in data space.
+
+    Runs :func:`sample_noise_conditional` on ``run.model`` in its training (standardised)
+    space, then undoes the standardisation; shape ``(num_samples, *run.event_shape)``.
+    Raises ``ValueError`` when the run's model is not noise-conditional.
+    """
+    if not isinstance(run.model, NoiseConditionalModel):
+        raise ValueError(f"annealed Langevin needs a noise-conditional run (objective ncsn), got model "
+                         f"{type(run.model).__name__}")
+    x = sample_noise_conditional(run.model, num_samples, generator, steps_per_level, step_size, True, callback)
+    return x if run.standardizer is None else run.standardizer.inverse_transform(x)
 
 
 def run_annealed_job(run, out: str, num_chains: int, steps_per_level: int, step_size: float | None,
@@ -40,7 +56,6 @@ def run_annealed_job(run, out: str, num_chains: int, steps_per_level: int, step_
 
     Returns a summary dict (chains, levels, steps per level, wall time, samples/s).
     """
-    from .samplers.annealed import sample_run
 
     if num_chains < 1 or steps_per_level < 1:
         raise ValueError(f"annealed: chains and steps must be >= 1, got {num_chains}, {steps_per_level}")
@@ -68,7 +83,7 @@ def run_annealed_job(run, out: str, num_chains: int, steps_per_level: int, step_
     }
     atomic_write(Path(out), lambda f: np.savez(f, **arrays))
     if plot is not None:
-        from .plots import plot_samples
+        from ebmlab.jobs.plots import plot_samples
 
         has_energy = getattr(run.model, "parametrization", "score") == "energy"
         plot_samples(run.energy if has_energy else None, x[None], plot)

@@ -19,7 +19,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .atomic import atomic_write
+from ebmlab.atomic import atomic_write
 
 ArrayLike = np.ndarray | torch.Tensor
 

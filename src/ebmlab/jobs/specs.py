@@ -9,7 +9,7 @@ A SPEC is one of
 * ``path/to/file.py:NAME`` or ``package.module:NAME`` naming an ``nn.Module`` subclass
   (instantiated with no arguments), an ``nn.Module`` instance, or a factory taking no
   arguments that returns one;
-* a run directory (one holding ``checkpoint.pt``), loaded with :func:`ebmlab.runs.load`.
+* a run directory (one holding ``checkpoint.pt``), loaded with :func:`ebmlab.training.runs.load`.
 
 ``resolve_energy(spec, event_shape)`` returns ``(energy, event_shape, support)`` after a trial
 forward pass on a batch of two, so a module that fails or returns the wrong shape is refused
@@ -31,8 +31,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .energy import Banana, Funnel, Gaussian, Ising, Potts, eight_gaussians
-from .energy.base import check_energy_output
+from ebmlab.energy import Banana, Funnel, Gaussian, Ising, Potts, eight_gaussians
+from ebmlab.energy.base import check_energy_output
 
 SUPPORTS = ("real", "binary", "categorical")
 CORRELATION = 0.8  # ρ of ``gaussian2d-corr``
@@ -187,9 +187,9 @@ def _from_run_dir(spec: str, run_dir: Path) -> tuple[nn.Module, tuple[int, ...] 
     if not (run_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"energy {spec!r}: directory {str(run_dir)!r} has no checkpoint.pt (not a run directory)")
     try:
-        from .runs import load
+        from ebmlab.training.runs import load
     except ImportError as err:
-        raise ValueError(f"energy {spec!r}: loading run directories needs ebmlab.runs, which is not "
+        raise ValueError(f"energy {spec!r}: loading run directories needs ebmlab.training.runs, which is not "
                          f"available ({_one_line(err)})") from err
     try:
         loaded = load(run_dir)
@@ -200,7 +200,7 @@ def _from_run_dir(spec: str, run_dir: Path) -> tuple[nn.Module, tuple[int, ...] 
         if module is None and isinstance(getattr(loaded, attr, None), nn.Module):
             module = getattr(loaded, attr)
     if module is None:
-        raise ValueError(f"energy {spec!r}: ebmlab.runs.load returned {type(loaded).__name__}, with no energy module")
+        raise ValueError(f"energy {spec!r}: ebmlab.training.runs.load returned {type(loaded).__name__}, with no energy module")
     shape = getattr(module, "event_shape", None) or getattr(loaded, "event_shape", None)
     if shape is None:
         config = getattr(loaded, "config", None)

@@ -5,7 +5,7 @@ asks the objective for ``loss, metrics``, steps the optimiser, and appends the m
 ``RUN_DIR/metrics.jsonl``. Every ``checkpoint_every`` updates (and at the end) the whole state
 — model, optimiser, objective state (replay buffer, persistent chains, ``log Z``), EMA
 weights, the batch order and every generator's state — is written atomically to
-``RUN_DIR/checkpoint.pt`` (:mod:`ebmlab.checkpoint`).
+``RUN_DIR/checkpoint.pt`` (:mod:`ebmlab.training.checkpoint`).
 
 Reproducibility: every random draw after set-up comes from two generators saved in the
 checkpoint (``batches``: the epoch permutations; ``objective``: sampler noise, buffer restarts,
@@ -19,7 +19,7 @@ with :class:`TrainingDivergedError` naming the step, before the optimiser applie
 with non-finite weights is never written, so the last checkpoint stays the last good one.
 
 Data parallel: under ``torchrun`` the trainer asks a
-:class:`~ebmlab.distributed_train.TrainSharding` where ranks differ (batch shards, per-rank
+:class:`~ebmlab.training.sharding.TrainSharding` where ranks differ (batch shards, per-rank
 objective generators and state, DDP-averaged gradients, metrics averaged over ranks); rank 0
 alone writes files. With one process every such call is the identity.
 """
@@ -38,18 +38,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import distributed as D
-from .checkpoint import CHECKPOINT_NAME, all_finite, load_checkpoint, save_checkpoint, to_device
-from .config import TrainConfig, learning_rate, resolve_device
-from .data import Standardizer
-from .distributed_train import TrainSharding
-from .models import build_model
-from .objectives import NoiseSource, Objective, get_objective_class, make_objective
-from .runs import (
+from ebmlab import distributed as D
+from ebmlab.training.checkpoint import CHECKPOINT_NAME, all_finite, load_checkpoint, save_checkpoint, to_device
+from ebmlab.training.config import TrainConfig, learning_rate, resolve_device
+from ebmlab.data import Standardizer
+from ebmlab.training.sharding import TrainSharding
+from ebmlab.training.models import build_model
+from ebmlab.objectives import NoiseSource, Objective, get_objective_class, make_objective
+from ebmlab.training.runs import (
     CONFIG_NAME, METRICS_NAME, chain_snapshots, default_run_dir, derive_seed, energy_on_raw_data, load_run_data,
     model_samples, read_metrics, save_pictures, split_run_data, truncate_metrics,
 )
-from .samplers import Kernel, make_kernel
+from ebmlab.samplers import Kernel, make_kernel
 
 #: Settings that a resumed run must share with its checkpoint (they shape the saved state).
 STRUCTURAL = ("data", "num_samples", "standardize", "heldout_fraction", "model", "model_kwargs", "objective",
@@ -74,7 +74,7 @@ class RunResult:
     """What :func:`train` returns.
 
     ``model`` is the network over standardised data (EMA weights when ``ema_decay > 0``);
-    ``energy`` the same over the original data space (see :mod:`ebmlab.runs`).
+    ``energy`` the same over the original data space (see :mod:`ebmlab.training.runs`).
     """
 
     run_dir: Path

@@ -9,7 +9,7 @@ Jacobian ``|∂z/∂x| = Π_e 1/s_e``:
 normalised densities normalised and leaves ``Z`` unchanged: ``Z_raw = Z_std``.
 
 Nothing in a run directory is executed: the network is rebuilt from the model registry
-(:mod:`ebmlab.models`) with the name and options stored in the checkpoint, and the weights are
+(:mod:`ebmlab.training.models`) with the name and options stored in the checkpoint, and the weights are
 read with ``torch.load(weights_only=True)``.
 """
 
@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .config import TrainConfig
-from .data import Dataset, load_dataset
-from .data.transforms import Standardizer, split_indices
-from .energy.base import Energy
-from .models import build_model
+from ebmlab.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ebmlab.training.config import TrainConfig
+from ebmlab.data import Dataset, load_dataset
+from ebmlab.data.transforms import Standardizer, split_indices
+from ebmlab.energy.base import Energy
+from ebmlab.training.models import build_model
 
 METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "config.toml"
@@ -210,7 +210,7 @@ def model_samples(model: nn.Module, objective, kernel, x_train: torch.Tensor, nu
     The objective's own samples when it keeps some (replay buffer, persistent chains),
     otherwise ``num_steps`` transitions of ``kernel`` from noise spread over the data's range.
     """
-    from .objectives import NoiseSource, run_chains
+    from ebmlab.objectives import NoiseSource, run_chains
 
     samples = objective.model_samples(model, num_samples, generator) if objective is not None else None
     if samples is None:
@@ -226,7 +226,7 @@ def chain_snapshots(model: nn.Module, kernel, x0: torch.Tensor, num_steps: int, 
 
     Returns ``(S, C, *event)``, detached, with ``S = min(num_snapshots, num_steps + 1)``.
     """
-    from .objectives import frozen
+    from ebmlab.objectives import frozen
 
     if num_steps < 0 or num_snapshots < 1:
         raise ValueError(f"chain_snapshots: need num_steps >= 0 and num_snapshots >= 1, got {num_steps}, {num_snapshots}")
@@ -257,7 +257,7 @@ def save_pictures(run_dir: str | os.PathLike, model: nn.Module, energy: nn.Modul
     """
     from matplotlib.figure import Figure
 
-    from . import plots
+    from ebmlab.jobs import plots
 
     run_dir = Path(run_dir)
     raw = (lambda t: standardizer.inverse_transform(t)) if standardizer is not None else (lambda t: t)

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from .energy.base import EnergyFn, check_energy_output, event_shape_of
+from ebmlab.energy.base import EnergyFn, check_energy_output, event_shape_of
 
 
 def check_data_shape(energy: EnergyFn, x: torch.Tensor, where: str = "held_out_nll") -> None:

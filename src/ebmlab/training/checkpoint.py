@@ -4,7 +4,7 @@ A checkpoint is one ``dict`` saved with :func:`torch.save` to ``RUN_DIR/checkpoi
 
 * ``format`` / ``version`` — identify the file;
 * ``step`` — updates done;
-* ``config`` — the :class:`~ebmlab.config.TrainConfig` as a dict of primitives;
+* ``config`` — the :class:`~ebmlab.training.config.TrainConfig` as a dict of primitives;
 * ``model`` / ``ema`` — state dicts of the energy network (``ema`` only with EMA);
 * ``model_info`` — ``{"name", "kwargs", "event_shape"}`` to rebuild it from the registry;
 * ``optimizer`` — the optimiser's state dict;
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write
+from ebmlab.atomic import atomic_write
 
 FORMAT = "ebmlab-checkpoint"
 VERSION = 1

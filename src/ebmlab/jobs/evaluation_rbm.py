@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..distributed_jobs import distributed_rbm_ais
-from ..partition.rbm_ais import base_rate_visible_bias
+from ebmlab.jobs.distributed import distributed_rbm_ais
+from ebmlab.partition.rbm_ais import base_rate_visible_bias
 
 RBM_TEMPERATURES = 1000  # RBM AIS: one block-Gibbs sweep per temperature is cheap
 RBM_SAMPLE_SWEEPS = 1000
@@ -28,7 +28,7 @@ RBM_SAMPLE_SWEEPS = 1000
 
 def as_rbm(energy):
     """``energy`` when it is a :class:`~ebmlab.energy.rbm.BernoulliRBM` (RBM runs load as one), else ``None``."""
-    from ..energy.rbm import BernoulliRBM
+    from ebmlab.energy.rbm import BernoulliRBM
 
     return energy if isinstance(energy, BernoulliRBM) else None
 
@@ -41,7 +41,7 @@ def rbm_log_z(rbm, method, base_data, base_label, temperatures, runs, sampler, s
     base-rate model of ``base_data`` ``(N, *event)``, uniform when ``None``, described in the
     report as ``base_label``); ``quadrature`` is refused with the alternatives.
     """
-    from ..energy.rbm import MAX_ENUMERATED_UNITS
+    from ebmlab.energy.rbm import MAX_ENUMERATED_UNITS
 
     layer = "hidden" if rbm.num_hidden <= rbm.num_visible else "visible"
     units = min(rbm.num_hidden, rbm.num_visible)

@@ -99,7 +99,7 @@ def recommended_settings(model: str, objective: str, data: str) -> dict[str, Any
 def recommend(values: dict[str, Any], explicit: Iterable[str]) -> tuple[dict[str, Any], list[str]]:
     """Fill the settings not named in ``explicit`` with :func:`recommended_settings`.
 
-    ``values`` is a config as a dict (:meth:`ebmlab.config.TrainConfig.to_dict`); ``explicit``
+    ``values`` is a config as a dict (:meth:`ebmlab.training.config.TrainConfig.to_dict`); ``explicit``
     the keys set by the user (``"lr"``, ``"objective_kwargs.alpha"``; a bare table name counts
     for all its keys). Returns the new dict and notes for the user (data that were replaced).
     """

@@ -15,9 +15,9 @@ from typing import Callable
 
 import torch
 
-from ..energy.base import EnergyFn, check_energy_output
-from .adaptation import DualAveraging
-from .base import ChainState, Kernel, StepInfo
+from ebmlab.energy.base import EnergyFn, check_energy_output
+from ebmlab.samplers.adaptation import DualAveraging
+from ebmlab.samplers.base import ChainState, Kernel, StepInfo
 
 Callback = Callable[[int, ChainState, StepInfo], None]
 

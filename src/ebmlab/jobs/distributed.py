@@ -27,11 +27,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import distributed as D
-from .energy.base import EnergyFn
-from .partition.ais import AISResult, ais, log_weight_statistics
-from .samplers import ChainRecord, ChainState, Kernel, sample
-from .sampling_job import SampleJob, SampleResult, metadata, prepare, save_record
+from ebmlab import distributed as D
+from ebmlab.energy.base import EnergyFn
+from ebmlab.partition.ais import AISResult, ais, log_weight_statistics
+from ebmlab.samplers import ChainRecord, ChainState, Kernel, sample
+from ebmlab.jobs.sampling import SampleJob, SampleResult, metadata, prepare, save_record
 
 
 # ---------------------------------------------------------------------- sampling
@@ -62,7 +62,7 @@ def gather_record(record: ChainRecord, wall_time: float | None = None) -> ChainR
 
 
 def run_sampling_job_distributed(job: SampleJob) -> SampleResult:
-    """:func:`ebmlab.sampling_job.run_sampling_job` with the chains split over the ranks.
+    """:func:`ebmlab.jobs.sampling.run_sampling_job` with the chains split over the ranks.
 
     Every rank prepares the whole job (checks, energy, the ``num_chains`` starting states from
     its own seed) and keeps its block of chains, so an ``--init FILE.npy`` of shape
@@ -72,7 +72,7 @@ def run_sampling_job_distributed(job: SampleJob) -> SampleResult:
     """
     ctx = D.init_distributed()
     if not ctx.is_distributed:
-        from .sampling_job import run_sampling_job
+        from ebmlab.jobs.sampling import run_sampling_job
 
         return run_sampling_job(job)
     D.split_count(job.num_chains, ctx.rank, ctx.world_size, what="chains")  # refuses fewer chains than ranks
@@ -101,7 +101,7 @@ def run_sampling_job_distributed(job: SampleJob) -> SampleResult:
     if ctx.is_main:
         save_record(job.out, record, meta)
         if job.plot is not None:
-            from .plots import plot_samples
+            from ebmlab.jobs.plots import plot_samples
 
             plot_samples(prepared.energy, record.samples, job.plot)
     D.barrier()
@@ -179,7 +179,7 @@ def distributed_rbm_ais(rbm, base_visible_bias: torch.Tensor | None = None, beta
     run: ``log_z = log Z_0 + log (1/M) Σ w`` over the gathered ``log_weights (M,)``, with the
     standard error and ESS of the pooled weights. One process: plain ``rbm_ais``.
     """
-    from .partition.rbm_ais import rbm_ais
+    from ebmlab.partition.rbm_ais import rbm_ais
 
     ctx = D.current_context() if D.is_initialized() else D.init_distributed()
     if not ctx.is_distributed:

@@ -36,8 +36,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .energy.base import Energy
-from .models import register_model
+from ebmlab.energy.base import Energy
 
 PARAMETRIZATIONS = ("score", "energy")
 
@@ -332,10 +331,10 @@ class NCSNConv(NoiseConditionalModel):
         return out
 
 
-# ---------------------------------------------------------------------- model registry
+# ---------------------------------------------------------------------- factories (event_shape, **options)
 
 
-def _ncsn_mlp(event_shape: tuple[int, ...], hidden: Sequence[int] = (128, 128, 128), embed_dim: int = 32,
+def ncsn_mlp(event_shape: tuple[int, ...], hidden: Sequence[int] = (128, 128, 128), embed_dim: int = 32,
               parametrization: str = "score", data_scale: float = 1.0, fourier_features: int = 64,
               fourier_scale: float = 2.0) -> NCSNMLP:
     """``ncsn_mlp``: :class:`NCSNMLP` on events of any shape (flattened); score by default.
@@ -349,7 +348,7 @@ def _ncsn_mlp(event_shape: tuple[int, ...], hidden: Sequence[int] = (128, 128, 1
                    data_scale=data_scale, fourier_features=fourier_features, fourier_scale=fourier_scale)
 
 
-def _ncsn_conv(event_shape: tuple[int, ...], base_width: int = 32, num_blocks: int = 3, embed_dim: int = 32,
+def ncsn_conv(event_shape: tuple[int, ...], base_width: int = 32, num_blocks: int = 3, embed_dim: int = 32,
                parametrization: str = "score", data_scale: float = 1.0) -> NCSNConv:
     """``ncsn_conv``: :class:`NCSNConv` on image events ``(C, H, W)``; score by default."""
     if len(event_shape) != 3:
@@ -358,10 +357,7 @@ def _ncsn_conv(event_shape: tuple[int, ...], base_width: int = 32, num_blocks: i
                     parametrization=parametrization, data_scale=data_scale)
 
 
-register_model("ncsn_mlp", _ncsn_mlp)
-register_model("ncsn_conv", _ncsn_conv)
-
 __all__ = [
     "FiLM", "FixedSigmaEnergy", "NCSNConv", "NCSNMLP", "NoiseConditionalModel", "PARAMETRIZATIONS",
-    "SigmaEmbedding", "check_sigmas", "geometric_sigmas",
+    "SigmaEmbedding", "check_sigmas", "geometric_sigmas", "ncsn_conv", "ncsn_mlp",
 ]
