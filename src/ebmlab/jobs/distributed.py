@@ -29,6 +29,7 @@ from torch import nn
 
 from ebmlab import distributed as D
 from ebmlab.energy.base import EnergyFn
+from ebmlab.jobs.progress import progress_bar
 from ebmlab.partition.ais import AISResult, ais, log_weight_statistics
 from ebmlab.samplers import ChainRecord, ChainState, Kernel, sample
 from ebmlab.jobs.sampling import SampleJob, SampleResult, metadata, prepare, save_record
@@ -85,9 +86,10 @@ def run_sampling_job_distributed(job: SampleJob) -> SampleResult:
     x0 = prepared.x0[start:stop]
 
     def run() -> ChainRecord:
-        return sample(prepared.energy, prepared.kernel, x0, num_steps=job.num_steps, burn_in=job.burn_in,
-                      thin=job.thin, generator=prepared.generator, adapt=True, target_accept=job.target_accept,
-                      progress=local_job.progress)
+        with progress_bar(job.burn_in + job.num_steps, prepared.kernel.name, local_job.progress) as advance:
+            return sample(prepared.energy, prepared.kernel, x0, num_steps=job.num_steps, burn_in=job.burn_in,
+                          thin=job.thin, generator=prepared.generator, adapt=True, target_accept=job.target_accept,
+                          callback=advance)
 
     local = D.collectively(run)
     step_sizes = D.all_gather_objects(local.step_size)

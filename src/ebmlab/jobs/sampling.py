@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ebmlab.atomic import atomic_write
+from ebmlab.jobs.progress import progress_bar
 from ebmlab.samplers import ChainRecord, Kernel, available, get_kernel_class, make_kernel, sample
 from ebmlab.jobs.specs import resolve_energy, support_of
 
@@ -209,9 +210,9 @@ def metadata(prepared: PreparedJob, record: ChainRecord | None = None) -> dict:
 
 
 def _version() -> str:
-    from ebmlab import __version__
+    from importlib.metadata import version
 
-    return __version__
+    return version("ebmlab")
 
 
 def save_record(path: str | os.PathLike, record: ChainRecord, meta: dict) -> Path:
@@ -243,9 +244,10 @@ def run_sampling_job(job: SampleJob) -> SampleResult:
     NaN or infinite; no output file is written in either case.
     """
     prepared = prepare(job)
-    record = sample(prepared.energy, prepared.kernel, prepared.x0, num_steps=job.num_steps, burn_in=job.burn_in,
-                    thin=job.thin, generator=prepared.generator, adapt=True, target_accept=job.target_accept,
-                    progress=job.progress)
+    with progress_bar(job.burn_in + job.num_steps, prepared.kernel.name, job.progress) as advance:
+        record = sample(prepared.energy, prepared.kernel, prepared.x0, num_steps=job.num_steps, burn_in=job.burn_in,
+                        thin=job.thin, generator=prepared.generator, adapt=True, target_accept=job.target_accept,
+                        callback=advance)
     out = save_record(job.out, record, metadata(prepared, record))
     plot = None
     if job.plot is not None:

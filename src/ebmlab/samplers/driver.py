@@ -82,6 +82,84 @@ def validate_start(energy: EnergyFn, x0: torch.Tensor, sampler: str) -> None:
         raise ValueError(f"{sampler}: the energy is NaN or infinite at the start for chain(s) {bad[:10]}")
 
 
+@dataclass
+class KernelRun:
+    """The result of :func:`run_kernel`.
+
+    Attributes:
+        state: the chain state after the last transition.
+        kernel: the kernel after adaptation (its tuned ``step_size``), else the one given.
+        x: states kept every ``every`` steps, ``(S, C, *event)`` with ``S = num_steps // every``;
+            ``None`` when ``every == 0``.
+        energy: their energies, ``(S, C)``, or ``None``.
+        accepted: accepted proposals per chain, ``(C,)`` (float).
+        accept_prob: summed acceptance probabilities per chain, ``(C,)``.
+        divergences: NaN/infinite proposals per chain, ``(C,)`` (long).
+        num_steps: transitions run.
+    """
+
+    state: ChainState
+    kernel: Kernel
+    x: torch.Tensor | None
+    energy: torch.Tensor | None
+    accepted: torch.Tensor
+    accept_prob: torch.Tensor
+    divergences: torch.Tensor
+    num_steps: int
+
+    @property
+    def mean_accept_prob(self) -> float:
+        """The acceptance probability averaged over chains and steps (1.0 for zero steps)."""
+        return float(self.accept_prob.mean()) / self.num_steps if self.num_steps else 1.0
+
+
+def run_kernel(kernel: Kernel, energy: EnergyFn, state: ChainState, num_steps: int,
+               generator: torch.Generator | None, *, every: int = 0, adaptation: DualAveraging | None = None,
+               callback: Callback | None = None, first_step: int = 1, check_finite: bool = False) -> KernelRun:
+    """The one chain loop: ``num_steps`` transitions ``state, info = kernel.step(energy, state, generator)``.
+
+    Every sampler run in ebmlab goes through here (:func:`sample`, contrastive-divergence
+    chains, chain snapshots, AIS transitions). Options:
+
+    * ``every > 0`` keeps ``x`` and ``E(x)`` after steps ``every, 2·every, ...``;
+    * ``adaptation`` tunes ``step_size`` by dual averaging on the chains' mean acceptance
+      probability after each step, ending on the averaged step size ``ε̄`` (the kernel must be
+      adaptive);
+    * ``callback(step, state, info)`` after each step, with ``step`` counted from ``first_step``;
+    * ``check_finite`` raises :class:`ChainDivergedError` naming the step and the chains as
+      soon as a chain's energy is NaN or infinite.
+    """
+    name = kernel.name or type(kernel).__name__
+    num_chains = state.num_chains
+    device = state.x.device
+    accepted = torch.zeros(num_chains, device=device)
+    accept_prob = torch.zeros(num_chains, device=device)
+    divergences = torch.zeros(num_chains, dtype=torch.long, device=device)
+    kept_x: list[torch.Tensor] = []
+    kept_e: list[torch.Tensor] = []
+    da_state = adaptation.init(kernel.step_size) if adaptation is not None else None
+    for i in range(1, num_steps + 1):
+        state, info = kernel.step(energy, state, generator)
+        if check_finite:
+            bad = ~torch.isfinite(state.energy)
+            if bad.any():
+                raise ChainDivergedError(first_step + i - 1, bad.nonzero().flatten().tolist(), name)
+        accepted += info.accepted
+        accept_prob += info.accept_prob.to(accept_prob.dtype)
+        divergences += info.diverged
+        if da_state is not None:
+            da_state = adaptation.update(da_state, float(info.accept_prob.mean()))
+            kernel = kernel.with_step_size(da_state.final_step_size if i == num_steps else da_state.step_size)
+        if every and i % every == 0:
+            kept_x.append(state.x)
+            kept_e.append(state.energy)
+        if callback is not None:
+            callback(first_step + i - 1, state, info)
+    x = torch.stack(kept_x) if kept_x else (state.x.new_zeros((0, *state.x.shape)) if every else None)
+    e = torch.stack(kept_e) if kept_e else (state.energy.new_zeros((0, num_chains)) if every else None)
+    return KernelRun(state, kernel, x, e, accepted, accept_prob, divergences, num_steps)
+
+
 def sample(
     energy: EnergyFn,
     kernel: Kernel,
@@ -93,7 +171,6 @@ def sample(
     adapt: bool = True,
     target_accept: float | None = None,
     callback: Callback | None = None,
-    progress: bool = False,
     keep_samples: bool = True,
 ) -> ChainRecord:
     """Run every chain of ``x0`` (shape ``(C, *event)``) with ``kernel``.
@@ -108,7 +185,6 @@ def sample(
         generator: the source of every random draw; seeded for reproducibility.
         callback: called as ``callback(step, state, info)`` after every transition
             (``step`` counts from 1 over burn-in and sampling together).
-        progress: show a tqdm progress bar.
         keep_samples: set False to keep only the final state (saves memory).
 
     Raises:
@@ -127,48 +203,16 @@ def sample(
     adaptation = None
     if adapt and kernel.adaptive and burn_in > 0:
         adaptation = DualAveraging(target_accept=target_accept or kernel.default_target_accept)
-        da_state = adaptation.init(kernel.step_size)
-
+    warm = run_kernel(kernel, energy, state, burn_in, generator, adaptation=adaptation, callback=callback,
+                      check_finite=True)
+    main = run_kernel(warm.kernel, energy, warm.state, num_steps, generator, every=thin if keep_samples else 0,
+                      callback=callback, first_step=burn_in + 1, check_finite=True)
+    kernel, state = main.kernel, main.state
     num_chains = x0.shape[0]
-    accepted = torch.zeros(num_chains, device=x0.device)
-    divergences = torch.zeros(num_chains, dtype=torch.long, device=x0.device)
-    kept_x: list[torch.Tensor] = []
-    kept_e: list[torch.Tensor] = []
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=burn_in + num_steps, desc=name, unit="step", leave=False)
-    try:
-        for t in range(1, burn_in + num_steps + 1):
-            state, info = kernel.step(energy, state, generator)
-            bad = ~torch.isfinite(state.energy)
-            if bad.any():
-                raise ChainDivergedError(t, bad.nonzero().flatten().tolist(), name)
-            if t <= burn_in:
-                if adaptation is not None:
-                    da_state = adaptation.update(da_state, float(info.accept_prob.mean()))
-                    kernel = kernel.with_step_size(
-                        da_state.final_step_size if t == burn_in else da_state.step_size
-                    )
-            else:
-                accepted += info.accepted
-                divergences += info.diverged
-                if keep_samples and (t - burn_in) % thin == 0:
-                    kept_x.append(state.x)
-                    kept_e.append(state.energy)
-            if callback is not None:
-                callback(t, state, info)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-
     event = tuple(x0.shape[1:])
-    samples = torch.stack(kept_x) if kept_x else x0.new_zeros((0, num_chains, *event))
-    energies = torch.stack(kept_e) if kept_e else x0.new_zeros((0, num_chains))
+    samples = main.x if main.x is not None else x0.new_zeros((0, num_chains, *event))
+    energies = main.energy if main.energy is not None else x0.new_zeros((0, num_chains))
+    accepted, divergences = main.accepted, main.divergences
     return ChainRecord(
         samples=samples,
         energy=energies,
