@@ -28,7 +28,7 @@ from common import machine_description, set_threads
 from ebmlab.diagnostics import effective_sample_size
 from ebmlab.energy import Ising
 from ebmlab.energy.rbm import BernoulliRBM
-from ebmlab.training.trainer import train
+from ebmlab.training.run import train
 from ebmlab.samplers import BlockGibbs, Gibbs, GibbsWithGradients, sample
 
 
@@ -42,9 +42,8 @@ def digits_rbm(num_hidden: int, epochs: int, seed: int) -> BernoulliRBM:
             "model": "rbm", "model_kwargs": {"num_hidden": num_hidden},
             "objective": "pcd", "objective_kwargs": {"init": "noise"}, "sampler": "block_gibbs", "sampler_steps": 1,
             "optimizer": "sgd", "lr": 0.05, "momentum": 0.0, "lr_schedule": "constant", "batch_size": batch_size,
-            "steps": epochs * -(-num_images // batch_size), "seed": seed, "out": str(Path(tmp) / "run"),
-            "progress": "off", "plots": False, "checkpoint_every": 10**9,
-        })
+            "steps": epochs * -(-num_images // batch_size), "seed": seed, "checkpoint_every": 10**9,
+        }, out=str(Path(tmp) / "run"))
     rbm = result.model
     for p in rbm.parameters():
         p.requires_grad_(False)

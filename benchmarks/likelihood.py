@@ -4,7 +4,7 @@ For each objective (contrastive divergence with a replay buffer, exact / sliced 
 score matching, noise-contrastive estimation) and each 2-D toy set (8 gaussians, 2 spirals,
 checkerboard) this script
 
-1. trains an MLP energy with :func:`ebmlab.training.trainer.train` for ``--steps`` updates;
+1. trains an MLP energy with :func:`ebmlab.training.run.train` for ``--steps`` updates;
 2. computes ``log Z`` of the trained energy (over the raw data space) by grid quadrature on
    the held-out points' range widened by half its width per side (``missing`` is the
    quadrature's estimated mass beyond that box; ``inf`` means the density does not decay
@@ -52,7 +52,7 @@ from ebmlab.data import load_dataset
 from ebmlab.partition.likelihood import held_out_nll
 from ebmlab.metrics import grid_kl
 from ebmlab.partition import BoundaryMassWarning, GaussianBase, ais, quadrature_log_z
-from ebmlab.training.trainer import train
+from ebmlab.training.run import train
 
 OBJECTIVES = ("replay", "sm", "ssm", "dsm", "nce")
 DATASETS = ("8gaussians", "2spirals", "checkerboard")
@@ -92,14 +92,15 @@ def train_config(objective: str, dataset: str, args, out: Path) -> TrainConfig:
     return TrainConfig(
         data=dataset, num_samples=args.train_points, objective=objective, objective_kwargs=kwargs,
         model="mlp", model_kwargs={"hidden": [64, 64]}, sampler="ula", sampler_steps=20, step_size=0.01,
-        steps=args.steps, batch_size=256, lr=2e-3, seed=args.seed, device=str(args.device), out=str(out),
-        checkpoint_every=max(args.steps, 1), progress="off", plots=False, heldout_fraction=0.0,
+        steps=args.steps, batch_size=256, lr=2e-3, seed=args.seed, device=str(args.device),
+        checkpoint_every=max(args.steps, 1), heldout_fraction=0.0,
     )
 
 
 def evaluate_model(objective: str, dataset: str, args, workdir: Path) -> Row:
     start = time.perf_counter()
-    result = train(train_config(objective, dataset, args, workdir / f"{dataset}-{objective}"))
+    result = train(train_config(objective, dataset, args, workdir / f"{dataset}-{objective}"),
+                   out=workdir / f"{dataset}-{objective}")
     seconds = time.perf_counter() - start
     energy = result.energy.eval()
     for p in energy.parameters():
@@ -129,7 +130,7 @@ def evaluate_model(objective: str, dataset: str, args, workdir: Path) -> Row:
 
 def _training_data(result) -> torch.Tensor:
     """The run's training points in the raw data space (the base of AIS is fitted to them)."""
-    from ebmlab.training.trainer import load_run_data
+    from ebmlab.training.loading import load_run_data
 
     return load_run_data(result.config).x
 

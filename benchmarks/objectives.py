@@ -74,9 +74,10 @@ from ebmlab.partition.likelihood import held_out_nll
 from ebmlab.metrics import mmd2
 from ebmlab.objectives.base import frozen
 from ebmlab.partition import BoundaryMassWarning, grid_sample, quadrature_log_z
-from ebmlab.training.runs import derive_seed, energy_on_raw_data
+from ebmlab.training.loading import energy_on_raw_data
+from ebmlab.training.loop import derive_seed
 from ebmlab.samplers import MALA, sample
-from ebmlab.training.trainer import Trainer, TrainingDivergedError
+from ebmlab.training.run import Trainer, TrainingDivergedError
 
 OBJECTIVES = ("cd", "pcd", "replay", "sm", "ssm", "dsm", "nce")
 DATASETS = ("8gaussians", "2spirals")
@@ -122,7 +123,7 @@ def train_config(objective: str, dataset: str, args: argparse.Namespace, out: Pa
         objective_kwargs={"alpha": args.alpha} if objective in CONTRASTIVE else {},
         sampler="ula", sampler_steps=20, step_size=0.01, noise_scale=1.0,
         steps=2**62, batch_size=args.batch_size, optimizer="adam", lr=args.lr, lr_schedule="constant",
-        seed=args.seed, device="cpu", out=str(out), progress="off", plots=False,
+        seed=args.seed, device="cpu",
     )
 
 
@@ -198,7 +199,8 @@ def run_one(dataset: str, objective: str, args: argparse.Namespace, workdir: Pat
     result = Result(dataset, objective)
     heldout = None
     try:
-        trainer = Trainer(train_config(objective, dataset, args, workdir / f"{dataset}-{objective}"))
+        trainer = Trainer(train_config(objective, dataset, args, workdir / f"{dataset}-{objective}"),
+                          out=workdir / f"{dataset}-{objective}")
         result.settings = describe_objective(trainer.objective)
         heldout = trainer.dataset.x[trainer.heldout_index]
         result.steps, result.wall_seconds, result.cpu_seconds, result.final_loss, result.error = train_for_budget(

@@ -3,7 +3,7 @@
 Both libraries train on the same split of ``sklearn.datasets.load_digits`` binarised at 8/16
 (``v = [pixel ≥ 8]``, pixels range 0..16) with the same hidden units, learning rate, batch
 size and epochs. scikit-learn's ``BernoulliRBM`` runs PCD-1 with plain SGD; ebmlab runs the
-same algorithm through its general trainer (:func:`ebmlab.training.trainer.train`: model ``rbm``,
+same algorithm through its general trainer (:func:`ebmlab.training.run.train`: model ``rbm``,
 objective ``pcd``, sampler ``block_gibbs``, optimiser ``sgd``, constant learning rate) without
 and with momentum and weight decay. ebmlab's seconds per epoch are the trainer's own clock
 over the updates (it also logs metrics every update), without start-up or the final checkpoint.
@@ -31,7 +31,7 @@ from common import machine_description, set_threads
 
 from ebmlab.energy.rbm import MAX_ENUMERATED_UNITS, BernoulliRBM
 from ebmlab.partition.rbm_ais import base_rate_visible_bias, rbm_ais
-from ebmlab.training.trainer import train
+from ebmlab.training.run import train
 
 
 def load_binary_digits(seed: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,9 +92,9 @@ def train_ebmlab(train_x: torch.Tensor, num_hidden: int, args, momentum: float, 
             "sampler": "block_gibbs", "sampler_steps": 1,
             "optimizer": "sgd", "lr": args.lr, "momentum": momentum, "weight_decay": weight_decay,
             "lr_schedule": "constant", "batch_size": args.batch_size, "steps": args.epochs * updates_per_epoch,
-            "seed": args.seed, "out": str(Path(tmp) / "run"), "progress": "off", "plots": False,
+            "seed": args.seed,
             "checkpoint_every": args.epochs * updates_per_epoch,
-        })
+        }, out=str(Path(tmp) / "run"))
     return result.model, result.metrics[-1]["time"] / args.epochs
 
 

@@ -4,7 +4,7 @@ For each process count W the script launches itself under
 ``python -m torch.distributed.run --nproc-per-node W`` (the real launcher, gloo on CPU) and
 measures, in the worker processes:
 
-* **training** — ``ebmlab.training.trainer`` (data-parallel, DDP) on ``8gaussians`` with an MLP energy
+* **training** — ``ebmlab.training.run`` (data-parallel, DDP) on ``8gaussians`` with an MLP energy
   (``hidden = [128, 128]``) and a *fixed global batch* (strong scaling: each rank computes
   ``B/W`` examples per step). Steps/s are timed from the trainer's per-step callback after
   ``--warmup`` steps, so set-up, the process group and the final checkpoint are excluded.
@@ -81,14 +81,14 @@ def _threads(args: argparse.Namespace, world: int) -> int:
 
 
 def _train_rate(objective: str, args: argparse.Namespace, run_dir: str) -> float:
-    from ebmlab.training.trainer import train
+    from ebmlab.training.run import train
 
     stamps: list[float] = []
     config = {"data": "8gaussians", "num_samples": 8192, "heldout_fraction": 0.0, "model": "mlp",
               "model_kwargs": {"hidden": [128, 128]}, "objective": objective, "steps": args.steps,
-              "batch_size": args.batch_size, "lr": 1e-3, "lr_schedule": "constant", "plots": False,
-              "progress": "off", "checkpoint_every": args.steps + 1, "out": run_dir, **OBJECTIVES[objective]}
-    train(config, callback=lambda step, record, trainer: stamps.append(time.perf_counter()))
+              "batch_size": args.batch_size, "lr": 1e-3, "lr_schedule": "constant",
+              "checkpoint_every": args.steps + 1, **OBJECTIVES[objective]}
+    train(config, out=run_dir, callback=lambda step, record, trainer: stamps.append(time.perf_counter()))
     timed = len(stamps) - args.warmup
     return timed / (stamps[-1] - stamps[args.warmup - 1]) if args.warmup else timed / (stamps[-1] - stamps[0])
 

@@ -11,7 +11,7 @@ from matplotlib.image import imread
 from ebmlab.cli import main
 from ebmlab.energy.rbm import BernoulliRBM
 from ebmlab.jobs.plots import chain_grid_images, image_grid, save_chain_grid
-from ebmlab.training.runs import chain_snapshots
+from ebmlab.jobs.pictures import chain_snapshots
 from ebmlab.samplers import BlockGibbs
 
 

@@ -14,7 +14,8 @@ from ebmlab.samplers import HMC, MALA, ULA, ChainRecord, Gibbs, RandomWalkMetrop
 __version__ = "0.1.0"
 
 # Loading trained runs, imported on first use (it pulls in the data stack).
-_LAZY = {"load": "training.runs", "load_run": "training.runs", "TrainConfig": "training.config"}
+_LAZY = {"load": "training.loading", "load_run": "training.loading", "TrainConfig": "training.config",
+         "fit": "training.fit", "FitResult": "training.loop", "Callback": "training.loop", "train": "training.run"}
 
 
 def __getattr__(name: str):

@@ -1,7 +1,7 @@
 """Data-parallel training with two gloo processes: updates, checkpoints and resumption.
 
 One group of two processes (``torch.multiprocessing`` spawn with the torchrun variables set
-by hand, so :class:`ebmlab.training.trainer.Trainer` finds them exactly as under torchrun) runs the
+by hand, so :class:`ebmlab.training.run.Trainer` finds them exactly as under torchrun) runs the
 checks below in lock-step and reports per check; checks train first and assert afterwards,
 so a failed assertion cannot leave the other rank waiting in a collective. One more test runs
 the real launcher (``python -m torch.distributed.run``) on ``ebmlab train``.
@@ -65,8 +65,8 @@ def one_process_update(trainer, start: dict[str, torch.Tensor], start_extra: lis
     """
     from ebmlab.training.sharding import TrainSharding
     from ebmlab.objectives import get_objective_class, make_objective
-    from ebmlab.training.runs import derive_seed
-    from ebmlab.training.trainer import BatchStream, build_kernel
+    from ebmlab.training.loop import derive_seed
+    from ebmlab.training.run import BatchStream, build_kernel
 
     cfg, x = trainer.config, trainer.x_train
     stream = BatchStream(x.shape[0], cfg.batch_size, torch.Generator().manual_seed(derive_seed(cfg.seed, "batches")),
@@ -103,7 +103,7 @@ def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 
 def check_equivalence(rank: int, tmp: Path) -> None:
     """One distributed step = the one-process whole-batch step, for every objective."""
-    from ebmlab.training.trainer import Trainer
+    from train_helpers import make_trainer as Trainer
 
     runs = {}
     for name, extra in OBJECTIVES.items():
@@ -157,9 +157,9 @@ def check_checkpoints(rank: int, tmp: Path) -> None:
     """Checkpoints are written by rank 0 only; stopping at step 2 and resuming reproduces the
     uninterrupted 4-step run bit for bit (weights, optimiser, every rank's replay buffer and
     generator); a one-process checkpoint resumes on two ranks."""
-    import ebmlab.training.trainer as train_module
+    import ebmlab.training.run as train_module
     from ebmlab.training.checkpoint import load_checkpoint
-    from ebmlab.training.trainer import Trainer
+    from train_helpers import make_trainer as Trainer
 
     writes = []
     original = train_module.save_checkpoint
@@ -201,7 +201,7 @@ def check_checkpoints(rank: int, tmp: Path) -> None:
 
 
 def check_bad_batch(rank: int, tmp: Path) -> None:
-    from ebmlab.training.trainer import Trainer
+    from train_helpers import make_trainer as Trainer
 
     with pytest.raises(ValueError, match="batch size 5 is not divisible by world size 2; "
                                          "use a batch size that is a multiple of 2"):
@@ -217,7 +217,7 @@ CHECKS = {"equivalence": check_equivalence, "fixed_negatives": check_fixed_negat
 
 @pytest.fixture(scope="module")
 def group(tmp_path_factory) -> tuple[Path, dict[int, dict[str, str]]]:
-    from ebmlab.training.trainer import Trainer
+    from train_helpers import make_trainer as Trainer
 
     out = tmp_path_factory.mktemp("dist_train")
     torch.set_num_threads(1)
@@ -246,7 +246,7 @@ def test_two_rank_checkpoint_resumes_in_one_process(group):
     """Another world size: the buffers are concatenated (32 rows in one process), the
     generators re-derived, and the data order stays that of the two-rank run."""
     from ebmlab.training.checkpoint import load_checkpoint
-    from ebmlab.training.trainer import Trainer
+    from train_helpers import make_trainer as Trainer
 
     out, _ = group
     assert_ok(group[1], "checkpoints")
@@ -260,7 +260,7 @@ def test_two_rank_checkpoint_resumes_in_one_process(group):
 
 
 def test_incompatible_checkpoint_names_the_setting_to_change(group):
-    from ebmlab.training.trainer import Trainer
+    from train_helpers import make_trainer as Trainer
 
     out, _ = group
     with pytest.raises(ValueError, match=r"model_kwargs: \{'hidden': \[16, 16\]\} -> \{'hidden': \[8\]\}\); set "

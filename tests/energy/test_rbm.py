@@ -157,7 +157,7 @@ def test_pcd_training_raises_the_exact_likelihood(tmp_path):
     (PCD-1, SGD with momentum 0.5), from small random weights, on 400 exact draws of an 8×4 RBM,
     brings the exact mean log-likelihood of the data within 0.3 nats of the generating model's.
     Negative control: the untrained model (≈ uniform, -8 log 2) fails the same criterion."""
-    from ebmlab.training.trainer import train
+    from train_helpers import train
 
     teacher = random_rbm(8, 4, scale=2.0, seed=7)
     data = teacher.exact_sample(400, torch.Generator().manual_seed(8))

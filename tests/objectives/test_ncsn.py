@@ -16,10 +16,10 @@ import torch
 from ebmlab.energy import Gaussian, MLPEnergy
 from ebmlab.objectives import make_objective
 from ebmlab.objectives.ncsn import NCSNObjective, dsm_terms, max_pairwise_distance
-from ebmlab.training.runs import load_run
+from ebmlab.training.loading import load_run
 from ebmlab.jobs.annealed_sampling import sample_run
 from ebmlab.energy.noise_conditional import NCSNMLP, NoiseConditionalModel, geometric_sigmas
-from ebmlab.training.trainer import train
+from train_helpers import train
 
 Z = 4.5
 

@@ -21,7 +21,7 @@ def test_toml_round_trip_is_exact():
     again = TrainConfig.from_toml(text)
     assert again == config
     assert again.lr == 0.1 + 0.2 and again.objective_kwargs["kernel"]["step_size"] == 5e-324
-    assert tomllib.loads(text)["model_kwargs"] == {"hidden": [64, 32], "spectral_norm": True}
+    assert tomllib.loads(text)["model"]["options"] == {"hidden": [64, 32], "spectral_norm": True}
 
 
 def test_toml_values():
@@ -69,10 +69,32 @@ def test_ints_become_floats():
 
 def test_overrides():
     config = TrainConfig().with_overrides(["lr=0.5", "objective=nce", "model_kwargs.hidden=[8, 8]",
-                                           "objective_kwargs.noise_ratio=2", "data=moons", "plots=false"])
-    assert (config.lr, config.objective, config.data, config.plots) == (0.5, "nce", "moons", False)
-    assert config.model_kwargs == {"hidden": [8, 8]} and config.objective_kwargs == {"noise_ratio": 2}
-    for bad, message in [("lr", "key=value"), ("nope=1", "unknown setting"), ("steps.x=1", "dotted keys"),
-                         ("steps=many", "steps must be int")]:
+                                           "objective_kwargs.noise_ratio=2", "data=moons", "run.seed=7",
+                                           "sampler.steps=3", "model.options.width=4"])
+    assert (config.lr, config.objective, config.data, config.seed, config.sampler_steps) == (0.5, "nce", "moons", 7, 3)
+    assert config.model_kwargs == {"hidden": [8, 8], "width": 4} and config.objective_kwargs == {"noise_ratio": 2}
+    for bad, message in [("lr", "key=value"), ("nope=1", "unknown setting"), ("steps.x=1", "unknown setting"),
+                         ("steps=many", "steps must be int"), ("plots=false", "not part of the experiment"),
+                         ("optim.nope=1", "unknown setting")]:
         with pytest.raises(ValueError, match=message):
             TrainConfig().with_overrides([bad])
+
+
+def test_config_toml_has_one_table_per_section_and_reads_back():
+    config = TrainConfig(lr=0.25, model_kwargs={"hidden": [8]}, sampler_steps=7, seed=3)
+    tables = tomllib.loads(config.to_toml())
+    assert set(tables) == {"data", "model", "objective", "sampler", "optim", "run"}
+    assert tables["optim"]["lr"] == 0.25 and tables["sampler"]["steps"] == 7 and tables["run"]["seed"] == 3
+    assert tables["model"] == {"name": "mlp", "options": {"hidden": [8]}}
+    assert TrainConfig.from_toml(config.to_toml()) == config
+    assert TrainConfig.from_dict(config.to_dict()) == config  # the flat form (0.1 checkpoints) too
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"out": "runs/x"}, "not part of the experiment"),
+    ({"optim": {"lr": 0.1, "nope": 1}}, r"section \[optim\] has no setting 'nope'"),
+    ({"plots": True}, "not part of the experiment"),
+])
+def test_output_and_display_settings_are_refused(values, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(values)

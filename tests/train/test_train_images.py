@@ -19,7 +19,7 @@ from ebmlab.cli.common import UserError
 from ebmlab.cli.train import build_config
 from ebmlab.training.config import TrainConfig
 from ebmlab.energy.rbm import BernoulliRBM
-from ebmlab.training.runs import load
+from ebmlab.training.loading import load
 
 IMAGE_PICTURES = {"samples.png", "data.png", "chains.png", "loss.png"}
 

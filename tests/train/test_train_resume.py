@@ -14,17 +14,18 @@ import torch
 
 from ebmlab.training.checkpoint import load_checkpoint
 from ebmlab.training.config import TrainConfig
-from ebmlab.training.trainer import Trainer, TrainingDivergedError, train
+from ebmlab.training.run import TrainingDivergedError
+from train_helpers import make_trainer as Trainer, train
 
 STEPS = 12
 
 
-def small_config(out, objective: str, **overrides) -> TrainConfig:
+def small_config(out, objective: str, **overrides) -> dict:
     settings = dict(data="8gaussians", num_samples=200, model="mlp", model_kwargs={"hidden": [16, 16]},
                     objective=objective, steps=STEPS, batch_size=32, checkpoint_every=3, out=str(out),
                     plots=False, progress="off", sampler_steps=5, step_size=0.01)
     settings.update(overrides)
-    return TrainConfig(**settings).validate()
+    return settings
 
 
 VARIANTS = {

@@ -12,19 +12,19 @@ import torch
 import ebmlab
 from ebmlab.training.checkpoint import load_checkpoint, save_checkpoint
 from ebmlab.training.config import TrainConfig
-from ebmlab.training.runs import StandardizedEnergy, load_run
+from ebmlab.training.loading import StandardizedEnergy, load_run
 from ebmlab.training.config import learning_rate
-from ebmlab.training.trainer import train
+from train_helpers import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def small_config(out, **overrides) -> TrainConfig:
+def small_config(out, **overrides) -> dict:
     settings = dict(data="8gaussians", num_samples=300, model_kwargs={"hidden": [16, 16]}, steps=20, batch_size=64,
                     checkpoint_every=10, out=str(out), plots=False, progress="off", plot_samples=200,
                     plot_sampler_steps=20)
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return settings
 
 
 @pytest.fixture(scope="module")

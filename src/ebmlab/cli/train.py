@@ -1,12 +1,15 @@
 """``ebmlab train``: train an energy on a data set and write a run directory.
 
-Thin: options -> :class:`ebmlab.training.config.TrainConfig` -> :func:`ebmlab.training.trainer.train` -> a summary.
+Thin: options -> :class:`ebmlab.training.config.TrainConfig` -> :func:`ebmlab.jobs.training.run_train_job`
+(the library's ``train`` with a progress bar and pictures as callbacks) -> a summary.
 Settings are layered: the defaults, then the settings recommended for the model and data
 (:mod:`ebmlab.training.presets`: RBMs, Langevin on images) where nothing later names them, then
 ``--config FILE.toml`` (or the run's own ``config.toml`` with ``--resume RUN_DIR``), then the
 explicit options, then ``--set key=value``.
-RUN_DIR receives ``checkpoint.pt``, ``metrics.jsonl``, ``config.toml`` (every setting, so
-``--config RUN_DIR/config.toml --out NEW_DIR`` repeats the run) and the pictures.
+RUN_DIR receives ``checkpoint.pt``, ``metrics.jsonl``, ``config.toml`` (every setting of the
+experiment, so ``--config RUN_DIR/config.toml`` repeats the run into a new directory) and the
+pictures. ``--model`` takes a registered name or ``path/to/file.py:NAME`` /
+``package.module:NAME`` (an ``nn.Module`` class or factory, called with ``--model-kwargs``).
 Exit status: 0 ok; 2 bad input or a diverged run (one line, the last checkpoint is kept);
 130 interrupted (the last checkpoint is kept: continue with ``--resume RUN_DIR``).
 """
@@ -63,15 +66,35 @@ def _hidden_setting(model: str, text: str) -> tuple[str, int | list[int]]:
     return _HIDDEN_AS_ONE[model], sizes[0]
 
 
+def _model_kwargs(text: str | None) -> dict | None:
+    """``--model-kwargs '{ hidden = [64, 64] }'`` as a dict (a TOML inline table)."""
+    if text is None:
+        return None
+    from ebmlab.training.config import parse_value
+
+    value = parse_value(text.strip())
+    if not isinstance(value, dict):
+        raise UserError(f"--model-kwargs expects a TOML inline table like '{{ hidden = [64, 64] }}', got {text!r}")
+    return value
+
+
 def _file_keys(path: str) -> set[str]:
-    """The settings a TOML file names (a table counts as a whole); unreadable files are left to the loader."""
+    """The settings a TOML file names, as flat keys (``lr``, ``model_kwargs.hidden``; a whole
+    option table counts as its name); unreadable files are left to the loader."""
     import tomllib
+
+    from ebmlab.training.config import TABLES, flatten_sections
 
     try:
         with open(path, "rb") as f:
-            return set(tomllib.load(f))
-    except (OSError, tomllib.TOMLDecodeError):
+            flat = flatten_sections(tomllib.load(f))
+    except (OSError, ValueError, tomllib.TOMLDecodeError):
         return set()
+    keys = set(flat)
+    for table in TABLES:
+        if isinstance(flat.get(table), dict):
+            keys |= {f"{table}.{key}" for key in flat[table]}
+    return keys
 
 
 def build_config(config_file: str | None, resume: str | None, options: dict, assignments: tuple[str, ...],
@@ -88,17 +111,17 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
         if not path.is_file():
             raise UserError(f"--resume {resume}: not a run directory (no config.toml)")
         config = TrainConfig.load(path)
-        if options.get("out") not in (None, resume) and Path(options["out"]) != Path(resume):
-            raise UserError("--out and --resume name different directories; a resumed run stays in its RUN_DIR")
-        options = {**options, "out": str(resume)}
     else:
         config = TrainConfig.load(config_file) if config_file else TrainConfig()
     hidden = options.pop("hidden", None)
+    model_kwargs = options.pop("model_kwargs", None)
     given = {k: v for k, v in options.items() if v is not None}
     set_keys = {item.partition("=")[0].strip() for item in assignments}
     explicit = (_file_keys(config_file) if config_file else set()) | set(given) | set_keys
     values = config.to_dict()
     values.update(given)
+    if model_kwargs is not None:
+        values["model_kwargs"] = {**values["model_kwargs"], **model_kwargs}
     config = TrainConfig.from_dict(values).with_overrides(assignments)
     values = config.to_dict()
     if hidden is not None:  # read once the model is known; --set model_kwargs.KEY still wins
@@ -121,7 +144,11 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
                epilog="Exit status: 0 ok; 2 bad input or a diverged run; 130 interrupted (continue with --resume).")
 @click.option("--data", default=None, metavar="NAME|FILE",
               help=f"Data set [default: {_D.data}]: {', '.join(available_datasets())}, or a .npy/.npz/.csv file.")
-@click.option("--model", default=None, metavar="NAME", help=f"Model [default: {_D.model}]: {', '.join(available_models())}.")
+@click.option("--model", default=None, metavar="NAME|FILE.py:NAME",
+              help=f"Model [default: {_D.model}]: {', '.join(available_models())}, or path/to/file.py:NAME / "
+                   "package.module:NAME naming an nn.Module class or factory.")
+@click.option("--model-kwargs", "model_kwargs", default=None, metavar="TOML",
+              help="Options of the model as a TOML inline table, e.g. '{ hidden = [64, 64] }'.")
 @click.option("--objective", default=None, metavar="NAME",
               help=f"Objective [default: {_D.objective}]: {', '.join(available_objectives())}.")
 @click.option("--steps", type=int, default=None, help=f"Optimisation steps [default: {_D.steps}].")
@@ -151,19 +178,21 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.option("--no-plots", is_flag=True, help="Skip the pictures.")
 @user_errors
-def command(data, model, objective, steps, batch_size, lr, optimizer, momentum, weight_decay, sampler, sampler_steps,
-            step_size, noise_scale, hidden, seed, device, out, resume, config_file, assignments, threads, progress,
-            no_plots) -> None:
+def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimizer, momentum, weight_decay, sampler,
+            sampler_steps, step_size, noise_scale, hidden, seed, device, out, resume, config_file, assignments, threads,
+            progress, no_plots) -> None:
     from ebmlab import distributed as D
-    from ebmlab.training.runs import default_run_dir
-    from ebmlab.training.trainer import TrainingDivergedError, train
+    from ebmlab.jobs.training import run_train_job
+    from ebmlab.training.loading import default_run_dir
+    from ebmlab.training.loop import TrainingDivergedError
 
     options = {"data": data, "model": model, "objective": objective, "steps": steps, "batch_size": batch_size,
                "lr": lr, "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay, "sampler": sampler,
                "sampler_steps": sampler_steps, "step_size": step_size,
-               "noise_scale": noise_scale, "hidden": hidden, "seed": seed, "device": device, "out": out,
-               "progress": None if progress is None else ("on" if progress else "off"),
-               "plots": False if no_plots else None}
+               "noise_scale": noise_scale, "hidden": hidden, "seed": seed, "device": device,
+               "model_kwargs": _model_kwargs(model_kwargs)}
+    if resume is not None and out is not None and Path(out) != Path(resume):
+        raise UserError("--out and --resume name different directories; a resumed run stays in its RUN_DIR")
     notes: list[str] = []
     config = build_config(config_file, resume, options, assignments, notes)
     D.init_distributed()  # joins the torchrun group, if any (a no-op for one process)
@@ -179,15 +208,17 @@ def command(data, model, objective, steps, batch_size, lr, optimizer, momentum, 
         raise UserError(f"--threads must be >= 0, got {threads}")
     if threads:
         torch.set_num_threads(threads)
-    if not config.out:  # one name for every rank of a torchrun group
-        config.out = D.broadcast_object(str(default_run_dir(config)))
+    out = resume if resume is not None else out
+    if out is None:  # one name for every rank of a torchrun group
+        out = D.broadcast_object(str(default_run_dir(config)))
+    shown = "auto" if progress is None else ("on" if progress else "off")
     try:
-        result = train(config, resume=resume is not None)
+        result = run_train_job(config, out, resume=resume is not None, progress=shown, plots=not no_plots)
     except TrainingDivergedError as err:
         raise UserError(str(err)) from err
     except KeyboardInterrupt:
         click.echo(f"ebmlab: interrupted; the last checkpoint is kept: continue with "
-                   f"'ebmlab train --resume {config.out}'", err=True)
+                   f"'ebmlab train --resume {out}'", err=True)
         raise SystemExit(130) from None
     if not D.is_main_process():
         return

@@ -36,11 +36,29 @@ class Objective:
             then passes ``kernel=`` (built by :func:`ebmlab.samplers.make_kernel`) and
             ``num_steps=`` (the sampler steps per update) unless the config sets them.
         supports: the data supports it can train on (``"real"``, ``"binary"``, ``"categorical"``).
+        score_only: the loss depends on the energy only through its score ``-∇ₓE`` (score
+            matching), so an additive offset of the energy gets no gradient (data-parallel
+            training must then let DDP find unused parameters).
+        learns_log_z: the objective learns ``log Z`` of the energy (NCE); its state holds it as
+            ``log_z``.
+        sharded_state: state entries that hold per-chain rows along dim 0 (persistent chains,
+            a replay buffer): on several processes each rank keeps its own rows.
+        sharded_options: constructor options that count those rows (a global count is split
+            over the ranks).
+        model_aliases: the model family this objective needs in place of a generic one
+            (``{"mlp": "ncsn_mlp"}``); empty for objectives that train any energy.
+
+    The trainer reads these descriptions and never an objective's name.
     """
 
     name: ClassVar[str] = ""
     uses_sampler: ClassVar[bool] = False
     supports: ClassVar[tuple[str, ...]] = ("real", "binary", "categorical")
+    score_only: ClassVar[bool] = False
+    learns_log_z: ClassVar[bool] = False
+    sharded_state: ClassVar[tuple[str, ...]] = ()
+    sharded_options: ClassVar[tuple[str, ...]] = ()
+    model_aliases: ClassVar[dict[str, str]] = {}
 
     def setup(self, energy: EnergyFn, data: torch.Tensor, generator: torch.Generator | None = None,
               support: str = "real") -> None:

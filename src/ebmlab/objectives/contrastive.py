@@ -35,6 +35,7 @@ import torch
 
 from ebmlab.energy.base import EnergyFn, check_energy_output
 from ebmlab.samplers import ULA, Kernel, make_kernel
+from ebmlab.samplers.driver import run_kernel
 from ebmlab.objectives.base import Metrics, Objective, check_positive, frozen
 from ebmlab.objectives.buffers import NOISE_KINDS, NoiseSource, ReplayBuffer
 
@@ -50,15 +51,13 @@ def run_chains(energy: EnergyFn, kernel: Kernel, x0: torch.Tensor, num_steps: in
     """Run ``num_steps`` transitions of ``kernel`` from ``x0`` (shape ``(C, *event)``) on the frozen energy.
 
     Returns the detached end points (same shape as ``x0``) and ``{"accept": mean acceptance
-    probability}``. No gradient with respect to the energy's parameters is built.
+    probability}`` over chains and steps (1.0 for zero steps). No gradient with respect to the
+    energy's parameters is built. The loop is :func:`ebmlab.samplers.driver.run_kernel`; ``x0``
+    is validated once by ``kernel.init``.
     """
-    accept = torch.zeros((), device=x0.device)
     with frozen(energy):
-        state = kernel.init(energy, x0.detach())
-        for _ in range(num_steps):
-            state, info = kernel.step(energy, state, generator)
-            accept = accept + info.accept_prob.float().mean()
-    return state.x.detach(), {"accept": float(accept) / num_steps if num_steps else 1.0}
+        run = run_kernel(kernel, energy, kernel.init(energy, x0.detach()), num_steps, generator)
+    return run.state.x.detach(), {"accept": run.mean_accept_prob}
 
 
 def _as_kernel(kernel: Kernel | str | dict | None) -> Kernel:
@@ -102,7 +101,7 @@ class ContrastiveDivergence(Objective):
     def setup(self, energy: EnergyFn, data: torch.Tensor, generator: torch.Generator | None = None,
               support: str = "real") -> None:
         self.noise = NoiseSource(self.noise_kind, support=support,
-                                 num_states=getattr(self.kernel, "num_states", 2)).fit(data)
+                                 num_states=getattr(self.kernel, "num_states", None) or int(getattr(energy, "num_states", 2))).fit(data)
 
     def start_points(self, energy: EnergyFn, batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Where this update's chains start: the data batch for CD-k."""
@@ -141,6 +140,8 @@ class PersistentCD(ContrastiveDivergence):
     """
 
     name = "pcd"
+    sharded_state = ("chains",)
+    sharded_options = ("num_chains",)
 
     def __init__(self, kernel: Kernel | str | dict | None = None, num_steps: int = 20, alpha: float = 0.0,
                  clamp: bool = False, num_chains: int = 0, init: str = "noise", noise: str = "uniform"):
@@ -189,6 +190,8 @@ class ReplayCD(ContrastiveDivergence):
     """
 
     name = "replay"
+    sharded_state = ("buffer",)
+    sharded_options = ("buffer_size",)
 
     def __init__(self, kernel: Kernel | str | dict | None = None, num_steps: int = 20, alpha: float = 0.0,
                  clamp: bool = False, buffer_size: int = 10000, restart_prob: float = 0.05, noise: str = "uniform"):

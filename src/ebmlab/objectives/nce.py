@@ -36,6 +36,7 @@ class NoiseContrastiveEstimation(Objective):
     """
 
     name = "nce"
+    learns_log_z = True
     supports = ("real",)
 
     def __init__(self, noise_ratio: float = 1.0, jitter: float = 1e-6, init_log_z: float = 0.0):

@@ -70,6 +70,7 @@ class NCSNObjective(Objective):
     """
 
     name = "ncsn"
+    score_only = True
     supports = ("real",)
     #: the noise-conditional model that stands for each generic model name (``--model mlp``,
     #: the trainer's default, means ``ncsn_mlp`` for this objective)

@@ -40,6 +40,7 @@ class ScoreMatching(Objective):
     """Exact score matching (Hyvärinen 2005); refuses events with more than ``max_dim`` values."""
 
     name = "sm"
+    score_only = True
     supports = ("real",)
 
     def __init__(self, max_dim: int = 128):
@@ -74,6 +75,7 @@ class SlicedScoreMatching(Objective):
     """
 
     name = "ssm"
+    score_only = True
     supports = ("real",)
 
     def __init__(self, num_projections: int = 1, variance_reduction: bool = True, projection: str = "gaussian"):
@@ -113,6 +115,7 @@ class DenoisingScoreMatching(Objective):
     """
 
     name = "dsm"
+    score_only = True
     supports = ("real",)
 
     def __init__(self, sigma: float = 0.15, weighting: str = "none"):

@@ -1,11 +1,28 @@
 """The training configuration: every setting of a run, serialisable to and from TOML.
 
-``TrainConfig`` is a flat dataclass of primitives (plus three option tables: ``model_kwargs``,
-``objective_kwargs``, ``sampler_kwargs``), so a run's ``config.toml`` repeats it exactly and a
-checkpoint stores it as a plain dict. Values meaning "off" are 0 or "" rather than ``None``
+``TrainConfig`` holds the *experiment* only — what shapes the trained model: data, model,
+objective, sampler, optimisation and the run's seed, device and checkpoint interval. Where the
+run is written (``out``) and how it is shown (progress bar, pictures) are arguments of
+:func:`ebmlab.training.run.train` and of the CLI, not settings, so ``config.toml`` of one run
+repeats it into another directory.
+
+On disk the config has one TOML table per section (:data:`SECTIONS`)::
+
+    [data]       name, num_samples, standardize, heldout_fraction
+    [model]      name (a registered model or ``path/to/file.py:NAME`` / ``package.module:NAME``)
+    [model.options]            keyword arguments of the model
+    [objective]  name, and [objective.options]
+    [sampler]    name, steps, step_size, noise_scale, and [sampler.options]
+    [optim]      steps, batch_size, optimizer, lr, momentum, betas, weight_decay, lr_schedule,
+                 warmup_steps, lr_decay_steps, grad_clip, ema_decay
+    [run]        seed, device, checkpoint_every
+
+In Python the same values are flat attributes (``config.lr``, ``config.model_kwargs``);
+:meth:`TrainConfig.from_dict` accepts either form (checkpoints of ebmlab 0.1 hold the flat one),
+and ``--set`` takes ``optim.lr=0.1``, ``model.options.hidden=[64, 64]`` or the flat names
+(``lr=0.1``, ``model_kwargs.hidden=[64, 64]``). Values meaning "off" are 0 rather than ``None``
 (TOML has no null): ``num_samples = 0`` (the data set's default size), ``grad_clip = 0``,
-``ema_decay = 0``, ``heldout_fraction = 0``, ``lr_decay_steps = 0`` (= ``steps``), ``out = ""``
-(a fresh directory under ``runs/``).
+``ema_decay = 0``, ``heldout_fraction = 0``, ``lr_decay_steps = 0`` (= ``steps``).
 
 TOML is read with :mod:`tomllib` and written by :func:`to_toml`, a small writer for exactly
 the values a config holds: strings, booleans, integers, floats (``repr``, so they round-trip
@@ -26,10 +43,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from ebmlab.atomic import atomic_write
+from ebmlab.training.schedules import LR_SCHEDULES, OPTIMIZERS, learning_rate_at
 
-OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("constant", "cosine")
-PROGRESS = ("auto", "on", "off")
 TABLES = ("model_kwargs", "objective_kwargs", "sampler_kwargs")
 
 
@@ -50,8 +65,7 @@ class TrainConfig:
     ``warmup_steps``, ``lr_decay_steps``, ``grad_clip`` (max global norm), ``ema_decay``. The
     cosine schedule spans ``lr_decay_steps or steps``: set ``lr_decay_steps`` when a run will be
     extended (``steps=k`` now, resumed to ``steps=N`` later) to keep its schedule unchanged.
-    Run: ``seed``, ``device`` (cpu | cuda | cuda:N | auto), ``checkpoint_every``, ``out``,
-    ``progress`` (auto | on | off), ``plots``, ``plot_samples``, ``plot_sampler_steps``.
+    Run: ``seed``, ``device`` (cpu | cuda | cuda:N | auto), ``checkpoint_every``.
     """
 
     data: str = "8gaussians"
@@ -87,11 +101,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 500
-    out: str = ""
-    progress: str = "auto"
-    plots: bool = True
-    plot_samples: int = 2000
-    plot_sampler_steps: int = 500
 
     # ------------------------------------------------------------------ validation
 
@@ -132,9 +141,6 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0 (0 = off)")
         _check(0.0 <= self.ema_decay < 1.0, "ema_decay", self.ema_decay, "in [0, 1) (0 = off)")
         _check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, ">= 1")
-        _check(self.progress in PROGRESS, "progress", self.progress, f"one of {', '.join(PROGRESS)}")
-        _check(self.plot_samples >= 1, "plot_samples", self.plot_samples, ">= 1")
-        _check(self.plot_sampler_steps >= 0, "plot_sampler_steps", self.plot_sampler_steps, ">= 0")
         for name in TABLES:
             _check_table(name, getattr(self, name))
         return self
@@ -147,14 +153,29 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        """Build and validate from a mapping; unknown keys are a ``ValueError`` listing the known ones."""
-        unknown = sorted(set(values) - set(_KINDS))
+        """Build and validate from a mapping, sectioned (as in ``config.toml``) or flat.
+
+        Unknown keys are a ``ValueError`` listing the known ones; a display or output setting
+        (``out``, ``progress``, ``plots``...) is refused with a note that it is not part of
+        the experiment.
+        """
+        flat = flatten_sections(values)
+        moved = sorted(set(flat) & set(NOT_SETTINGS))
+        if moved:
+            raise ValueError(f"config: {', '.join(moved)} is not part of the experiment config; pass it to "
+                             f"train(...) or as a command-line option instead")
+        unknown = sorted(set(flat) - set(_KINDS))
         if unknown:
             raise ValueError(f"config: unknown setting(s) {', '.join(unknown)}; known: {', '.join(_KINDS)}")
-        return cls(**{k: _copy(v) for k, v in values.items()}).validate()
+        return cls(**{k: _copy(v) for k, v in flat.items()}).validate()
+
+    def to_sections(self) -> dict[str, dict[str, Any]]:
+        """The config as ``{section: {key: value}}``, the layout of ``config.toml``."""
+        return {section: {key: _copy(getattr(self, name)) for key, name in fields.items()}
+                for section, fields in SECTIONS.items()}
 
     def to_toml(self) -> str:
-        return to_toml(self.to_dict())
+        return to_toml(self.to_sections()).lstrip("\n")
 
     @classmethod
     def from_toml(cls, text: str, source: str = "config") -> "TrainConfig":
@@ -181,8 +202,9 @@ class TrainConfig:
         """A validated copy with ``key=value`` assignments applied (``--set``).
 
         ``value`` is read as a TOML value (``0.1``, ``true``, ``[64, 64]``, ``"text"``) and,
-        failing that, taken as a bare string. ``table.key=value`` sets an entry of
-        ``model_kwargs``, ``objective_kwargs`` or ``sampler_kwargs``.
+        failing that, taken as a bare string. ``key`` is a flat name (``lr``), a section key
+        (``optim.lr``, ``sampler.steps``), or an option of the model, objective or sampler
+        (``model.options.hidden``, or the flat ``model_kwargs.hidden``).
         """
         values = self.to_dict()
         for item in assignments:
@@ -191,15 +213,11 @@ class TrainConfig:
             if not sep or not key:
                 raise ValueError(f"--set expects key=value, got {item!r}")
             value = parse_value(raw.strip())
-            table, dot, sub = key.partition(".")
-            if dot:
-                if table not in TABLES:
-                    raise ValueError(f"--set {key}: only {', '.join(TABLES)} take dotted keys")
-                values[table][sub] = value
-            elif key in _KINDS:
-                values[key] = value
+            name, sub = resolve_key(key)
+            if sub is None:
+                values[name] = value
             else:
-                raise ValueError(f"--set: unknown setting {key!r}; known: {', '.join(_KINDS)}")
+                values[name][sub] = value
         return TrainConfig.from_dict(values)
 
 
@@ -207,6 +225,65 @@ _KINDS: dict[str, type] = {
     f.name: {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}[str(f.type)]
     for f in dataclasses.fields(TrainConfig)
 }
+
+
+#: ``config.toml`` sections: ``{section: {key in the section: flat attribute}}``.
+SECTIONS: dict[str, dict[str, str]] = {
+    "data": {"name": "data", "num_samples": "num_samples", "standardize": "standardize",
+             "heldout_fraction": "heldout_fraction"},
+    "model": {"name": "model", "options": "model_kwargs"},
+    "objective": {"name": "objective", "options": "objective_kwargs"},
+    "sampler": {"name": "sampler", "steps": "sampler_steps", "step_size": "step_size", "noise_scale": "noise_scale",
+                "options": "sampler_kwargs"},
+    "optim": {"steps": "steps", "batch_size": "batch_size", "optimizer": "optimizer", "lr": "lr",
+              "momentum": "momentum", "betas": "betas", "weight_decay": "weight_decay", "lr_schedule": "lr_schedule",
+              "warmup_steps": "warmup_steps", "lr_decay_steps": "lr_decay_steps", "grad_clip": "grad_clip",
+              "ema_decay": "ema_decay"},
+    "run": {"seed": "seed", "device": "device", "checkpoint_every": "checkpoint_every"},
+}
+#: Output and display settings of ebmlab 0.1 configs: arguments of ``train`` / the CLI now.
+NOT_SETTINGS = ("out", "progress", "plots", "plot_samples", "plot_sampler_steps")
+_BY_SECTION_KEY = {f"{section}.{key}": name for section, fields in SECTIONS.items() for key, name in fields.items()}
+
+
+def flatten_sections(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat settings from a sectioned mapping (``{"optim": {"lr": 0.1}}``), a flat one, or a mix.
+
+    A section is recognised by its table value (``data = "8gaussians"`` is the flat name,
+    ``[data]`` the section); a key a section does not have is a ``ValueError``.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            for sub, item in value.items():
+                name = SECTIONS[key].get(sub)
+                if name is None:
+                    raise ValueError(f"config: section [{key}] has no setting {sub!r}; "
+                                     f"known: {', '.join(SECTIONS[key])}")
+                flat[name] = item
+        else:
+            flat[key] = value
+    return flat
+
+
+def resolve_key(key: str) -> tuple[str, str | None]:
+    """``(flat attribute, option key or None)`` for a ``--set`` key; ``ValueError`` when unknown.
+
+    ``lr`` / ``optim.lr`` -> ``("lr", None)``; ``model.options.hidden`` / ``model_kwargs.hidden``
+    -> ``("model_kwargs", "hidden")``.
+    """
+    if key in _KINDS and key not in TABLES:
+        return key, None
+    if key in _BY_SECTION_KEY and _BY_SECTION_KEY[key] not in TABLES:
+        return _BY_SECTION_KEY[key], None
+    head, dot, sub = key.rpartition(".")
+    table = _BY_SECTION_KEY.get(head, head)
+    if dot and sub and table in TABLES:
+        return table, sub
+    if key in NOT_SETTINGS:
+        raise ValueError(f"--set {key}: not part of the experiment config; use the command-line option instead")
+    known = ", ".join(list(_BY_SECTION_KEY) + [f"{s}.options.KEY" for s in ("model", "objective", "sampler")])
+    raise ValueError(f"--set: unknown setting {key!r}; known: {known}")
 
 
 def _check(ok: bool, name: str, value: Any, expected: str) -> None:
@@ -242,19 +319,9 @@ def _copy(value: Any) -> Any:
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
-    """The learning rate of update ``step`` (1-based): linear warm-up, then constant or cosine to 0.
-
-    Cosine: ``lr · ½(1 + cos(π t))`` with ``t = (step - 1 - warmup) / (T - warmup)``, where
-    ``T = lr_decay_steps or steps``.
-    """
-    if config.warmup_steps and step <= config.warmup_steps:
-        return config.lr * step / config.warmup_steps
-    if config.lr_schedule == "constant":
-        return config.lr
-    total = config.lr_decay_steps or config.steps
-    span = max(total - config.warmup_steps, 1)
-    t = min(max(step - 1 - config.warmup_steps, 0) / span, 1.0)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    """The learning rate of update ``step`` (1-based) under ``config`` (:mod:`ebmlab.training.schedules`)."""
+    return learning_rate_at(step, config.lr, config.lr_schedule, config.warmup_steps,
+                            config.lr_decay_steps or config.steps)
 
 
 def resolve_device(name: str) -> torch.device:

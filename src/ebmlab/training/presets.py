@@ -38,14 +38,13 @@ CONTRASTIVE = ("cd", "pcd", "replay")
 RBM_SETTINGS: dict[str, Any] = {
     "data": "digits-binary", "objective": "pcd", "sampler": "block_gibbs", "sampler_steps": 1,
     "standardize": False, "optimizer": "sgd", "lr": 0.05, "momentum": 0.5, "weight_decay": 1e-4,
-    "batch_size": 100, "plot_sampler_steps": 1000,
+    "batch_size": 100,
 }
 
 IMAGE_LANGEVIN_SETTINGS: dict[str, Any] = {
     "standardize": False, "sampler": "ula", "step_size": 1.0, "noise_scale": 0.005, "sampler_steps": 30,
     "objective_kwargs.alpha": 0.1, "objective_kwargs.clamp": True,
     "optimizer": "adam", "lr": 1e-3, "betas": [0.0, 0.999], "batch_size": 64, "steps": 3000,
-    "plot_sampler_steps": 200,
 }
 #: Added to :data:`IMAGE_LANGEVIN_SETTINGS` for ``--model conv`` on the 8×8 digits.
 SMALL_CONV_SETTINGS: dict[str, Any] = {"model_kwargs.base_width": 16}
@@ -96,6 +95,17 @@ def recommended_settings(model: str, objective: str, data: str) -> dict[str, Any
     return {}
 
 
+def recommended_picture_steps(model: str, objective: str, data: str) -> int:
+    """Sampler transitions for a run's picture samples: 1,000 block-Gibbs sweeps for RBMs (their
+    chains mix slowly), 200 short-run Langevin steps on images (the training chains' length
+    scale), else 500."""
+    if model == "rbm":
+        return 1000
+    if objective in CONTRASTIVE and is_image_data(data) and not _scheme(data)[0].endswith("-binary"):
+        return 200
+    return 500
+
+
 def recommend(values: dict[str, Any], explicit: Iterable[str]) -> tuple[dict[str, Any], list[str]]:
     """Fill the settings not named in ``explicit`` with :func:`recommended_settings`.
 
@@ -123,5 +133,5 @@ def recommend(values: dict[str, Any], explicit: Iterable[str]) -> tuple[dict[str
 
 
 __all__ = ["BINARY_VARIANTS", "IMAGE_LANGEVIN_SETTINGS", "RBM_SETTINGS", "SMALL_CONV_SETTINGS",
-           "VECTOR_CONTRASTIVE_SETTINGS", "binary_variant",
+           "VECTOR_CONTRASTIVE_SETTINGS", "binary_variant", "recommended_picture_steps",
            "is_image_data", "recommend", "recommended_settings"]

@@ -1,4 +1,4 @@
-"""Data-parallel training: what :class:`ebmlab.training.trainer.Trainer` does differently on several ranks.
+"""Data-parallel training: what :class:`ebmlab.training.run.Trainer` does differently on several ranks.
 
 The trainer holds one :class:`TrainSharding` (``world_size == 1`` outside a process group,
 where every method is the identity) and asks it at the few places where ranks differ:
@@ -48,13 +48,9 @@ from torch import nn
 
 from ebmlab import distributed as D
 
-#: Objective-state entries holding per-rank rows along dim 0 (persistent chains, replay buffer).
+#: Objective-state entries holding per-rank rows in the objectives of ebmlab (each objective
+#: declares its own as ``sharded_state``; this default serves checkpoint tools).
 SHARDED_STATE_KEYS = ("chains", "buffer")
-#: Objective options counting per-rank rows; a global count is split over ranks (0 = automatic).
-SHARDED_OPTIONS = ("buffer_size", "num_chains")
-#: Objectives whose loss depends on the energy only through its score ``-∇ₓE``, so that an
-#: additive offset (the last layer's bias) gets no gradient and DDP must look for unused ones.
-SCORE_OBJECTIVES = frozenset({"sm", "ssm", "dsm", "ncsn"})
 
 
 class LossModule(nn.Module):
@@ -115,7 +111,7 @@ class TrainSharding:
             return dict(options)
         options = dict(options)
         defaults = inspect.signature(objective_cls.__init__).parameters
-        for key in SHARDED_OPTIONS:
+        for key in getattr(objective_cls, "sharded_options", ()):
             if key in options:
                 total = options[key]
             elif key in defaults and defaults[key].default is not inspect.Parameter.empty:
@@ -130,8 +126,8 @@ class TrainSharding:
         """``fn(batch, generator) -> (loss, metrics)``: DDP-wrapped in a group, plain otherwise."""
         if not self.is_distributed:
             return lambda batch, generator: objective.loss(energy, batch, generator)
-        name = getattr(objective, "name", "")
-        unused = bool(getattr(objective, "find_unused_parameters", name in SCORE_OBJECTIVES))
+        # a score-only loss leaves an additive offset of the energy without gradient
+        unused = bool(getattr(objective, "score_only", False))
         return D.wrap_ddp(LossModule(energy, objective), find_unused_parameters=unused)
 
     # ------------------------------------------------------------------ each step
@@ -258,5 +254,5 @@ def split_state(merged: dict[str, Any], layout: dict[str, Any] | None, rank: int
     return state
 
 
-__all__ = ["LossModule", "SCORE_OBJECTIVES", "SHARDED_OPTIONS", "SHARDED_STATE_KEYS", "TrainSharding",
+__all__ = ["LossModule", "SHARDED_STATE_KEYS", "TrainSharding",
            "merge_states", "split_state"]

@@ -1,0 +1,167 @@
+"""The pictures of a training run, drawn by a callback of the training loop.
+
+:class:`RunPictures` is a :class:`~ebmlab.training.loop.Callback`: at the end of a run it draws
+model samples (the objective's own when it keeps some — replay buffer, persistent chains —
+otherwise the run's sampler kernel from noise) and writes
+
+* 2-D data: ``density.png`` (the learned density ``exp(-E)``) and ``samples.png`` (data beside
+  model samples);
+* image data: ``samples.png`` (a grid of model samples), ``data.png`` and ``chains.png``
+  (chains over time: one row per chain, time left to right);
+* ``loss.png``: the loss and key figures against the step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ebmlab.data import Standardizer
+from ebmlab.jobs import plots
+from ebmlab.objectives import NoiseSource, frozen, run_chains
+from ebmlab.samplers import make_kernel
+from ebmlab.samplers.driver import run_kernel
+from ebmlab.training.loading import energy_on_raw_data
+from ebmlab.training.loop import Callback, TrainLoop, derive_seed
+
+
+def is_image_like(event_shape) -> bool:
+    """Image events: ``(H, W)`` or ``(C, H, W)`` with C in (1, 3)."""
+    event = tuple(event_shape)
+    return len(event) == 2 or (len(event) == 3 and event[0] in (1, 3))
+
+
+def model_samples(model: nn.Module, objective, kernel, x_train: torch.Tensor, num_samples: int, num_steps: int,
+                  generator: torch.Generator, support: str = "real") -> torch.Tensor:
+    """Samples of a trained model in its (standardised) training space, ``(n, *event_shape)``.
+
+    The objective's own samples when it keeps some (replay buffer, persistent chains),
+    otherwise ``num_steps`` transitions of ``kernel`` from noise spread over the data's range.
+    """
+    samples = objective.model_samples(model, num_samples, generator) if objective is not None else None
+    if samples is None:
+        x0 = NoiseSource("uniform", support=support).fit(x_train).sample(num_samples, generator)
+        samples, _ = run_chains(model, kernel, x0, num_steps, generator)
+    return samples.detach()
+
+
+def chain_snapshots(model: nn.Module, kernel, x0: torch.Tensor, num_steps: int, generator: torch.Generator,
+                    num_snapshots: int = 10) -> torch.Tensor:
+    """Chains of ``kernel`` on the frozen ``model`` from ``x0`` ``(C, *event)``, seen at
+    ``num_snapshots`` times evenly spaced over ``0..num_steps`` (the start included).
+
+    Returns ``(S, C, *event)``, detached, with ``S = min(num_snapshots, num_steps + 1)``.
+    """
+    if num_steps < 0 or num_snapshots < 1:
+        raise ValueError(f"chain_snapshots: need num_steps >= 0 and num_snapshots >= 1, got {num_steps}, {num_snapshots}")
+    times = sorted({round(t * num_steps / max(num_snapshots - 1, 1)) for t in range(num_snapshots)})
+    snapshots = [x0.detach().clone()] if times[0] == 0 else []
+    wanted = set(times)
+
+    def keep(step: int, state, info) -> None:
+        if step in wanted:
+            snapshots.append(state.x.detach().clone())
+
+    with frozen(model):
+        run_kernel(kernel, model, kernel.init(model, x0.detach()), num_steps, generator, callback=keep)
+    return torch.stack(snapshots)
+
+
+def save_pictures(run_dir: str | os.PathLike, model: nn.Module, energy: nn.Module, standardizer: Standardizer | None,
+                  x_train: torch.Tensor, samples: torch.Tensor, metrics: list[dict[str, Any]],
+                  chains: torch.Tensor | None = None) -> list[Path]:
+    """The pictures of a run; returns the paths written.
+
+    * 2-D data: ``density.png`` (the learned density ``exp(-E)`` over the data's range) and
+      ``samples.png`` (data samples beside model samples);
+    * image data: ``samples.png`` (a grid of model samples), ``data.png`` (a grid of data) and,
+      given ``chains`` ``(S, C, *event)`` (see :func:`chain_snapshots`), ``chains.png``: one
+      row per chain, one column per snapshot, time running left to right;
+    * always, when there are metrics: ``loss.png`` (loss and key figures against the step).
+
+    ``x_train``, ``samples`` and ``chains`` are in the training (standardised) space.
+    """
+    from matplotlib.figure import Figure
+
+
+    run_dir = Path(run_dir)
+    raw = (lambda t: standardizer.inverse_transform(t)) if standardizer is not None else (lambda t: t)
+    data, samples = raw(x_train).detach().cpu(), raw(samples).detach().cpu()
+    finite = samples[torch.isfinite(samples.flatten(1)).all(1)]
+    written: list[Path] = []
+    event = tuple(data.shape[1:])
+    if event == (2,):
+        bounds = plots.bounds_from_samples(data, pad=0.15)
+        if getattr(model, "parametrization", "energy") == "energy":  # a score-only network has no density
+            fig = Figure(figsize=(5, 5))
+            ax = fig.subplots()
+            plots.plot_density_2d(energy, ax, bounds)
+            ax.set_title("learned density exp(-E)")
+            written.append(plots.save_figure(fig, run_dir / "density.png"))
+        fig = Figure(figsize=(10, 5))
+        for ax, points, title in zip(fig.subplots(1, 2), (data, finite), ("data", "model samples")):
+            plots.plot_samples_2d(points, ax, s=2, alpha=0.4)
+            ax.set_xlim(bounds[0], bounds[1])
+            ax.set_ylim(bounds[2], bounds[3])
+            ax.set_aspect("equal", adjustable="box")
+            ax.set_title(f"{title} ({points.shape[0]})")
+        written.append(plots.save_figure(fig, run_dir / "samples.png"))
+    elif is_image_like(event):
+        written.append(plots.save_image_grid(finite[:64].clamp(data.min(), data.max()), run_dir / "samples.png"))
+        written.append(plots.save_image_grid(data[:64], run_dir / "data.png"))
+        if chains is not None:
+            frames = raw(chains.flatten(0, 1)).reshape(chains.shape).detach().cpu()
+            frames = torch.nan_to_num(frames, nan=float(data.min())).clamp(data.min(), data.max())
+            bounds = (float(data.min()), float(data.max()))
+            written.append(plots.save_chain_grid(frames, run_dir / "chains.png", value_range=bounds))
+    keys = ("loss", "cd_gap", "accept", "log_z", "accuracy", "grad_norm")
+    records = [{k: r[k] for k in ("step", *keys) if k in r} for r in metrics]
+    if records:
+        written.append(plots.plot_loss_curve(records, run_dir / "loss.png"))
+    return written
+
+
+class RunPictures(Callback):
+    """Write a run's pictures into ``run_dir`` (default: the loop's) when the run ends.
+
+    ``num_samples`` model samples (at most 64 for images) from ``sampler_steps`` transitions of
+    the run's kernel (``loop.info["kernel"]``, else ULA) unless the objective keeps samples.
+    The paths written are in :attr:`written`.
+    """
+
+    def __init__(self, num_samples: int = 2000, sampler_steps: int = 500, run_dir: str | os.PathLike | None = None):
+        if int(num_samples) < 1 or int(sampler_steps) < 0:
+            raise ValueError(f"pictures: need num_samples >= 1 and sampler_steps >= 0, got {num_samples}, {sampler_steps}")
+        self.num_samples, self.sampler_steps = int(num_samples), int(sampler_steps)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.written: list[Path] = []
+
+    def on_fit_end(self, loop: TrainLoop) -> None:
+        run_dir = self.run_dir or loop.run_dir
+        if run_dir is None or not loop.sharding.is_main:
+            return
+        info = loop.info
+        kernel = info.get("kernel") or make_kernel("ula", step_size=0.01)
+        standardizer = info.get("standardizer")
+        event = tuple(loop.x_train.shape[1:])
+        model = loop.trained_model.eval()
+        energy = energy_on_raw_data(model, standardizer, event, loop.support)
+        image_like = is_image_like(event)
+        num = min(self.num_samples, 64) if image_like else self.num_samples
+        generator = torch.Generator(device=loop.x_train.device).manual_seed(derive_seed(int(info.get("seed", 0)), "pictures"))
+        samples = model_samples(model, loop.objective, kernel, loop.x_train, num, self.sampler_steps, generator,
+                                loop.support)
+        chains = None
+        if image_like:  # chains.png: 8 chains over time, the objective's own or the run's kernel from noise
+            chains = loop.objective.model_chains(model, 8, generator)
+            if chains is None and self.sampler_steps > 0:
+                x0 = NoiseSource("uniform", support=loop.support).fit(loop.x_train).sample(8, generator)
+                chains = chain_snapshots(model, kernel, x0, self.sampler_steps, generator)
+        self.written = save_pictures(run_dir, model, energy, standardizer, loop.x_train, samples, loop.history, chains)
+
+
+__all__ = ["RunPictures", "chain_snapshots", "is_image_like", "model_samples", "save_pictures"]

@@ -1,0 +1,72 @@
+"""``ebmlab train``'s job: a config-driven run with a progress bar and pictures.
+
+The library's :func:`ebmlab.training.run.train` prints and draws nothing; this job passes it two
+callbacks — :class:`ProgressBar` (a tqdm bar with the key figures) and
+:class:`~ebmlab.jobs.pictures.RunPictures` — and returns the run's result.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from ebmlab.jobs.pictures import RunPictures
+from ebmlab.training.config import TrainConfig
+from ebmlab.training.loop import Callback, TrainLoop
+from ebmlab.training.presets import recommended_picture_steps
+from ebmlab.training.run import RunResult, train
+
+#: Metrics shown on the progress bar, when the objective reports them.
+KEY_FIGURES = ("loss", "cd_gap", "accept", "log_z", "accuracy")
+PROGRESS = ("auto", "on", "off")
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the run's updates, its postfix the key figures every 10 updates."""
+
+    def __init__(self, desc: str = "train"):
+        self.desc, self.bar = desc, None
+
+    def on_fit_start(self, loop: TrainLoop) -> None:
+        if loop.step >= loop.settings.steps or not loop.sharding.is_main:
+            return
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=loop.settings.steps, initial=loop.step, desc=self.desc, unit="step", dynamic_ncols=True)
+
+    def on_step(self, loop: TrainLoop, record: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if loop.step % 10 == 0 or loop.step == loop.settings.steps:
+            self.bar.set_postfix({k: f"{record[k]:.4g}" for k in KEY_FIGURES if k in record}, refresh=False)
+
+    def on_fit_end(self, loop: TrainLoop) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def show_progress(progress: str) -> bool:
+    """``on``, ``off``, or ``auto`` (when standard error is a terminal)."""
+    if progress not in PROGRESS:
+        raise ValueError(f"progress must be one of {', '.join(PROGRESS)}, got {progress!r}")
+    return progress == "on" or (progress == "auto" and sys.stderr.isatty())
+
+
+def run_train_job(config: TrainConfig, out: str | Path, resume: bool = False, progress: str = "auto",
+                  plots: bool = True, plot_samples: int = 2000, plot_sampler_steps: int | None = None) -> RunResult:
+    """Train (or resume) ``config`` into ``out`` with a progress bar and the run's pictures."""
+    callbacks: list[Callback] = []
+    if show_progress(progress):
+        callbacks.append(ProgressBar(f"train {config.objective}"))
+    if plots:
+        steps = plot_sampler_steps
+        if steps is None:
+            steps = recommended_picture_steps(config.model, config.objective, config.data)
+        callbacks.append(RunPictures(plot_samples, steps))
+    return train(config, resume=resume, out=out, callbacks=callbacks)
+
+
+__all__ = ["KEY_FIGURES", "PROGRESS", "ProgressBar", "run_train_job", "show_progress"]

@@ -1,0 +1,256 @@
+"""A config-driven run: ``train(config, out=RUN_DIR) -> RunResult``, a thin builder over the loop.
+
+:class:`Trainer` turns a :class:`~ebmlab.training.config.TrainConfig` into the pieces of a
+:class:`~ebmlab.training.loop.TrainLoop` — the data set and its train/held-out split, the
+standardisation ``z = (x - μ)/s`` fitted on the training split, the model (a registered name or
+an import spec), the sampler kernel and the objective — then runs the loop. Data, split and
+initial weights come from seeds derived from ``config.seed``; the loop's two generators too, so
+a run stopped at step k and resumed (``resume=True``) reproduces the uninterrupted run bit for
+bit on one device. The checkpoint also holds the config, the model's description and the data
+split, so :func:`ebmlab.load` rebuilds the trained energy over the original data space.
+
+Under ``torchrun`` the trainer asks a :class:`~ebmlab.training.sharding.TrainSharding` where
+ranks differ; rank 0 alone writes files. What the trainer needs to know of an objective it reads
+from the objective's self-description (``uses_sampler``, ``supports``, ``model_aliases``,
+``sharded_options``...), never from its name.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from ebmlab import distributed as D
+from ebmlab.data import Standardizer
+from ebmlab.objectives import Objective, get_objective_class, make_objective
+from ebmlab.samplers import Kernel, make_kernel
+from ebmlab.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ebmlab.training.config import TrainConfig, resolve_device
+from ebmlab.training.history import read_metrics
+from ebmlab.training.loading import CONFIG_NAME, energy_on_raw_data, load_run_data, split_run_data
+from ebmlab.training.loop import (
+    Callback, OptimSettings, TrainingDivergedError, TrainLoop, as_callbacks, derive_seed,
+)
+from ebmlab.training.sharding import TrainSharding
+from ebmlab.training.user_models import make_model
+
+#: Settings that a resumed run must share with its checkpoint (they shape the saved state).
+STRUCTURAL = ("data", "num_samples", "standardize", "heldout_fraction", "model", "model_kwargs", "objective",
+              "objective_kwargs", "optimizer", "seed")
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns.
+
+    ``model`` is the network over standardised data (EMA weights when ``ema_decay > 0``);
+    ``energy`` the same over the original data space (see :mod:`ebmlab.training.loading`).
+    ``pictures`` lists files that callbacks wrote (see :mod:`ebmlab.jobs.pictures`).
+    """
+
+    run_dir: Path
+    config: TrainConfig
+    step: int
+    model: nn.Module
+    energy: nn.Module
+    objective: Objective
+    standardizer: Standardizer | None
+    metrics: list[dict[str, Any]]
+    wall_time: float
+    pictures: list[Path] = field(default_factory=list)
+
+
+def build_kernel(config: TrainConfig) -> Kernel:
+    """The run's sampler kernel: ``make_kernel(sampler, step_size=, noise_scale=, **sampler_kwargs)``.
+
+    ``step_size`` and ``noise_scale`` go to the kernels that take them; ``sampler_kwargs`` must
+    all be options of the kernel (an unknown one is a ``ValueError`` listing the known ones).
+    """
+    from ebmlab.samplers import get_kernel_class
+
+    fields = getattr(get_kernel_class(config.sampler), "__dataclass_fields__", {})
+    options = {k: v for k, v in (("step_size", config.step_size), ("noise_scale", config.noise_scale)) if k in fields}
+    options.update(config.sampler_kwargs)
+    try:
+        return make_kernel(config.sampler, **options)
+    except TypeError as err:
+        raise ValueError(f"sampler {config.sampler!r}: bad options {options}: {err}") from None
+
+
+class Trainer:
+    """Builds a run from ``config`` (and resumes it from ``out`` with ``resume=True``).
+
+    ``callbacks`` are :class:`~ebmlab.training.loop.Callback` objects or functions
+    ``f(step, record, trainer_loop)``; ``callback`` is one more such function.
+    """
+
+    def __init__(self, config: TrainConfig | dict, resume: bool = False, callback: Callable | None = None,
+                 out: str | Path | None = None, callbacks: Iterable[Callback | Callable] = ()):
+        config = TrainConfig.from_dict(config) if isinstance(config, dict) else copy.deepcopy(config).validate()
+        self.config = config
+        self.sharding = TrainSharding.current()
+        self.device = D.local_device(resolve_device(config.device))
+        checkpoint = None
+        if resume:
+            if out is None:
+                raise ValueError("resume: name the run directory (out=RUN_DIR)")
+            checkpoint = load_checkpoint(Path(out) / CHECKPOINT_NAME)
+            _check_resumable(TrainConfig.from_dict(checkpoint["config"]), config, out)
+        else:
+            if out is None:
+                from ebmlab.training.loading import default_run_dir
+
+                out = D.broadcast_object(str(default_run_dir(config)))
+            if (Path(out) / CHECKPOINT_NAME).exists():
+                raise ValueError(f"{str(out)!r} already holds a run (checkpoint.pt); resume it or choose another out")
+        self.run_dir = Path(out)
+        self._setup_data()
+        self._build(as_callbacks(callbacks) + as_callbacks(callback))
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _setup_data(self) -> None:
+        cfg = self.config
+        self.dataset = load_run_data(cfg)
+        x = self.dataset.x
+        if x.shape[0] < 2:
+            raise ValueError(f"{self.dataset.name}: need at least 2 data points, got {x.shape[0]}")
+        self.train_index, self.heldout_index = split_run_data(cfg, x.shape[0])
+        x_train = x[self.train_index]
+        self.sharding.check_batch(cfg.batch_size, x_train.shape[0])
+        self.support = self.dataset.support
+        self.standardizer = Standardizer.fit(x_train) if cfg.standardize and self.support == "real" else None
+        if self.standardizer is not None:
+            x_train = self.standardizer.transform(x_train)
+        self.x_train = x_train.to(self.device)
+
+    def _build(self, callbacks: list[Callback]) -> None:
+        cfg, device = self.config, self.device
+        event_shape = tuple(self.dataset.event_shape)
+        objective_cls = get_objective_class(cfg.objective)
+        model_name = objective_cls.model_aliases.get(cfg.model, cfg.model)  # an objective's own model family
+        with torch.random.fork_rng(devices=[]):  # initial weights from the run's seed, global RNG untouched
+            torch.manual_seed(derive_seed(cfg.seed, "model"))
+            model, self.model_info = make_model(model_name, event_shape, cfg.model_kwargs)
+        self.model = model.to(device)
+        model_support = getattr(self.model, "support", "real")  # discrete models (RBMs) declare theirs
+        if model_support != "real" and model_support != self.support:
+            hint = "; use binarised data (digits-binary, mnist-binary:DIR, or a file of 0/1 values)"
+            raise ValueError(f"model {cfg.model!r} has {model_support} units but {self.dataset.name} is {self.support} "
+                             f"data" + (hint if model_support == "binary" else ""))
+        self.kernel = build_kernel(cfg)
+        if self.support not in objective_cls.supports:
+            raise ValueError(f"objective {cfg.objective!r} needs {' or '.join(objective_cls.supports)} data; "
+                             f"{self.dataset.name} is {self.support}")
+        options = dict(cfg.objective_kwargs)
+        if objective_cls.uses_sampler:
+            kernel_supports = getattr(self.kernel, "supports", ("real",) if self.kernel.support == "real" else
+                                      ("binary", "categorical"))
+            if self.support not in kernel_supports:
+                raise ValueError(f"sampler {cfg.sampler!r} works on {' or '.join(kernel_supports)} states but "
+                                 f"{self.dataset.name} is {self.support} data")
+            options.setdefault("kernel", self.kernel)
+            options.setdefault("num_steps", cfg.sampler_steps)
+        self.objective = make_objective(cfg.objective, **self.sharding.objective_options(objective_cls, options))
+        batch_generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "batches"))
+        objective_generator = torch.Generator(device=device).manual_seed(self._objective_seed())
+        self.objective.setup(self.model, self.x_train, objective_generator, support=self.support)
+        settings = OptimSettings(
+            steps=cfg.steps, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+            betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, lr_schedule=cfg.lr_schedule,
+            warmup_steps=cfg.warmup_steps, lr_decay_steps=cfg.lr_decay_steps, grad_clip=cfg.grad_clip,
+            ema_decay=cfg.ema_decay, checkpoint_every=cfg.checkpoint_every)
+        run_state = {
+            "config": cfg.to_dict(),
+            "scheduler": {"name": cfg.lr_schedule, "step": 0},
+            "data": {"name": self.dataset.name, "event_shape": list(event_shape), "support": self.support,
+                     "train_index": self.train_index, "heldout_index": self.heldout_index},
+            "standardizer": None if self.standardizer is None else self.standardizer.state_dict(),
+        }
+        info = {"kernel": self.kernel, "standardizer": self.standardizer, "event_shape": event_shape,
+                "seed": cfg.seed, "config": cfg, "data_name": self.dataset.name}
+        self.loop = TrainLoop(self.model, self.objective, self.x_train, settings, batch_generator, objective_generator,
+                              support=self.support, run_dir=self.run_dir, sharding=self.sharding, run_state=run_state,
+                              model_info=self.model_info, callbacks=callbacks, info=info)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        data = state["data"]
+        if not (torch.equal(data["train_index"], self.train_index) and torch.equal(data["heldout_index"], self.heldout_index)):
+            raise ValueError(f"resume: the data split of {self.config.data!r} differs from the checkpoint's")
+        if self.standardizer is not None and state.get("standardizer") is not None:
+            saved = Standardizer.from_state_dict(state["standardizer"])
+            if not (torch.equal(saved.mean, self.standardizer.mean) and torch.equal(saved.std, self.standardizer.std)):
+                raise ValueError(f"resume: the data {self.config.data!r} differ from the checkpoint's")
+        self.loop.load_state_dict(state, reseed=self._objective_seed)
+
+    def _objective_seed(self, step: int = 0) -> int:
+        """This rank's objective-generator seed (``step`` > 0: re-derived after a world-size change)."""
+        stream = "objective" if step == 0 else f"objective@{step}"
+        return self.sharding.objective_seed(derive_seed(self.config.seed, stream))
+
+    # ------------------------------------------------------------------ the loop's state
+
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @property
+    def trained_model(self) -> nn.Module:
+        return self.loop.trained_model
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.loop.state_dict()
+        state["scheduler"] = {"name": self.config.lr_schedule, "step": self.loop.step}
+        return state
+
+    def update(self) -> dict[str, Any]:
+        """One optimisation step; returns the step's metrics record."""
+        return self.loop.update()
+
+    def save(self) -> None:
+        self.loop.save()
+
+    def run(self) -> RunResult:
+        """Train to ``config.steps``; writes ``config.toml`` (rank 0) first."""
+        if self.sharding.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.run_dir / CONFIG_NAME)
+        fitted = self.loop.run()
+        model = fitted.model
+        standardizer = None if self.standardizer is None else self.standardizer.to(self.device)
+        energy = energy_on_raw_data(model, standardizer, self.dataset.event_shape, self.support)
+        pictures = [p for c in self.loop.callbacks for p in getattr(c, "written", [])]
+        return RunResult(run_dir=self.run_dir, config=self.config, step=fitted.step, model=model, energy=energy,
+                         objective=self.objective, standardizer=self.standardizer, metrics=read_metrics(self.run_dir),
+                         wall_time=fitted.wall_time, pictures=pictures)
+
+
+def _check_resumable(saved: TrainConfig, config: TrainConfig, out: str | Path) -> None:
+    old, new = saved.to_dict(), config.to_dict()
+    changed = [k for k in STRUCTURAL if old[k] != new[k]]
+    if changed:
+        detail = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
+        raise ValueError(f"resume: the run was trained with other settings ({detail}); set "
+                         f"{', '.join(changed)} back to the values in {out}/config.toml, or train into "
+                         f"another out directory")
+
+
+def train(config: TrainConfig | dict, resume: bool = False, callback: Callable | None = None, *,
+          out: str | Path | None = None, callbacks: Iterable[Callback | Callable] = ()) -> RunResult:
+    """Train an energy as ``config`` says into the run directory ``out`` (default: a fresh
+    ``runs/DATA-OBJECTIVE-TIME``); with ``resume=True`` continue the run in ``out``.
+
+    Returns a :class:`RunResult`. Raises ``ValueError`` for bad settings or data,
+    :class:`TrainingDivergedError` when the loss, an energy or a gradient turns NaN or infinite.
+    """
+    return Trainer(config, resume=resume, callback=callback, out=out, callbacks=callbacks).run()
+
+
+__all__ = ["RunResult", "STRUCTURAL", "Trainer", "TrainingDivergedError", "build_kernel", "train"]
