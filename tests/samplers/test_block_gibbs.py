@@ -96,8 +96,10 @@ def test_converges_from_a_dispersed_start():
 
 def test_kernel_contract_and_errors():
     rbm = random_rbm(8, 3)
-    kernel = make_kernel("block_gibbs", num_sweeps=2, step_size=0.1)  # unknown hyperparameters ignored
+    kernel = make_kernel("block_gibbs", num_sweeps=2, step_size=None)  # None options are dropped
     assert kernel == BlockGibbs(num_sweeps=2)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) 'step_size'; it accepts num_sweeps"):
+        make_kernel("block_gibbs", num_sweeps=2, step_size=0.1)
     x0 = torch.zeros(4, 8, dtype=torch.float64)
     state = kernel.init(rbm, x0)
     new, info = kernel.step(rbm, state, torch.Generator().manual_seed(0))

@@ -19,6 +19,7 @@ log-partition function; plain ``nn.Module`` s and callables work everywhere too.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -39,7 +40,8 @@ class Energy(nn.Module):
     * ``event_shape`` — the shape of one sample, e.g. ``(2,)`` or ``(1, 28, 28)``.
     * :attr:`log_z` — ``log ∫ exp(-E(x)) dx`` (or the sum, for discrete spaces) when known
       in closed form; ``None`` otherwise.
-    * ``support`` — ``"real"`` (default), ``"binary"`` ({0, 1}) or ``"categorical"``.
+    * ``support`` — ``"real"`` (default), ``"binary"`` ({0, 1}) or ``"categorical"``
+      ({0..K-1} with ``K = num_states``); read it with :func:`support_of`.
     """
 
     event_shape: tuple[int, ...] | None = None
@@ -68,6 +70,62 @@ def event_shape_of(energy: EnergyFn, default: Sequence[int] | None = None) -> tu
     if shape is None:
         return None if default is None else tuple(int(s) for s in default)
     return tuple(int(s) for s in shape)
+
+
+SUPPORT_KINDS = ("real", "binary", "categorical")
+
+
+@dataclass(frozen=True)
+class Support:
+    """The values one site of an energy's states takes: the one description kernels check.
+
+    Attributes:
+        kind: ``"real"`` (x ∈ ℝ), ``"binary"`` (x ∈ {0, 1}) or ``"categorical"``
+            (x ∈ {0, ..., K-1}); discrete states are integers held in a float tensor.
+        num_states: K for the discrete kinds (2 for binary), ``None`` for real.
+    """
+
+    kind: str
+    num_states: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SUPPORT_KINDS:
+            raise ValueError(f"Support: kind must be one of {', '.join(SUPPORT_KINDS)}, got {self.kind!r}")
+        k = self.num_states
+        if self.kind == "real" and k is not None:
+            raise ValueError(f"Support: a real support has no num_states, got {k}")
+        if self.kind == "binary" and k != 2:
+            raise ValueError(f"Support: a binary support has num_states 2, got {k}")
+        if self.kind == "categorical" and not (isinstance(k, int) and k >= 2):
+            raise ValueError(f"Support: a categorical support needs an int num_states >= 2, got {k!r}")
+
+    @property
+    def discrete(self) -> bool:
+        return self.kind != "real"
+
+
+def support_of(energy: EnergyFn) -> Support:
+    """The :class:`Support` an energy declares: attribute ``support`` (default ``"real"``),
+    K = 2 for ``"binary"``, ``K = int(energy.num_states)`` (>= 2) for ``"categorical"``.
+
+    Raises ``ValueError`` naming the energy's class for an unknown kind or a bad K.
+    """
+    kind = getattr(energy, "support", "real")
+    name = type(energy).__name__
+    if kind not in SUPPORT_KINDS:
+        raise ValueError(f"{name}: support must be one of {', '.join(map(repr, SUPPORT_KINDS))}, got {kind!r}")
+    if kind == "real":
+        return Support("real")
+    if kind == "binary":
+        return Support("binary", 2)
+    raw = getattr(energy, "num_states", None)
+    try:
+        k = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: a categorical energy needs an integer num_states >= 2, got {raw!r}") from None
+    if k != raw or k < 2:
+        raise ValueError(f"{name}: a categorical energy needs an integer num_states >= 2, got {raw!r}")
+    return Support("categorical", k)
 
 
 def check_energy_output(energy_value: torch.Tensor, x: torch.Tensor, where: str = "energy") -> torch.Tensor:

@@ -37,7 +37,7 @@ from torch import nn
 
 from ebmlab.atomic import atomic_write
 from ebmlab.jobs.progress import progress_bar
-from ebmlab.samplers import ChainRecord, Kernel, available, get_kernel_class, make_kernel, sample
+from ebmlab.samplers import ChainRecord, Kernel, available, get_kernel_class, kernel_options, make_kernel, sample
 from ebmlab.jobs.specs import resolve_energy, support_of
 
 INITS = ("noise", "zeros")
@@ -191,7 +191,7 @@ def prepare(job: SampleJob) -> PreparedJob:
         from ebmlab.energy import compile_energy
 
         energy = compile_energy(energy)
-    kernel = make_kernel(job.sampler, step_size=job.step_size, num_leapfrog=job.num_leapfrog, num_states=num_states)
+    kernel = make_kernel(job.sampler, step_size=job.step_size, num_leapfrog=job.num_leapfrog if "num_leapfrog" in kernel_options(job.sampler) else None)
     return PreparedJob(job, energy, tuple(event_shape), support, kernel, x0, generator, device)
 
 

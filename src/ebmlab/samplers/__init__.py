@@ -8,7 +8,7 @@ from ebmlab.samplers.gwg import GibbsWithGradients
 from ebmlab.samplers.hmc import HMC, leapfrog
 from ebmlab.samplers.langevin import MALA, ULA
 from ebmlab.samplers.random_walk import RandomWalkMetropolis
-from ebmlab.samplers.registry import available, get_kernel_class, make_kernel, register
+from ebmlab.samplers.registry import available, get_kernel_class, kernel_options, make_kernel, register
 from ebmlab.samplers.driver import ChainDivergedError, ChainRecord, sample
 
 for _cls in (RandomWalkMetropolis, ULA, MALA, HMC, SingleSiteMetropolis, Gibbs, BlockGibbs, GibbsWithGradients):
@@ -17,5 +17,5 @@ for _cls in (RandomWalkMetropolis, ULA, MALA, HMC, SingleSiteMetropolis, Gibbs, 
 __all__ = [
     "BlockGibbs", "GibbsWithGradients", "ChainDivergedError", "ChainRecord", "ChainState", "DualAveraging", "DualAveragingState", "Gibbs",
     "HMC", "Kernel", "MALA", "RandomWalkMetropolis", "SingleSiteMetropolis", "StepInfo", "ULA",
-    "available", "get_kernel_class", "leapfrog", "make_kernel", "metropolis_accept", "register", "sample",
+    "available", "get_kernel_class", "kernel_options", "leapfrog", "make_kernel", "metropolis_accept", "register", "sample",
 ]

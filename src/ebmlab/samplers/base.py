@@ -17,7 +17,9 @@ from typing import ClassVar
 
 import torch
 
-from ebmlab.energy.base import EnergyFn, energy as eval_energy, value_and_grad
+from ebmlab.energy.base import (
+    EnergyFn, Support, check_energy_output, event_shape_of, support_of, value_and_grad,
+)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,14 @@ def select_state(accepted: torch.Tensor, proposal: ChainState, current: ChainSta
     )
 
 
+class _LegacySupport:
+    """``kernel.support`` on a kernel class or instance: ``"discrete"`` if it samples any
+    discrete kind, else ``"real"`` — the old two-valued description, derived from ``supports``."""
+
+    def __get__(self, obj, owner) -> str:
+        return "discrete" if any(kind != "real" for kind in owner.supports) else "real"
+
+
 class Kernel:
     """Mixin for kernel dataclasses: names, capabilities, and the two ``init`` flavours.
 
@@ -107,26 +117,47 @@ class Kernel:
         name: registry name (``"mala"``...).
         uses_grad: whether ``init`` must cache ``∇ₓE``.
         adaptive: whether ``step_size`` can be tuned during burn-in toward ``target_accept``.
-        support: ``"real"`` or ``"discrete"``.
+        supports: the :class:`~ebmlab.energy.base.Support` kinds it samples, e.g. ``("real",)``
+            or ``("binary", "categorical")``; ``support`` (read-only) is the old
+            ``"real"``/``"discrete"`` summary of it.
     """
 
     name: ClassVar[str] = ""
     uses_grad: ClassVar[bool] = False
     adaptive: ClassVar[bool] = False
-    support: ClassVar[str] = "real"
+    supports: ClassVar[tuple[str, ...]] = ("real",)
+    support = _LegacySupport()
     default_target_accept: ClassVar[float] = 0.5
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        legacy = cls.__dict__.get("support")
+        if isinstance(legacy, str) and "supports" not in cls.__dict__:  # a third-party kernel of the old style
+            cls.supports = ("binary", "categorical") if legacy == "discrete" else ("real",)
+            cls.support = _LegacySupport()
 
     def __post_init__(self) -> None:
         self.validate()
 
     def init(self, energy: EnergyFn, x: torch.Tensor) -> ChainState:
-        """The initial state: ``x`` with its energy (and gradient if the kernel uses it) cached."""
+        """The initial state: ``x`` with its energy (and gradient if the kernel uses it) cached.
+
+        ``x`` is validated once here (:func:`check_start`); ``TypeError`` / ``ValueError``
+        name the kernel, the energy and what was received.
+        """
+        check_start(self, energy, x)
         x = x.detach()
+        where = f"{type(self).__name__}: energy at x0"
         if self.uses_grad:
             e, g = value_and_grad(energy, x)
-            return ChainState(x=x, energy=e, grad=g)
+            return ChainState(x=x, energy=check_energy_output(e, x, where), grad=g)
         with torch.no_grad():
-            return ChainState(x=x, energy=eval_energy(energy, x).detach())
+            return ChainState(x=x, energy=check_energy_output(energy(x), x, where).detach())
+
+    def num_states_for(self, energy: EnergyFn, support: Support) -> int | None:
+        """K the kernel will use on ``energy`` (``None`` for real states); kernels with their
+        own ``num_states`` check it against the energy's here."""
+        return support.num_states
 
     def with_step_size(self, step_size: float):
         """A copy of the kernel with another step size (used by adaptation)."""
@@ -137,6 +168,56 @@ class Kernel:
         step = getattr(self, "step_size", None)
         if step is not None and not (float(step) > 0):
             raise ValueError(f"{type(self).__name__}: step_size must be > 0, got {step}")
+
+
+#: registered kernels for each support kind, for error messages (base cannot import the registry)
+KERNELS_FOR = {"real": "mala, hmc, rwmh or ula", "binary": "gibbs, metropolis, gwg or block_gibbs",
+               "categorical": "gibbs or metropolis"}
+
+
+def _shown(values: torch.Tensor, limit: int = 5) -> str:
+    unique = torch.unique(values.detach().flatten().cpu())
+    text = ", ".join(f"{float(v):g}" for v in unique[:limit])
+    return text + (", ..." if unique.numel() > limit else "")
+
+
+def check_start(kernel: Kernel, energy: EnergyFn, x0: torch.Tensor) -> Support:
+    """Validate starting states ``x0`` ``(C, *event)`` for ``kernel`` on ``energy``, once.
+
+    Checks, in order: ``x0`` is a floating :class:`torch.Tensor` (``TypeError``) of shape
+    ``(C >= 1, *event)`` with finite values; the energy's :class:`Support` kind is one the
+    kernel samples; the event shape equals ``energy.event_shape`` when declared; discrete
+    states are integers in ``{0, ..., K-1}``. Each ``ValueError`` names the kernel, the
+    energy's class and the value received. Returns the energy's support.
+    """
+    kname, ename = type(kernel).__name__, type(energy).__name__
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"{kname}: x0 must be a torch.Tensor, got {type(x0).__module__}.{type(x0).__name__} "
+                        f"(energy {ename}); convert it with torch.as_tensor(x0, dtype=torch.float32)")
+    if not torch.is_floating_point(x0):
+        raise TypeError(f"{kname}: x0 must be a floating tensor (discrete states are integers held in floats), "
+                        f"got dtype {x0.dtype} (energy {ename}); pass x0.float()")
+    if x0.dim() < 2 or x0.shape[0] < 1:
+        raise ValueError(f"{kname}: x0 must have shape (num_chains >= 1, *event_shape), got {tuple(x0.shape)} "
+                         f"(energy {ename})")
+    if not torch.isfinite(x0).all():
+        raise ValueError(f"{kname}: x0 contains NaN or infinite values (energy {ename})")
+    support = support_of(energy)
+    if support.kind not in kernel.supports:
+        raise ValueError(f"{kname} samples {' or '.join(kernel.supports)} states but the energy {ename} has "
+                         f"support {support.kind!r}; use a {support.kind} kernel ({KERNELS_FOR[support.kind]})")
+    shape = event_shape_of(energy)
+    if shape is not None and tuple(x0.shape[1:]) != shape:
+        raise ValueError(f"{kname}: x0 has event shape {tuple(x0.shape[1:])} (x0 shape {tuple(x0.shape)}) but the "
+                         f"energy {ename} declares event_shape {shape}")
+    k = kernel.num_states_for(energy, support)
+    if k is not None:
+        bad = (x0 != x0.round()) | (x0 < 0) | (x0 > k - 1)
+        if bad.any():
+            values = "{0, 1}" if k == 2 else f"{{0, ..., {k - 1}}}"
+            raise ValueError(f"{kname}: x0 must hold integer states in {values} (K = {k}) for the {support.kind} "
+                             f"energy {ename}, got value(s) {_shown(x0[bad])}")
+    return support
 
 
 def sq_norm(t: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,9 @@ class BlockGibbs(Kernel):
 
     num_sweeps: int = 1
     name = "block_gibbs"
-    support = "discrete"
+    # The energy's own conditionals decide the values (Bernoulli units for BernoulliRBM), so the
+    # kernel itself fits any kind; init still checks x0 against the energy's declared support.
+    supports = ("binary", "categorical", "real")
 
     def validate(self) -> None:
         if int(self.num_sweeps) < 1:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ebmlab.energy.base import EnergyFn, check_energy_output
+from ebmlab.energy.base import EnergyFn
 from ebmlab.samplers.adaptation import DualAveraging
 from ebmlab.samplers.base import ChainState, Kernel, StepInfo
 
@@ -69,17 +69,24 @@ class ChainRecord:
         return getattr(self.kernel, "step_size", None)
 
 
-def validate_start(energy: EnergyFn, x0: torch.Tensor, sampler: str) -> None:
-    """Refuse an empty batch or NaN/infinite starting energies, naming the chains."""
-    if x0.dim() < 2 or x0.shape[0] < 1:
-        raise ValueError(f"{sampler}: x0 must have shape (num_chains >= 1, *event_shape), got {tuple(x0.shape)}")
-    if not torch.isfinite(x0).all():
-        raise ValueError(f"{sampler}: x0 contains NaN or infinite values")
-    with torch.no_grad():
-        e = check_energy_output(energy(x0), x0, where=f"{sampler}: energy at x0")
-    bad = (~torch.isfinite(e)).nonzero().flatten().tolist()
+def check_generator(generator: torch.Generator | None, x: torch.Tensor, sampler: str) -> None:
+    """``ValueError`` unless ``generator`` (when given) draws on ``x``'s device."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{sampler}: generator must be a torch.Generator or None, got {type(generator).__name__}")
+    g, d = generator.device, x.device
+    if g.type != d.type or (g.index is not None and d.index is not None and g.index != d.index):
+        raise ValueError(f"{sampler}: the generator is on device {g} but the chains are on {d}; "
+                         f"create it with torch.Generator(device=x0.device)")
+
+
+def check_start_energy(state: ChainState, sampler: str, energy: EnergyFn) -> None:
+    """Refuse NaN/infinite starting energies, naming the chains."""
+    bad = (~torch.isfinite(state.energy)).nonzero().flatten().tolist()
     if bad:
-        raise ValueError(f"{sampler}: the energy is NaN or infinite at the start for chain(s) {bad[:10]}")
+        raise ValueError(f"{sampler}: the energy ({type(energy).__name__}) is NaN or infinite at the start for "
+                         f"chain(s) {bad[:10]}")
 
 
 @dataclass
@@ -130,6 +137,7 @@ def run_kernel(kernel: Kernel, energy: EnergyFn, state: ChainState, num_steps: i
       soon as a chain's energy is NaN or infinite.
     """
     name = kernel.name or type(kernel).__name__
+    check_generator(generator, state.x, name)
     num_chains = state.num_chains
     device = state.x.device
     accepted = torch.zeros(num_chains, device=device)
@@ -188,18 +196,25 @@ def sample(
         keep_samples: set False to keep only the final state (saves memory).
 
     Raises:
-        ValueError: bad arguments or a non-finite start.
+        TypeError: ``x0`` is not a floating :class:`torch.Tensor`.
+        ValueError: bad arguments, a non-finite start, a kernel that does not sample the
+            energy's support, an event shape other than ``energy.event_shape``, discrete
+            states outside ``{0, ..., K-1}``, a generator on another device than ``x0``.
         ChainDivergedError: a chain's energy became non-finite (names step and chains).
+
+    Everything is checked once, here and in ``kernel.init``, never inside the step loop.
     """
     name = kernel.name or type(kernel).__name__
     if num_steps < 0 or burn_in < 0:
         raise ValueError(f"{name}: num_steps and burn_in must be >= 0, got {num_steps}, {burn_in}")
     if thin < 1:
         raise ValueError(f"{name}: thin must be >= 1, got {thin}")
-    validate_start(energy, x0, name)
+    if isinstance(x0, torch.Tensor):
+        check_generator(generator, x0, name)
 
     start = time.perf_counter()
-    state = kernel.init(energy, x0)
+    state = kernel.init(energy, x0)  # validates x0 against the kernel and the energy (check_start)
+    check_start_energy(state, name, energy)
     adaptation = None
     if adapt and kernel.adaptive and burn_in > 0:
         adaptation = DualAveraging(target_accept=target_accept or kernel.default_target_accept)

@@ -1,8 +1,10 @@
 """Single-site samplers for discrete data: change one site (pixel, spin) per step.
 
 States hold integers in a float tensor, ``x ∈ {0..K-1}^D`` with shape ``(C, *event)``
-(binary data is K = 2). At each step every chain picks a site i — all chains the same
-``i = t mod D`` (systematic scan) or each its own uniform draw (random scan) — and:
+(binary data is K = 2). K is the energy's (:func:`ebmlab.energy.base.support_of`, read at
+init and at each step) unless ``num_states`` is given, and a given one must agree with the
+energy's. At each step every chain picks a site i — all chains the same ``i = t mod D``
+(systematic scan) or each its own uniform draw (random scan) — and:
 
 * :class:`SingleSiteMetropolis` proposes a different value uniformly (a flip when K = 2),
   a symmetric proposal, and accepts with ``min(1, exp(-ΔE))``;
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ebmlab.energy.base import EnergyFn, energy as eval_energy, get_site, num_sites, set_site, site_energies
+from ebmlab.energy.base import (
+    EnergyFn, Support, energy as eval_energy, get_site, num_sites, set_site, site_energies, support_of,
+)
 from ebmlab.samplers.base import ChainState, Kernel, StepInfo, metropolis_accept, select_state
 
 
@@ -36,18 +40,32 @@ def choose_sites(state: ChainState, scan: str, generator: torch.Generator | None
 
 @dataclass(frozen=True)
 class _SingleSite(Kernel):
-    num_states: int = 2
+    """``num_states``: K, or ``None`` (default) to take it from the energy at init and step time."""
+
+    num_states: int | None = None
     scan: str = "random"
-    support = "discrete"
+    supports = ("binary", "categorical")
 
     def validate(self) -> None:
-        if int(self.num_states) < 2:
-            raise ValueError(f"{type(self).__name__}: num_states must be >= 2, got {self.num_states}")
+        if self.num_states is not None and int(self.num_states) < 2:
+            raise ValueError(f"{type(self).__name__}: num_states must be an integer >= 2 (or None: the energy's), "
+                             f"got {self.num_states}")
         if self.scan not in ("random", "systematic"):
             raise ValueError(f"{type(self).__name__}: scan must be 'random' or 'systematic', got {self.scan!r}")
 
     def with_step_size(self, step_size: float):
         return self
+
+    def num_states_for(self, energy: EnergyFn, support: Support) -> int | None:
+        if self.num_states is not None and support.num_states is not None and int(self.num_states) != support.num_states:
+            raise ValueError(f"{type(self).__name__}: num_states={self.num_states} disagrees with the {support.kind} energy "
+                             f"{type(energy).__name__}, which has K = {support.num_states} states per site; leave "
+                             "num_states=None to take K from the energy")
+        return support.num_states if self.num_states is None else int(self.num_states)
+
+    def states(self, energy: EnergyFn) -> int:
+        """K for this step: ``num_states``, else the energy's (attribute reads, no evaluation)."""
+        return int(self.num_states) if self.num_states is not None else support_of(energy).num_states or 2
 
 
 @dataclass(frozen=True)
@@ -59,7 +77,7 @@ class SingleSiteMetropolis(_SingleSite):
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo]:
         site = choose_sites(state, self.scan, generator)
         old = get_site(state.x, site)
-        k = int(self.num_states)
+        k = self.states(energy)
         if k == 2:
             new_value = 1.0 - old
         else:
@@ -100,7 +118,7 @@ class Gibbs(_SingleSite):
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo]:
         site = choose_sites(state, self.scan, generator)
         with torch.no_grad():
-            energies = _conditional_energies(energy, state, site, int(self.num_states))  # (C, K)
+            energies = _conditional_energies(energy, state, site, self.states(energy))  # (C, K)
         diverged = ~torch.isfinite(energies).all(dim=1)
         probs = torch.softmax(-energies, dim=1)
         probs = torch.where(diverged[:, None], torch.full_like(probs, 1.0 / probs.shape[1]), probs)

@@ -56,18 +56,10 @@ class GibbsWithGradients(Kernel):
 
     name = "gwg"
     uses_grad = True
-    support = "discrete"
+    supports = ("binary",)  # the proposal flips a site: binary states only (init checks x ∈ {0, 1})
 
     def with_step_size(self, step_size: float) -> "GibbsWithGradients":
         return self
-
-    def init(self, energy: EnergyFn, x: torch.Tensor) -> ChainState:
-        x = x.detach()
-        if not torch.is_floating_point(x):
-            raise ValueError(f"GibbsWithGradients: x must be a floating-point tensor of 0s and 1s, got dtype {x.dtype}")
-        if not ((x == 0) | (x == 1)).all():
-            raise ValueError("GibbsWithGradients: x must hold only 0s and 1s (binary data)")
-        return super().init(energy, x)
 
     def propose(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None
                 ) -> tuple[ChainState, torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 
 from ebmlab.registry import Registry
 from ebmlab.samplers.base import Kernel
@@ -21,11 +22,26 @@ def get_kernel_class(name: str) -> type[Kernel]:
     return _KERNELS.get(name)
 
 
-def make_kernel(name: str, **hyperparameters) -> Kernel:
-    """Instantiate the sampler ``name`` with the hyperparameters it accepts (others ignored)."""
+def kernel_options(name: str) -> tuple[str, ...]:
+    """The hyperparameters the sampler ``name`` accepts (its dataclass fields), in order."""
     cls = get_kernel_class(name)
-    fields = getattr(cls, "__dataclass_fields__", {})
-    return cls(**{k: v for k, v in hyperparameters.items() if k in fields and v is not None})
+    return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else ()
+
+
+def make_kernel(name: str, **hyperparameters) -> Kernel:
+    """Instantiate the sampler ``name``; options that are ``None`` are dropped (the defaults apply).
+
+    Raises ``ValueError`` naming any other option the kernel does not accept and listing those
+    it does, e.g. ``make_kernel("gibbs", step_size=0.1)``.
+    """
+    cls = get_kernel_class(name)
+    accepted = kernel_options(name)
+    given = {k: v for k, v in hyperparameters.items() if v is not None}
+    unknown = [k for k in given if k not in accepted]
+    if unknown:
+        raise ValueError(f"sampler {name!r} ({cls.__name__}): unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"it accepts {', '.join(accepted) if accepted else 'no options'}")
+    return cls(**given)
 
 
 def available() -> list[str]:
