@@ -26,7 +26,7 @@ def weights(run_dir):
     return load_checkpoint(run_dir)["model"]
 
 
-def test_train_writes_run_and_config_repeats_it_exactly(tmp_path):
+def test_train_writes_run_and_config_repeats_it_exactly(tmp_path, monkeypatch):
     result = run(*SMALL, "--out", tmp_path / "a", "--objective", "replay", "--sampler-steps", "3")
     assert result.exit_code == 0, result.output
     assert "trained replay on 8gaussians for 15 steps" in result.output and str(tmp_path / "a") in result.output
@@ -40,8 +40,15 @@ def test_train_writes_run_and_config_repeats_it_exactly(tmp_path):
     first, second = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.equal(first[k], second[k]) for k in first)
 
-    same_dir = run("--config", tmp_path / "a" / "config.toml")
+    same_dir = run("--config", tmp_path / "a" / "config.toml", "--out", tmp_path / "a")
     assert same_dir.exit_code == 2 and "already holds a run" in same_dir.output
+    monkeypatch.chdir(tmp_path)  # the config names no directory: a fresh one under runs/
+    fresh = run("--config", tmp_path / "a" / "config.toml")
+    assert fresh.exit_code == 0, fresh.output
+    (new_dir,) = (tmp_path / "runs").iterdir()
+    third = weights(new_dir)
+    assert all(torch.equal(first[k], third[k]) for k in first)
+    assert (new_dir / "config.toml").read_text() == (tmp_path / "a" / "config.toml").read_text()
 
 
 def test_resume_continues_to_more_steps(tmp_path):

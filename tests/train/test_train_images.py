@@ -77,7 +77,7 @@ def test_config_file_settings_are_not_replaced(tmp_path):
 def test_rbm_on_digits_binary_cli(tmp_path):
     out = tmp_path / "rbm"
     result = run("--model", "rbm", "--hidden", 64, "--objective", "pcd", "--data", "digits-binary",
-                 "--sampler", "block_gibbs", "--steps", 5, "--set", "plot_sampler_steps=20", "--out", out)
+                 "--sampler", "block_gibbs", "--steps", 5, "--plot-sampler-steps", 20, "--out", out)
     assert result.exit_code == 0, result.output
     assert "trained pcd on digits-binary for 5 steps" in result.output
     assert IMAGE_PICTURES <= {p.name for p in out.iterdir()}
@@ -89,7 +89,7 @@ def test_rbm_on_digits_binary_cli(tmp_path):
 def test_rbm_on_an_idx_mnist_folder(tmp_path, mnist_dir):
     out = tmp_path / "mnist-rbm"
     result = run("--model", "rbm", "--hidden", 500, "--objective", "pcd", "--data", f"mnist:{mnist_dir}",
-                 "--steps", 3, "--set", "plot_sampler_steps=5", "--out", out)
+                 "--steps", 3, "--plot-sampler-steps", 5, "--out", out)
     assert result.exit_code == 0, result.output
     assert "training on mnist-binary:" in result.output  # the note (stderr is mixed in by CliRunner)
     config = TrainConfig.load(out / "config.toml")
@@ -112,7 +112,7 @@ def test_sgd_momentum_and_weight_decay_reach_the_optimiser(tmp_path):
 def test_conv_replay_on_digits_writes_pictures(tmp_path):
     out = tmp_path / "conv"
     result = run("--data", "digits", "--model", "conv", "--objective", "replay", "--hidden", 4, "--steps", 3,
-                 "--set", "sampler_steps=2", "--set", "plot_sampler_steps=3", "--set", "num_samples=100",
+                 "--set", "sampler_steps=2", "--plot-sampler-steps", 3, "--set", "num_samples=100",
                  "--set", "objective_kwargs.buffer_size=100", "--out", out)
     assert result.exit_code == 0, result.output
     assert IMAGE_PICTURES <= {p.name for p in out.iterdir()}

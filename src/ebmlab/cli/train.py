@@ -177,10 +177,15 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
               help="CPU threads for torch (0 = torch's default); small models run fastest on one.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.option("--no-plots", is_flag=True, help="Skip the pictures.")
+@click.option("--plot-samples", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Model samples drawn for the pictures (at most 64 for images).")
+@click.option("--plot-sampler-steps", type=click.IntRange(min=0), default=None,
+              help="Sampler transitions for the picture samples [default: 1000 for RBMs, 200 for Langevin on "
+                   "images, else 500].")
 @user_errors
 def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimizer, momentum, weight_decay, sampler,
             sampler_steps, step_size, noise_scale, hidden, seed, device, out, resume, config_file, assignments, threads,
-            progress, no_plots) -> None:
+            progress, no_plots, plot_samples, plot_sampler_steps) -> None:
     from ebmlab import distributed as D
     from ebmlab.jobs.training import run_train_job
     from ebmlab.training.loading import default_run_dir
@@ -213,7 +218,8 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
         out = D.broadcast_object(str(default_run_dir(config)))
     shown = "auto" if progress is None else ("on" if progress else "off")
     try:
-        result = run_train_job(config, out, resume=resume is not None, progress=shown, plots=not no_plots)
+        result = run_train_job(config, out, resume=resume is not None, progress=shown, plots=not no_plots,
+                               plot_samples=plot_samples, plot_sampler_steps=plot_sampler_steps)
     except TrainingDivergedError as err:
         raise UserError(str(err)) from err
     except KeyboardInterrupt:

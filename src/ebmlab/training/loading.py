@@ -98,7 +98,8 @@ class Run:
         energy: the trained energy over the original data space (standardisation folded in).
         model: the network over standardised data, as trained.
         standardizer: the fitted standardisation, or ``None``.
-        config: the run's :class:`TrainConfig`.
+        config: the run's :class:`TrainConfig`, or ``None`` for a run of :func:`ebmlab.training.fit`
+            (whose data are the caller's: :meth:`dataset` then raises).
         step: updates done.
         train_index / heldout_index: rows of the loaded data set used for training / held out.
         learned_log_z: NCE's learned ``log Z`` of ``energy`` (``None`` for other objectives).
@@ -110,7 +111,7 @@ class Run:
     energy: nn.Module
     model: nn.Module
     standardizer: Standardizer | None
-    config: TrainConfig
+    config: TrainConfig | None
     step: int
     train_index: torch.Tensor
     heldout_index: torch.Tensor
@@ -122,6 +123,9 @@ class Run:
 
     def dataset(self):
         """The run's data set, reloaded with the run's seed (see :func:`ebmlab.data.load_dataset`)."""
+        if self.config is None:
+            raise ValueError(f"{str(self.run_dir)!r} was trained by fit() on the caller's own data; "
+                             f"the run does not hold them")
         return load_run_data(self.config)
 
     def heldout_data(self) -> torch.Tensor:
@@ -142,11 +146,12 @@ def load_run(run_dir: str | os.PathLike, ema: bool = True, device: str | torch.d
     if not (run_dir / CHECKPOINT_NAME).is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory: it has no {CHECKPOINT_NAME}")
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    try:
-        info, data = state["model_info"], state["data"]
-        config = TrainConfig.from_dict(state["config"])
-    except KeyError as err:
-        raise ValueError(f"{str(run_dir)!r}: the checkpoint lacks the entry {err}") from None
+    missing = [key for key in ("model_info", "data", "model", "step") if key not in state]
+    if missing or not isinstance(state.get("model_info"), dict) or "event_shape" not in state["model_info"]:
+        raise ValueError(f"{str(run_dir)!r}: the checkpoint lacks the entr{'ies' if len(missing) > 1 else 'y'} "
+                         f"{', '.join(missing) or 'model_info.event_shape'}")
+    info, data = state["model_info"], state["data"]
+    config = TrainConfig.from_dict(state["config"]) if state.get("config") is not None else None
     event_shape = tuple(int(s) for s in info["event_shape"])
     model = build_from_info(info, where=str(run_dir))
     weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
@@ -163,13 +168,16 @@ def load_run(run_dir: str | os.PathLike, ema: bool = True, device: str | torch.d
     support = str(data.get("support", "real"))
     energy = energy_on_raw_data(model, standardizer, event_shape, support).to(device).eval()
     objective_state = state.get("objective") or {}
-    learns_log_z = (state.get("objective_info") or {}).get("learns_log_z", config.objective == "nce")
+    empty = torch.zeros(0, dtype=torch.long)
+    old_nce = config is not None and config.objective == "nce"  # checkpoints of ebmlab 0.1
+    learns_log_z = (state.get("objective_info") or {}).get("learns_log_z", old_nce)
     log_z = objective_state.get("log_z") if learns_log_z else None
     learned = None if log_z is None else float(log_z)
     if learned is not None:
         energy.learned_log_z = learned
     return Run(run_dir=run_dir, energy=energy, model=model, standardizer=standardizer, config=config,
-               step=int(state["step"]), train_index=data["train_index"], heldout_index=data["heldout_index"],
+               step=int(state["step"]), train_index=data.get("train_index", empty),
+               heldout_index=data.get("heldout_index", empty),
                event_shape=event_shape, support=support, learned_log_z=learned,
                objective_state=objective_state, metrics=read_metrics(run_dir))
 

@@ -2,10 +2,13 @@
 a run records any model so that a fresh process can rebuild it.
 
 ``NAME`` is an ``nn.Module`` subclass or a factory, called with the run's model options
-(``NAME(**kwargs)``), or an ``nn.Module`` instance (no options). A run stores, in its
+(``NAME(**kwargs)``, plus ``event_shape=`` when it has a parameter of that name), or an
+``nn.Module`` instance (no options). A run stores, in its
 checkpoint's ``model_info``, one of
 
-* ``{"name": "mlp", "kwargs": {...}, "event_shape": [...]}`` — a registered model;
+* ``{"name": "mlp", "kwargs": {...}, "event_shape": [...], "factory": "pkg.mod:fn"}`` — a
+  registered model (``factory`` lets a fresh process that has not registered the name — a
+  model registered from a user's module — find it again);
 * ``{"import": "pkg.mod:NAME" or "/abs/path/file.py:NAME", "kwargs": {...}, "event_shape": [...]}``;
 * ``{"class": "__main__.Mine", ...}`` — a class that cannot be imported again (defined in a
   script): :func:`build_from_info` then says how to make the run loadable.
@@ -27,7 +30,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from ebmlab.training.models import build_model
+from ebmlab.training.models import available_models, build_model, get_model_factory
 
 
 def is_import_spec(text: str) -> bool:
@@ -96,8 +99,20 @@ def canonical_spec(spec: str) -> str:
     return f"{Path(target).resolve()}:{attr}" if _is_file_target(target) else spec
 
 
-def build_user_model(spec: str, kwargs: dict[str, Any] | None = None, what: str = "model") -> nn.Module:
-    """An ``nn.Module`` from the import ``spec``: ``NAME(**kwargs)``, or the instance ``NAME``."""
+def _takes_event_shape(obj: object) -> bool:
+    try:
+        return "event_shape" in inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def build_user_model(spec: str, kwargs: dict[str, Any] | None = None, what: str = "model",
+                     event_shape: Sequence[int] | None = None) -> nn.Module:
+    """An ``nn.Module`` from the import ``spec``: ``NAME(**kwargs)``, or the instance ``NAME``.
+
+    A class or factory with a parameter named ``event_shape`` also receives the data's event
+    shape (``NAME(event_shape=..., **kwargs)``), as registered factories do.
+    """
     kwargs = dict(kwargs or {})
     obj = import_object(spec, what)
     if isinstance(obj, nn.Module):
@@ -107,6 +122,8 @@ def build_user_model(spec: str, kwargs: dict[str, Any] | None = None, what: str 
     if not callable(obj):
         raise ValueError(f"{what} {spec!r}: expected an nn.Module subclass, instance or factory, "
                          f"got {type(obj).__name__}")
+    if event_shape is not None and "event_shape" not in kwargs and _takes_event_shape(obj):
+        kwargs["event_shape"] = tuple(int(s) for s in event_shape)
     try:
         module = obj(**kwargs)
     except TypeError as err:
@@ -123,15 +140,21 @@ def make_model(name: str, event_shape: Sequence[int], kwargs: dict[str, Any]) ->
     """``(model, model_info)`` for a registered name or an import spec (see the module docstring)."""
     shape = [int(s) for s in event_shape]
     if is_import_spec(name):
+        model = build_user_model(name, kwargs, event_shape=shape)
         spec = canonical_spec(name)
-        model = build_user_model(spec, kwargs)
         if getattr(model, "event_shape", None) is None:
             try:
                 model.event_shape = tuple(shape)
             except AttributeError:
                 pass
         return model, {"import": spec, "kwargs": dict(kwargs), "event_shape": shape}
-    return build_model(name, shape, **kwargs), {"name": name, "kwargs": dict(kwargs), "event_shape": shape}
+    info: dict[str, Any] = {"name": name, "kwargs": dict(kwargs), "event_shape": shape}
+    factory = get_model_factory(name)
+    where = getattr(factory, "__module__", "__main__")
+    qualname = getattr(factory, "__qualname__", "<locals>")
+    if where not in (None, "__main__") and not where.startswith("ebmlab_user_") and "<locals>" not in qualname:
+        info["factory"] = f"{where}:{qualname}"  # found again where the name is not registered
+    return build_model(name, shape, **kwargs), info
 
 
 def _primitive(value: Any) -> bool:
@@ -172,9 +195,12 @@ def build_from_info(info: dict[str, Any], where: str = "run") -> nn.Module:
     shape = tuple(int(s) for s in info.get("event_shape", ()))
     kwargs = dict(info.get("kwargs") or {})
     if "name" in info:
-        return build_model(info["name"], shape, **kwargs)
+        if info["name"] in available_models() or "factory" not in info:
+            return build_model(info["name"], shape, **kwargs)
+        factory = import_object(info["factory"], what=f"{where}: model {info['name']!r}")
+        return factory(shape, **kwargs)
     if "import" in info:
-        model = build_user_model(info["import"], kwargs, what=f"{where}: model")
+        model = build_user_model(info["import"], kwargs, what=f"{where}: model", event_shape=shape or None)
         if getattr(model, "event_shape", None) is None and shape:
             try:
                 model.event_shape = shape
