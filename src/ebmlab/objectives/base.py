@@ -82,12 +82,14 @@ class Objective:
             raise ValueError(f"{self.name}: unexpected objective state keys {sorted(state)}")
 
     def model_samples(self, energy: EnergyFn, num_samples: int, generator: torch.Generator | None) -> torch.Tensor | None:
-        """Samples of the trained model for pictures, or ``None`` to let the trainer draw them."""
+        """Model samples the objective keeps (persistent chains, a replay buffer), at most
+        ``num_samples``, or ``None`` when it keeps none (callers then run a sampler)."""
         return None
 
     def model_chains(self, energy: EnergyFn, num_chains: int, generator: torch.Generator | None) -> torch.Tensor | None:
-        """Chains over time for pictures, ``(S, num_chains, *event)`` (snapshot times first), or
-        ``None`` to let the trainer run its sampler kernel from noise."""
+        """Chains over time by the objective's own sampler, ``(S, num_chains, *event)`` (snapshot
+        times first; e.g. annealed Langevin for noise-conditional models), or ``None`` when any
+        MCMC kernel on the energy will do."""
         return None
 
     def __repr__(self) -> str:
