@@ -3,17 +3,23 @@
 The oracle is ``log Z`` of a 20-visible, 10-hidden RBM by enumerating the 2^10 hidden states.
 The AIS estimate must lie within 3 of its own delta-method standard errors of it; the base
 rates come from exact draws of the model, as from data in Salakhutdinov & Murray (2008).
+The result is an :class:`~ebmlab.partition.ais.AISResult` (the same fields and weight statistic
+as generic AIS), and the transitions are the library's block-Gibbs kernel on the intermediate
+RBM, whose energy and conditionals are checked against a scaled :class:`BernoulliRBM`
+(deterministic).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from ebmlab.energy.rbm import BernoulliRBM
-from ebmlab.partition.rbm_ais import base_rate_visible_bias, rbm_ais, salakhutdinov_murray_betas
+from ebmlab.partition import AISResult, log_weight_statistics
+from ebmlab.partition.rbm_ais import TemperedRBM, base_rate_visible_bias, rbm_ais, salakhutdinov_murray_betas
 
 Z_TOLERANCE = 3.0
 
@@ -79,3 +85,45 @@ def test_schedule_and_validation():
         rbm_ais(rbm, num_runs=1)
     bias = base_rate_visible_bias(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
     assert torch.isfinite(bias).all() and bias[0] > 0 > bias[1]
+
+
+def test_result_is_an_ais_result_with_the_same_fields():
+    """Callers read one set of names: log_z, log_z_stderr, ess, log_weights, log_z_base, ...;
+    the former ``effective_sample_size`` remains a read alias and a ``replace`` keyword."""
+    rbm = BernoulliRBM(20, 10, event_shape=(4, 5), weight_scale=0.5, generator=torch.Generator().manual_seed(0))
+    result = rbm_ais(rbm, betas=40, num_runs=30, generator=torch.Generator().manual_seed(2))
+    assert isinstance(result, AISResult) and result.method == "rbm_ais"
+    names = [f.name for f in dataclasses.fields(result)]
+    assert names == [f.name for f in dataclasses.fields(AISResult)]
+    log_mean_w, stderr, ess = log_weight_statistics(result.log_weights)
+    assert result.log_z == pytest.approx(result.log_z_base + log_mean_w, abs=1e-12)
+    assert (result.log_z_stderr, result.ess) == pytest.approx((stderr, ess))
+    assert result.effective_sample_size == result.ess
+    assert dataclasses.replace(result, effective_sample_size=7.0).ess == 7.0
+    assert dataclasses.replace(result, ess=5.0).effective_sample_size == 5.0
+    k = salakhutdinov_murray_betas(40).numel()
+    assert result.schedule.shape == (k,) and result.num_temperatures == k and result.num_runs == 30
+    assert result.acceptance_rate.shape == (k - 2,) and torch.all(result.acceptance_rate == 1.0)
+    assert result.step_sizes is None and result.log_weights.dtype == torch.float64
+    assert result.samples.shape == (30, 4, 5) and torch.all((result.samples == 0) | (result.samples == 1))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_tempered_rbm_is_the_rbm_with_scaled_parameters(beta):
+    """``p_β`` is the RBM ``(βW, (1-β) b_A + β b, βc)``: same free energy, conditionals and draws."""
+    g = torch.Generator().manual_seed(3)
+    rbm = moderate_rbm().double()
+    base = torch.randn(20, generator=g, dtype=torch.float64)
+    tempered = TemperedRBM(rbm.W.detach(), rbm.b.detach(), rbm.c.detach(), base, beta)
+    scaled = BernoulliRBM(20, 10, generator=g).double()
+    with torch.no_grad():
+        scaled.W.copy_(beta * rbm.W)
+        scaled.b.copy_((1 - beta) * base + beta * rbm.b)
+        scaled.c.copy_(beta * rbm.c)
+    v = torch.randint(0, 2, (50, 20), generator=g).double()
+    h = torch.randint(0, 2, (50, 10), generator=g).double()
+    with torch.no_grad():
+        assert torch.allclose(tempered(v), scaled(v), atol=1e-12)
+        draws = [torch.Generator().manual_seed(4) for _ in range(2)]
+        assert torch.equal(tempered.sample_hidden(v, draws[0]), scaled.sample_hidden(v, draws[1]))
+        assert torch.equal(tempered.sample_visible(h, draws[0]), scaled.sample_visible(h, draws[1]))

@@ -10,7 +10,8 @@ one, its data being binary and never standardised) has its own estimators:
   (:func:`ebmlab.partition.rbm_ais.rbm_ais`; its runs split over the ranks under torchrun).
 
 Model samples for the sample-quality metrics are exact draws when the smaller layer has at
-most 20 units, else the end points of 1,000 block-Gibbs sweeps started at the base.
+most 20 units, else the end points of 1,000 block-Gibbs sweeps started at the base
+(:class:`~ebmlab.samplers.BlockGibbs` run by :func:`ebmlab.samplers.sample`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from ebmlab.jobs.distributed import distributed_rbm_ais
 from ebmlab.partition.rbm_ais import base_rate_visible_bias
+from ebmlab.samplers import BlockGibbs, sample
 
 RBM_TEMPERATURES = 1000  # RBM AIS: one block-Gibbs sweep per temperature is cheap
 RBM_SAMPLE_SWEEPS = 1000
@@ -61,7 +63,7 @@ def rbm_log_z(rbm, method, base_data, base_label, temperatures, runs, sampler, s
         base = None if base_data is None else base_rate_visible_bias(base_data)
         # = rbm_ais(...) in one process; under torchrun the runs are split over the ranks and pooled
         result = distributed_rbm_ais(rbm, base, betas=int(temperatures), num_runs=runs, generator=generator)
-        report.update(log_z=result.log_z, log_z_stderr=result.log_z_stderr, ess=result.effective_sample_size,
+        report.update(log_z=result.log_z, log_z_stderr=result.log_z_stderr, ess=result.ess,
                       num_temperatures=int(temperatures), num_runs=int(runs), sampler="block_gibbs",
                       schedule="salakhutdinov-murray", log_z_base=result.log_z_base,
                       base=f"base-rate model of {base_label}" if base is not None else "uniform distribution")
@@ -74,11 +76,11 @@ def rbm_log_z(rbm, method, base_data, base_label, temperatures, runs, sampler, s
             return rbm.exact_sample(n, generator)
         logits = torch.zeros(rbm.num_visible) if base is None else base.to(torch.get_default_dtype())
         probs = torch.sigmoid(logits).to(rbm.W.device, rbm.W.dtype).expand(n, rbm.num_visible)
-        v = torch.bernoulli(probs, generator=generator)
-        with torch.no_grad():
-            for _ in range(RBM_SAMPLE_SWEEPS):
-                v = rbm.sample_visible(rbm.sample_hidden(v, generator), generator)
-        return v.reshape(n, *rbm.event_shape)
+        v = torch.bernoulli(probs, generator=generator).reshape(n, *rbm.event_shape)
+        # one transition of RBM_SAMPLE_SWEEPS sweeps v -> h -> v: the free energy is evaluated once
+        record = sample(rbm, BlockGibbs(num_sweeps=RBM_SAMPLE_SWEEPS), v, num_steps=1, generator=generator,
+                        adapt=False, keep_samples=False)
+        return record.final_state.x
 
     return draw
 

@@ -137,7 +137,8 @@ def grid_dim(energy: EnergyFn, event_shape: Sequence[int] | None, bounds, data, 
     if shape is None:
         raise ValueError(f"{where}: the energy declares no event_shape; pass event_shape=(d,)")
     if getattr(energy, "support", "real") != "real":
-        raise ValueError(f"{where}: the energy is discrete (support {energy.support!r}); use exact enumeration or AIS")
+        raise ValueError(f"{where}: the energy is discrete (support {energy.support!r}); use "
+                         "ebmlab.partition.exact_log_z (enumeration) or ebmlab.partition.ais")
     dim = math.prod(shape)
     if len(shape) != 1 or dim > MAX_DIMS:
         raise ValueError(

@@ -16,39 +16,88 @@ Each of the M runs starts at an exact draw ``v_0 ~ p_A`` and, for k = 1..K, accu
 
     log w += F_{k-1}(v) - F_k(v)
 
-and then moves ``v`` by one block-Gibbs sweep ``v → h → v`` of the intermediate RBM k, which
-leaves ``p_k`` invariant (Neal 2001). ``Ẑ = Z_0 · mean(w)`` is unbiased for Z; its log has
-delta-method standard error ``std(w) / (mean(w) √M)``.
+and then moves ``v`` by one block-Gibbs sweep ``v → h → v`` of the intermediate RBM k
+(:class:`TemperedRBM`), which leaves ``p_k`` invariant (Neal 2001): the library's
+:class:`~ebmlab.samplers.BlockGibbs` kernel, run by the one chain loop
+:func:`~ebmlab.samplers.driver.run_kernel`. ``Ẑ = Z_0 · mean(w)`` is unbiased for Z; its log has
+delta-method standard error ``std(w) / (mean(w) √M)`` (:func:`~ebmlab.partition.ais.log_weight_statistics`,
+shared with :func:`~ebmlab.partition.ais.ais`, whose :class:`~ebmlab.partition.ais.AISResult` is
+also the result here).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 from torch.nn.functional import softplus
 
 from ebmlab.energy.rbm import BernoulliRBM
+from ebmlab.partition.ais import AISResult, log_weight_statistics
+from ebmlab.samplers.base import ChainState
+from ebmlab.samplers.block_gibbs import BlockGibbs
+from ebmlab.samplers.driver import run_kernel
 
 
-@dataclass(frozen=True)
-class RBMAISResult:
-    """The AIS estimate.
+class RBMAISResult(AISResult):
+    """:class:`AISResult` of :func:`rbm_ais` — the same fields (``log_z``, ``log_z_stderr``,
+    ``ess``, ``log_weights``, ``log_z_base``, ``schedule``, ``samples``, ...).
 
-    Attributes:
-        log_z: ``log Ẑ = log Z_0 + logmeanexp(log w)``.
-        log_z_stderr: delta-method standard error of ``log Ẑ``.
-        log_weights: the M importance log-weights ``log w`` (float64), shape ``(M,)``.
-        log_z_base: ``log Z_0`` of the starting distribution.
-        effective_sample_size: ``(Σw)² / Σw²`` of the weights.
+    Kept for backward compatibility: ``effective_sample_size``, this result's former name for
+    ``ess``, reads as a property and is accepted by the constructor (so
+    ``dataclasses.replace(result, effective_sample_size=...)`` still works); new code uses ``ess``.
     """
 
-    log_z: float
-    log_z_stderr: float
-    log_weights: torch.Tensor
-    log_z_base: float
-    effective_sample_size: float
+    def __init__(self, *args, effective_sample_size: float | None = None, **kwargs):
+        if effective_sample_size is not None:
+            kwargs["ess"] = float(effective_sample_size)
+        super().__init__(*args, **kwargs)
+
+    @property
+    def effective_sample_size(self) -> float:
+        """Deprecated alias of :attr:`ess`."""
+        return self.ess
+
+
+@dataclass(frozen=True, eq=False)
+class TemperedRBM:
+    """The intermediate RBM k of the annealing path, as an energy with both conditionals.
+
+    ``p_β(v, h) ∝ exp(a_β·v + β c·h + β hᵀWv)`` with ``a_β = (1 - β) b_A + β b``: an RBM with
+    weights ``βW``, hidden biases ``βc`` and visible biases ``a_β`` (Salakhutdinov & Murray 2008).
+    Free energy ``F_β(v) = -a_β·v - Σ_j softplus(β (c_j + W_j·v))``; conditionals
+    ``p(h_j = 1 | v) = σ(β (c_j + W_j·v))``, ``p(v_i = 1 | h) = σ(a_β,i + β (Wᵀh)_i)``.
+    Shapes: v ``(M, V)``, h ``(M, H)``; ``W`` (H, V), ``b`` and ``base_bias`` (V,), ``c`` (H,).
+    """
+
+    W: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor
+    base_bias: torch.Tensor
+    beta: float
+    support = "binary"
+    num_states = 2
+
+    @property
+    def visible_bias(self) -> torch.Tensor:
+        return (1.0 - self.beta) * self.base_bias + self.beta * self.b
+
+    def hidden_logits(self, v: torch.Tensor) -> torch.Tensor:
+        """``β (c + W v)``, shape ``(M, H)``."""
+        return torch.addmm(self.c, v, self.W.T, beta=self.beta, alpha=self.beta)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """``F_β(v)``, shape ``(M,)``."""
+        return -(v @ self.visible_bias) - softplus(self.hidden_logits(v)).sum(-1)
+
+    def sample_hidden(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.bernoulli(torch.sigmoid(self.hidden_logits(v)), generator=generator)
+
+    def sample_visible(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        logits = torch.addmm(self.visible_bias, h, self.W, alpha=self.beta)
+        return torch.bernoulli(torch.sigmoid(logits), generator=generator)
 
 
 def salakhutdinov_murray_betas(num_temperatures: int = 14500, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -99,8 +148,17 @@ def rbm_ais(rbm: BernoulliRBM, base_visible_bias: torch.Tensor | None = None,
         num_runs: M, the number of independent annealing runs (done in parallel).
         generator: source of every random draw.
 
-    Runs in float64; cost ``O(K · M · V · H)``.
+    Returns:
+        An :class:`AISResult` (:class:`RBMAISResult`): ``log_z = log_z_base + log mean w``,
+        ``log_z_stderr``, ``ess``, ``log_weights (M,)``, ``schedule`` = the betas ``(K+1,)``,
+        ``samples (M, *event_shape)`` the final states (importance samples of the model with
+        weights ``w``), ``acceptance_rate`` ``(K-1,)`` (block Gibbs always accepts),
+        ``step_sizes = None``, ``method = "rbm_ais"``.
+
+    Runs in float64; cost ``O(K · M · V · H)``: four ``(M, V) × (V, H)`` products per temperature
+    (the weight update, the two half-sweeps, and the free energy the kernel caches).
     """
+    start = time.perf_counter()
     W, b, c = (p.detach().double() for p in (rbm.W, rbm.b, rbm.c))
     num_hidden, num_visible = W.shape
     if base_visible_bias is None:
@@ -121,29 +179,28 @@ def rbm_ais(rbm: BernoulliRBM, base_visible_bias: torch.Tensor | None = None,
     num_runs = int(num_runs)
     beta_list = betas.tolist()
 
-    def neg_free_energy(v: torch.Tensor, logits: torch.Tensor, beta: float) -> torch.Tensor:
-        """``-F_β(v)`` given ``logits = c + Wv``; shape ``(M,)``."""
-        return v @ ((1.0 - beta) * base + beta * b) + softplus(beta * logits).sum(-1)
-
-    uniform = lambda shape: torch.rand(shape, generator=generator, dtype=torch.float64, device=W.device)  # noqa: E731
-    v = (uniform((num_runs, num_visible)) < torch.sigmoid(base)).double()
+    kernel = BlockGibbs()
+    v = torch.bernoulli(torch.sigmoid(base).expand(num_runs, num_visible), generator=generator)
+    state = kernel.init(TemperedRBM(W, b, c, base, 0.0), v)  # caches F_0(v)
     log_w = torch.zeros(num_runs, dtype=torch.float64, device=W.device)
+    acceptance = []
     for k in range(1, len(beta_list)):
-        beta = beta_list[k]
-        logits = torch.addmm(c, v, W.T)
-        log_w += neg_free_energy(v, logits, beta) - neg_free_energy(v, logits, beta_list[k - 1])
+        path = TemperedRBM(W, b, c, base, beta_list[k])
+        with torch.no_grad():
+            free_energy = path(state.x)
+        log_w += state.energy - free_energy  # F_{k-1}(v) - F_k(v)
         if k < len(beta_list) - 1:  # the last transition cannot change the weights
-            h = (uniform((num_runs, num_hidden)) < torch.sigmoid(beta * logits)).double()
-            visible_logits = torch.addmm((1.0 - beta) * base + beta * b, h, beta * W)
-            v = (uniform((num_runs, num_visible)) < torch.sigmoid(visible_logits)).double()
+            run = run_kernel(kernel, path, ChainState(x=state.x, energy=free_energy, step=state.step), 1, generator)
+            state = run.state
+            acceptance.append(run.mean_accept_prob)
 
     log_z_base = num_hidden * math.log(2.0) + float(softplus(base).sum())
-    log_mean_w = float(torch.logsumexp(log_w, 0)) - math.log(num_runs)
-    w = torch.exp(log_w - log_w.max())
-    stderr = float(w.std() / (w.mean() * math.sqrt(num_runs)))
-    ess = float(w.sum() ** 2 / w.square().sum())
-    return RBMAISResult(log_z=log_z_base + log_mean_w, log_z_stderr=stderr, log_weights=log_w,
-                        log_z_base=log_z_base, effective_sample_size=ess)
+    log_mean_w, stderr, ess = log_weight_statistics(log_w)
+    return RBMAISResult(
+        log_z=log_z_base + log_mean_w, log_z_stderr=stderr, ess=ess, log_weights=log_w.cpu(), schedule=betas,
+        samples=state.x.reshape(num_runs, *rbm.event_shape),
+        acceptance_rate=torch.tensor(acceptance, dtype=torch.float64), step_sizes=None, wall_time=time.perf_counter() - start, method="rbm_ais", log_z_base=log_z_base,
+    )
 
 
-__all__ = ["RBMAISResult", "base_rate_visible_bias", "rbm_ais", "salakhutdinov_murray_betas"]
+__all__ = ["RBMAISResult", "TemperedRBM", "base_rate_visible_bias", "rbm_ais", "salakhutdinov_murray_betas"]
