@@ -14,12 +14,11 @@ import torch
 from click.testing import CliRunner
 
 from ebmlab.cli import main
-from ebmlab.training.config import TrainConfig
 from ebmlab.energy.rbm import BernoulliRBM
 from ebmlab.partition.likelihood import held_out_nll
 from ebmlab.partition.rbm_ais import base_rate_visible_bias, rbm_ais
-from ebmlab.training.runs import load, load_run
-from ebmlab.training.trainer import train
+from ebmlab.training.loading import load, load_run
+from train_helpers import train
 from evaluate_helpers import run, run_json
 
 Z_TOLERANCE = 3.0
@@ -29,11 +28,9 @@ TEMPERATURES, RUNS = 1000, 100
 @pytest.fixture(scope="module")
 def rbm_run(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("rbm") / "run"
-    config = TrainConfig(data="digits-binary", model="rbm", model_kwargs={"num_hidden": 12}, objective="pcd",
-                         sampler="block_gibbs", sampler_steps=1, standardize=False, optimizer="sgd", lr=0.05,
-                         momentum=0.5, weight_decay=1e-4, batch_size=100, steps=300, plots=False, progress="off",
-                         out=str(out))
-    train(config)
+    train(dict(data="digits-binary", model="rbm", model_kwargs={"num_hidden": 12}, objective="pcd",
+               sampler="block_gibbs", sampler_steps=1, standardize=False, optimizer="sgd", lr=0.05, momentum=0.5,
+               weight_decay=1e-4, batch_size=100, steps=300, plots=False, progress="off", out=str(out)))
     return str(out)
 
 

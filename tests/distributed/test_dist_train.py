@@ -66,7 +66,8 @@ def one_process_update(trainer, start: dict[str, torch.Tensor], start_extra: lis
     from ebmlab.training.sharding import TrainSharding
     from ebmlab.objectives import get_objective_class, make_objective
     from ebmlab.training.loop import derive_seed
-    from ebmlab.training.run import BatchStream, build_kernel
+    from ebmlab.training.loop import BatchStream
+    from ebmlab.training.run import build_kernel
 
     cfg, x = trainer.config, trainer.x_train
     stream = BatchStream(x.shape[0], cfg.batch_size, torch.Generator().manual_seed(derive_seed(cfg.seed, "batches")),
@@ -157,7 +158,7 @@ def check_checkpoints(rank: int, tmp: Path) -> None:
     """Checkpoints are written by rank 0 only; stopping at step 2 and resuming reproduces the
     uninterrupted 4-step run bit for bit (weights, optimiser, every rank's replay buffer and
     generator); a one-process checkpoint resumes on two ranks."""
-    import ebmlab.training.run as train_module
+    import ebmlab.training.loop as train_module
     from ebmlab.training.checkpoint import load_checkpoint
     from train_helpers import make_trainer as Trainer
 
@@ -278,7 +279,7 @@ def test_ebmlab_train_under_torchrun(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
                str(script), "train", "--data", "8gaussians",
                "--objective", "dsm", "--steps", "3", "--batch-size", "8", "--hidden", "16,16", "--out", str(run_dir),
-               "--set", "plots=false", "--set", "num_samples=64"]
+               "--no-plots", "--set", "num_samples=64"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stdout + done.stderr

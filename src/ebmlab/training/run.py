@@ -145,6 +145,11 @@ class Trainer:
             hint = "; use binarised data (digits-binary, mnist-binary:DIR, or a file of 0/1 values)"
             raise ValueError(f"model {cfg.model!r} has {model_support} units but {self.dataset.name} is {self.support} "
                              f"data" + (hint if model_support == "binary" else ""))
+        if model_support == "real" and self.support != "real":
+            # a generic network on discrete data: its states are the data's (samplers read this)
+            self.model.support = self.support
+            if self.support == "categorical":
+                self.model.num_states = int(self.x_train.max().item()) + 1
         self.kernel = build_kernel(cfg)
         if self.support not in objective_cls.supports:
             raise ValueError(f"objective {cfg.objective!r} needs {' or '.join(objective_cls.supports)} data; "
@@ -204,6 +209,12 @@ class Trainer:
     @property
     def trained_model(self) -> nn.Module:
         return self.loop.trained_model
+
+    def __getattr__(self, name: str) -> Any:
+        # the loop's state (optimizer, ema, generators, batches...) reads through the trainer
+        if name in ("optimizer", "ema", "batch_generator", "objective_generator", "batches", "history", "settings"):
+            return getattr(self.__dict__["loop"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def state_dict(self) -> dict[str, Any]:
         state = self.loop.state_dict()
