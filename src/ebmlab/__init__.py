@@ -18,9 +18,16 @@ _LAZY = {"load": "training.loading", "load_run": "training.loading", "TrainConfi
          "fit": "training.fit", "FitResult": "training.loop", "Callback": "training.loop", "train": "training.run"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+#: Subpackages importable as attributes (``ebmlab.data.load_dataset``), loaded on first use.
+_SUBPACKAGES = ("data", "diagnostics", "distributed", "jobs", "metrics", "objectives", "partition", "testing",
+                "training")
 
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
