@@ -277,4 +277,5 @@ def test_summary_accepts_record_like_objects():
                              divergences=torch.tensor([0, 1]), step_size=None, kernel=SimpleNamespace(name="rwmh"))
     result = summary(record)
     assert result.acceptance.max == 1.0 and result.acceptance.divergences == 1
-    assert "rwmh" in format_summary(result)
+    assert result.acceptance.chains_with_divergences == 1
+    assert "rwmh" in format_summary(result) and "divergences 1 in 1 chain(s)" in format_summary(result)

@@ -255,7 +255,7 @@ def test_run_directory_needs_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no checkpoint.pt"):
         resolve_energy(str(tmp_path), None)
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    # Whether or not ebmlab.training.runs is installed, an unreadable checkpoint is a clear one-line error.
+    # Whether or not ebmlab.training.loading is installed, an unreadable checkpoint is a clear one-line error.
     with pytest.raises(ValueError, match=f"energy '{tmp_path}'") as info:
         resolve_energy(str(tmp_path), None)
     assert "\n" not in str(info.value)
@@ -263,11 +263,11 @@ def test_run_directory_needs_a_checkpoint(tmp_path):
 
 def test_run_directory_is_loaded_with_ebmlab_runs(tmp_path, monkeypatch):
     """The run's own loader is used, and its module's event shape and support are kept."""
-    import ebmlab.training.runs
+    import ebmlab.training.loading
 
     loaded = Ising(3)
     calls = []
-    monkeypatch.setattr(ebmlab.training.runs, "load", lambda run_dir: calls.append(run_dir) or loaded)
+    monkeypatch.setattr(ebmlab.training.loading, "load", lambda run_dir: calls.append(run_dir) or loaded)
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     energy, shape, support = resolve_energy(str(tmp_path), None)
     assert energy is loaded and (shape, support) == ((3, 3), "binary")

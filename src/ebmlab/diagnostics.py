@@ -233,7 +233,11 @@ def split_rhat(samples: Any, rank_normalize: bool = False) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AcceptanceSummary:
-    """Per-run sampler statistics taken from a :class:`~ebmlab.samplers.ChainRecord`."""
+    """Per-run sampler statistics taken from a :class:`~ebmlab.samplers.ChainRecord`.
+
+    ``mean``/``min``/``max`` are over the chains' acceptance rates; ``divergences`` counts
+    NaN/infinite proposals over all chains, ``chains_with_divergences`` the chains with any.
+    """
 
     mean: float
     min: float
@@ -241,6 +245,7 @@ class AcceptanceSummary:
     divergences: int
     step_size: float | None
     sampler: str
+    chains_with_divergences: int = 0
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,7 @@ def summary(record_or_samples: Any, max_dims: int = 8) -> Summary:
         acceptance = AcceptanceSummary(
             mean=float(rate.mean()), min=float(rate.min()), max=float(rate.max()),
             divergences=int(record.divergences.sum()),
+            chains_with_divergences=int((record.divergences > 0).sum()),
             step_size=None if record.step_size is None else float(record.step_size),
             sampler=getattr(record.kernel, "name", "") or type(record.kernel).__name__,
         )
@@ -330,7 +336,8 @@ def format_summary(result: Summary | Any, max_dims: int = 8) -> str:
     """A plain-text table of a :class:`Summary` (or of ``summary(result, max_dims)``).
 
     One row per reported dimension with columns ``mean, std, ess, r_hat``, then a line with
-    the draw counts and, for a record, the acceptance rate, divergences and step size.
+    the draw counts and, for a record, the acceptance rate, divergences and step size. This is
+    the one run summary: ``ebmlab sample`` prints it between its own header and footer.
     """
     if not isinstance(result, Summary):
         result = summary(result, max_dims=max_dims)
@@ -348,6 +355,7 @@ def format_summary(result: Summary | Any, max_dims: int = 8) -> str:
     acc = result.acceptance
     if acc is not None:
         step = "" if acc.step_size is None else f"; step_size {acc.step_size:.4g}"
+        where = f" in {acc.chains_with_divergences} chain(s)" if acc.divergences else ""
         lines.append(f"{acc.sampler}: acceptance mean {acc.mean:.3f} (min {acc.min:.3f}, "
-                     f"max {acc.max:.3f}); divergences {acc.divergences}{step}")
+                     f"max {acc.max:.3f}); divergences {acc.divergences}{where}{step}")
     return "\n".join(lines)

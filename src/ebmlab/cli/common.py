@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: one-line errors with exit code 2, device and generator set-up."""
+"""Shared CLI plumbing: one-line errors with exit code 2 (from the library's input errors and
+from click's usage errors)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import sys
 from typing import Callable
 
 import click
-import torch
 
 
 class UserError(click.ClickException):
@@ -19,8 +19,26 @@ class UserError(click.ClickException):
         click.echo(f"ebmlab: error: {self.format_message()}", err=True, file=file)
 
 
-def user_errors(func: Callable) -> Callable:
-    """Turn the library's input errors into :class:`UserError` (no traceback, exit 2)."""
+class OneLineErrors(click.Command):
+    """A command whose usage errors (missing option, bad choice, non-integer count...) are one
+    line naming ``--help``, exit code 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            raise UserError(f"{err.format_message()} (see 'ebmlab {ctx.info_name} --help')") from err
+
+
+def user_errors(func: Callable | None = None, *, terms: Callable[[str], str] | None = None) -> Callable:
+    """Turn the library's input errors into :class:`UserError` (no traceback, exit 2): the
+    first line of the message (a ``KeyError`` as ``missing key ...``), put in the command's
+    ``terms`` (e.g. :func:`ebmlab.jobs.sampling.in_option_terms`) when given.
+
+    Use as ``@user_errors`` or ``@user_errors(terms=...)``.
+    """
+    if func is None:
+        return functools.partial(user_errors, terms=terms)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -33,25 +51,12 @@ def user_errors(func: Callable) -> Callable:
             message = str(err) if str(err) else type(err).__name__
             if isinstance(err, KeyError):
                 message = f"missing key {message}"
-            raise UserError(message.splitlines()[0] if message else type(err).__name__) from err
+            message = message.splitlines()[0] if message else type(err).__name__
+            raise UserError(terms(message) if terms is not None else message) from err
 
     return wrapper
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; a clear error when CUDA is absent."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was requested but no CUDA device is available; use --device cpu")
-    return device
-
-
-def make_generator(seed: int, device: torch.device) -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` seeded with ``seed``."""
-    return torch.Generator(device=device).manual_seed(int(seed))
-
-
 def is_terminal() -> bool:
+    """Whether stderr is a terminal (progress bars are drawn only there)."""
     return sys.stderr.isatty()

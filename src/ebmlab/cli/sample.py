@@ -8,28 +8,16 @@ the chains; lower ``--step-size``). No output file is written in either failure 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 import torch
 
 from ebmlab.distributed import is_main_process
 from ebmlab.jobs.distributed import run_sampling_job_distributed
-from ebmlab.jobs.sampling import SampleJob, check_writable, format_summary, summarize
+from ebmlab.jobs.sampling import SampleJob, check_figure_path, check_writable, format_result, in_option_terms
 from ebmlab.samplers import ChainDivergedError, available
 from ebmlab.jobs.annealed_sampling import ANNEALED, format_annealed_summary, noise_conditional_run, run_annealed_job
 from ebmlab.jobs.specs import describe_builtin, parse_event_shape
-from ebmlab.cli.common import UserError, is_terminal, resolve_device, user_errors
-
-
-class _OneLineErrors(click.Command):
-    """Report usage errors (missing option, non-integer count...) as one line, exit code 2."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as err:
-            raise UserError(f"{err.format_message()} (see 'ebmlab sample --help')") from err
+from ebmlab.cli.common import OneLineErrors, UserError, is_terminal, user_errors
 
 
 _ENERGY_HELP = (
@@ -40,7 +28,7 @@ _ENERGY_HELP = (
 )
 
 
-@click.command(cls=_OneLineErrors, help="Draw MCMC samples from an energy SPEC and save them as .npz.",
+@click.command(cls=OneLineErrors, help="Draw MCMC samples from an energy SPEC and save them as .npz.",
                epilog="Exit status: 0 ok; 2 bad input or a diverged chain (nothing is written then).")
 @click.option("--energy", "energy_spec", required=True, metavar="SPEC", help=_ENERGY_HELP)
 @click.option("--sampler", default=None, metavar="NAME",
@@ -57,7 +45,7 @@ _ENERGY_HELP = (
 @click.option("--init", default="noise", show_default=True, metavar="noise|zeros|FILE.npy",
               help="Start: noise (N(0,1), or uniform states for discrete energies), zeros, or a .npy "
                    "of shape (chains, *event) or (*event).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--threads", type=int, default=0, show_default=True,
               help="CPU threads for torch (0 = torch's default); small energies run fastest on one.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the energy's value and gradient.")
@@ -72,21 +60,17 @@ _ENERGY_HELP = (
               help="Also plot the chains over time: for image-shaped events a grid with one row per chain "
                    "(the first 8) and one column per snapshot (10, evenly spaced over the kept draws); "
                    "otherwise trace plots.")
-@user_errors
+@user_errors(terms=in_option_terms)
 def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_size, num_leapfrog, seed, init,
             device, threads, compile_, event_shape, target_accept, out, plot, plot_chains) -> None:
     if threads < 0:
         raise UserError(f"--threads must be >= 0, got {threads}")
     if threads:
         torch.set_num_threads(threads)
-    try:
-        torch_device = resolve_device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
     job = SampleJob(
         energy=energy_spec, sampler=sampler, out=out, num_chains=num_chains, num_steps=num_steps, burn_in=burn_in,
         thin=thin, step_size=step_size, num_leapfrog=num_leapfrog, seed=seed, init=init,
-        device=str(torch_device), compile=compile_, event_shape=parse_event_shape(event_shape),
+        device=device, compile=compile_, event_shape=parse_event_shape(event_shape),
         target_accept=target_accept, plot=plot, progress=is_terminal(),
     )
     annealed_run = noise_conditional_run(energy_spec) if sampler in (None, ANNEALED) else None
@@ -99,27 +83,16 @@ def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_siz
         need = "needs a run directory trained with --objective ncsn" if sampler == ANNEALED else "is required"
         raise UserError(f"--sampler {need}; choose one of {', '.join(available())}")
     if plot_chains is not None:
-        if Path(plot_chains).suffix.lower() not in (".png", ".pdf", ".svg"):
-            raise UserError(f"--plot-chains {plot_chains!r}: the file name must end in .png, .pdf or .svg")
-        check_writable(plot_chains, "--plot-chains")
+        check_figure_path(plot_chains, "--plot-chains")
     try:
         result = run_sampling_job_distributed(job)  # = run_sampling_job(job) outside torchrun
     except ChainDivergedError as err:
         raise UserError(f"sampling stopped, nothing written: {err}") from err
     if is_main_process():
         if plot_chains is not None:
-            _plot_chains(result.record.samples, plot_chains)
-        click.echo(format_summary(summarize(result)))
+            from ebmlab.jobs.plots import plot_chains as draw_chains
+
+            draw_chains(result.record.samples, plot_chains)
+        click.echo(format_result(result))
         if plot_chains is not None:
             click.echo(f"wrote {plot_chains}")
-
-
-def _plot_chains(samples, path: str) -> None:
-    """Chains over time: an image grid for image-shaped events, else trace plots."""
-    from ebmlab.jobs.plots import plot_chain_trace, save_chain_grid
-
-    event = tuple(samples.shape[2:])
-    if len(event) == 2 or (len(event) == 3 and event[0] in (1, 3)):
-        save_chain_grid(samples, path)
-    else:
-        plot_chain_trace(samples, path)

@@ -33,6 +33,13 @@ _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 _SUBDIRS = ("", "raw", "MNIST/raw", "FashionMNIST/raw")
 
 
+def is_image_like(event_shape) -> bool:
+    """Whether events of this shape are pictures: ``(H, W)``, or ``(C, H, W)`` with ``C`` 1
+    (grey) or 3 (colour). The one rule behind image grids and image-data defaults."""
+    shape = tuple(int(s) for s in event_shape)
+    return len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3))
+
+
 def binarize(x: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """``1.0`` where ``x ≥ threshold``, else ``0.0`` (same shape, float)."""
     return (x >= threshold).astype(np.float64)

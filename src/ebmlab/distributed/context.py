@@ -194,9 +194,31 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def resolve_device(name: str | torch.device, what: str = "device") -> torch.device:
+    """The device ``name`` names (``cpu``, ``cuda``, ``cuda:N``...; ``auto``: CUDA when available).
+
+    ``ValueError`` starting with ``what`` (``"--device"``, ``"config: device"``) for a string
+    that names no device, or a CUDA device that is absent.
+    """
+    if not isinstance(name, torch.device) and str(name).strip() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name if isinstance(name, torch.device) else str(name).strip())
+    except RuntimeError:
+        raise ValueError(f"{what} {name!r} is not a device name; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{what} {str(name)!r} was requested but no CUDA device is available; use cpu")
+        if (device.index or 0) >= count:
+            raise ValueError(f"{what} {str(name)!r}: only {count} CUDA device(s) are visible (cuda:0 to cuda:{count - 1})")
+    return device
+
+
 def local_device(device: torch.device | str) -> torch.device:
-    """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` (and current) in a group."""
-    device = torch.device(device)
+    """The device of this rank (:func:`resolve_device`): ``cuda`` becomes ``cuda:LOCAL_RANK``
+    (and current) in a group."""
+    device = resolve_device(device)
     if device.type == "cuda" and device.index is None and world_size() > 1:
         device = torch.device("cuda", current_context().local_rank)
     if device.type == "cuda":
@@ -368,5 +390,5 @@ __all__ = [
     "all_reduce_mean", "all_reduce_sum", "barrier", "broadcast_object", "check_divisible", "collectively",
     "context_from_env", "current_context", "default_backend", "destroy_distributed", "gather_tensor",
     "init_distributed", "is_initialized", "is_main_process", "local_device", "log_mean_exp_across_ranks", "rank",
-    "rank_seed", "shard_bounds", "shard_indices", "split_count", "world_size", "wrap_ddp",
+    "rank_seed", "resolve_device", "shard_bounds", "shard_indices", "split_count", "world_size", "wrap_ddp",
 ]

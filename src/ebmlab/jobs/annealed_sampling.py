@@ -29,15 +29,15 @@ def noise_conditional_run(spec: str):
     """The loaded run when ``spec`` is a run directory of a noise-conditional model, else ``None``."""
     if not (os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "checkpoint.pt"))):
         return None
-    from ebmlab.training.runs import load_run
+    from ebmlab.jobs.specs import load_training_run
 
-    run = load_run(spec)
+    run = load_training_run(spec)
     return run if isinstance(run.model, NoiseConditionalModel) else None
 
 
 def sample_run(run, num_samples: int, generator: torch.Generator | None = None, steps_per_level: int = 100,
                step_size: float | None = None, callback: StepCallback | None = None) -> torch.Tensor:
-    """Samples of a trained noise-conditional run (``ebmlab.training.runs.load_run(RUN_DIR)``) in data space.
+    """Samples of a trained noise-conditional run (``ebmlab.training.loading.load_run(RUN_DIR)``) in data space.
 
     Runs :func:`sample_noise_conditional` on ``run.model`` in its training (standardised)
     space, then undoes the standardisation; shape ``(num_samples, *run.event_shape)``.

@@ -79,7 +79,7 @@ def run_sampling_job_distributed(job: SampleJob) -> SampleResult:
     D.split_count(job.num_chains, ctx.rank, ctx.world_size, what="chains")  # refuses fewer chains than ranks
     start, stop = D.shard_bounds(job.num_chains, ctx.rank, ctx.world_size)
     seed = D.rank_seed(job.seed, ctx.rank)
-    device = D.local_device(job.device)
+    device = D.local_device(D.resolve_device(job.device, what="--device"))  # cuda -> cuda:LOCAL_RANK
     local_job = dataclasses.replace(job, seed=seed, device=str(device), plot=None,
                                     progress=job.progress and ctx.is_main)
     prepared = D.collectively(prepare, local_job)

@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ebmlab.atomic import atomic_write
+from ebmlab.data.images import is_image_like
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -181,6 +182,15 @@ def save_chain_grid(snapshots: ArrayLike, path: str | os.PathLike, max_chains: i
     return save_image_grid(images, path, nrow=columns, **grid_kwargs)
 
 
+def plot_chains(samples: ArrayLike, path: str | os.PathLike) -> Path:
+    """Chains over time, ``samples`` ``(draws, chains, *event)``: for image-like events
+    (:func:`ebmlab.data.is_image_like`) a grid with one row per chain and one column per
+    snapshot (:func:`save_chain_grid`), otherwise trace plots (:func:`plot_chain_trace`)."""
+    if is_image_like(tuple(samples.shape[2:])):
+        return save_chain_grid(samples, path)
+    return plot_chain_trace(samples, path)
+
+
 def plot_chain_trace(samples: ArrayLike, path: str | os.PathLike, max_dims: int = 4, max_chains: int = 4) -> Path:
     """Trace plots of ``samples`` (shape ``(draws, chains, *event)``): one panel per coordinate
     (the first ``max_dims`` of the flattened event), one line per chain (the first ``max_chains``)."""
@@ -253,12 +263,13 @@ def plot_samples(energy, samples: ArrayLike, path: str | os.PathLike, max_images
         else:
             plot_density_2d(energy, ax, bounds_from_samples(arr), samples=arr)
         return save_figure(fig, path)
-    if len(event) == 2 or (len(event) == 3 and event[0] in (1, 3)):
+    if is_image_like(event):
         return save_image_grid(arr[-1, :max_images], path)
     return plot_chain_trace(arr, path)
 
 
 __all__ = [
-    "bounds_from_samples", "chain_grid_images", "density_grid", "image_grid", "plot_chain_trace", "plot_density_2d",
-    "plot_loss_curve", "plot_samples", "plot_samples_2d", "save_chain_grid", "save_figure", "save_image_grid",
+    "bounds_from_samples", "chain_grid_images", "density_grid", "image_grid", "plot_chain_trace", "plot_chains",
+    "plot_density_2d", "plot_loss_curve", "plot_samples", "plot_samples_2d", "save_chain_grid", "save_figure",
+    "save_image_grid",
 ]

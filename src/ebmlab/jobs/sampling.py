@@ -6,11 +6,12 @@ distributed code can call the same pieces::
     job = SampleJob(energy="gmm8", sampler="mala", num_chains=64, num_steps=1000, burn_in=500,
                     out="samples.npz")
     result = run_sampling_job(job)          # writes samples.npz (atomically)
-    print(format_summary(summarize(result)))
+    print(format_result(result))            # ebmlab.diagnostics.format_summary, speed, files
 
-:func:`prepare` does everything that can fail on bad input — option checks, the output path,
-the energy SPEC (see :mod:`ebmlab.jobs.specs`), the sampler/support match, the initial states and
-their energies — before any sampling starts, raising ``ValueError`` with a one-line message.
+:func:`prepare` checks the options, the output paths and the energy SPEC (see
+:mod:`ebmlab.jobs.specs`) and builds the initial states; :func:`ebmlab.samplers.sample` checks
+the start against the kernel and the energy (support, states, finite energies) before its first
+transition. Both raise ``ValueError`` with a one-line message before any sampling starts.
 A chain whose energy becomes NaN during the run raises
 :class:`~ebmlab.samplers.driver.ChainDivergedError` (naming the step and the chains), and no
 output file is written then.
@@ -27,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +38,14 @@ import torch
 from torch import nn
 
 from ebmlab.atomic import atomic_write
+from ebmlab.distributed import resolve_device
 from ebmlab.jobs.progress import progress_bar
-from ebmlab.samplers import ChainRecord, Kernel, available, get_kernel_class, kernel_options, make_kernel, sample
+from ebmlab.samplers import ChainRecord, Kernel, get_kernel_class, kernel_options, make_kernel, sample
 from ebmlab.jobs.specs import resolve_energy, support_of
 
 INITS = ("noise", "zeros")
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+_KERNEL_ADVICE = re.compile(r"use an? \w+ kernel \(([^)]*)\)")
 SUMMARY_DIMS = 4
 
 
@@ -110,6 +115,19 @@ def check_writable(path: str | os.PathLike, option: str = "--out") -> Path:
     return path
 
 
+def in_option_terms(message: str) -> str:
+    """A library error in ``ebmlab sample``'s terms: the samplers' advice ``use a binary kernel
+    (gibbs, metropolis, ...)`` becomes ``use --sampler gibbs, metropolis, ...``."""
+    return _KERNEL_ADVICE.sub(r"use --sampler \1", message)
+
+
+def check_figure_path(path: str | os.PathLike, option: str = "--plot") -> Path:
+    """Refuse a figure path that does not end in .png, .pdf or .svg, or is not writable."""
+    if Path(path).suffix.lower() not in FIGURE_SUFFIXES:
+        raise ValueError(f"{option} {str(path)!r}: the file name must end in .png, .pdf or .svg")
+    return check_writable(path, option)
+
+
 def validate(job: SampleJob) -> None:
     """Check the numeric and choice options of ``job`` (raises ``ValueError``)."""
     get_kernel_class(job.sampler)  # unknown sampler -> ValueError listing the known ones
@@ -123,8 +141,6 @@ def validate(job: SampleJob) -> None:
         raise ValueError(f"--step-size must be a finite number > 0, got {job.step_size}")
     if job.target_accept is not None and not (0 < job.target_accept < 1):
         raise ValueError(f"--target-accept must be in (0, 1), got {job.target_accept}")
-    if job.plot is not None and Path(job.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise ValueError(f"--plot {job.plot!r}: the file name must end in .png, .pdf or .svg")
 
 
 def initial_states(job: SampleJob, event_shape: tuple[int, ...], support: str, num_states: int,
@@ -151,47 +167,37 @@ def initial_states(job: SampleJob, event_shape: tuple[int, ...], support: str, n
     if arr.shape != shape or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise ValueError(f"--init {job.init!r}: expected a real array of shape {shape} or {tuple(event_shape)}, "
                          f"got {arr.dtype} {arr.shape}")
-    x0 = torch.as_tensor(np.array(arr, dtype=np.float64), dtype=dtype, device=device)
-    if not torch.isfinite(x0).all():
-        raise ValueError(f"--init {job.init!r} contains NaN or infinite values")
-    if support != "real" and not ((x0 == x0.round()) & (x0 >= 0) & (x0 < num_states)).all():
-        raise ValueError(f"--init {job.init!r}: a {support} energy needs integer states in 0..{num_states - 1}")
-    return x0
+    # finite values and discrete states in 0..K-1 are checked once, by ebmlab.samplers.sample
+    return torch.as_tensor(np.array(arr, dtype=np.float64), dtype=dtype, device=device)
 
 
 def prepare(job: SampleJob) -> PreparedJob:
-    """Validate ``job`` and build energy, kernel, ``x0`` and generator; nothing is sampled yet."""
+    """Validate ``job`` and build energy, kernel, ``x0`` and generator; nothing is sampled yet.
+
+    The start itself (finite, of the energy's support, finite energies) and the kernel's match
+    to the energy's support are checked once, by :func:`ebmlab.samplers.sample`, before its
+    first transition; :func:`in_option_terms` phrases those errors for the command line.
+    """
     validate(job)
     check_writable(job.out, "--out")
     if job.plot is not None:
-        check_writable(job.plot, "--plot")
-    device = torch.device(job.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no CUDA device is available; use --device cpu")
+        check_figure_path(job.plot, "--plot")
+    device = resolve_device(job.device, what="--device")
 
     energy, event_shape, support = resolve_energy(job.energy, job.event_shape)
-    kernel_support = get_kernel_class(job.sampler).support
-    if (support == "real") != (kernel_support == "real"):
-        wanted = ", ".join(n for n in available() if (get_kernel_class(n).support == "real") == (support == "real"))
-        raise ValueError(f"sampler {job.sampler!r} cannot sample energy {job.energy!r} ({support} support); "
-                         f"use --sampler {wanted}")
     _, num_states = support_of(energy)
     energy = energy.to(device).eval()
     energy.requires_grad_(False)
     generator = torch.Generator(device=device).manual_seed(int(job.seed))
     x0 = initial_states(job, event_shape, support, num_states, generator, device)
-    with torch.no_grad():
-        e0 = energy(x0).reshape(-1)
-    bad = (~torch.isfinite(e0)).nonzero().flatten().tolist()
-    if bad:
-        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-        raise ValueError(f"energy {job.energy!r} is NaN or infinite at the start (--init {job.init}) "
-                         f"for chain(s) {shown}")
     if job.compile:
         from ebmlab.energy import compile_energy
 
         energy = compile_energy(energy)
-    kernel = make_kernel(job.sampler, step_size=job.step_size, num_leapfrog=job.num_leapfrog if "num_leapfrog" in kernel_options(job.sampler) else None)
+    options = {"step_size": job.step_size}
+    if "num_leapfrog" in kernel_options(job.sampler):  # --leapfrog has a default, for the kernels that take it
+        options["num_leapfrog"] = job.num_leapfrog
+    kernel = make_kernel(job.sampler, **options)
     return PreparedJob(job, energy, tuple(event_shape), support, kernel, x0, generator, device)
 
 
@@ -257,55 +263,25 @@ def run_sampling_job(job: SampleJob) -> SampleResult:
     return SampleResult(prepared, record, out, plot)
 
 
-def summarize(result: SampleResult, max_dims: int = SUMMARY_DIMS) -> dict:
-    """Acceptance, divergences, tuned step size, speed, and ESS and split R-hat of the first
-    ``max_dims`` coordinates (and of the energy), from :mod:`ebmlab.diagnostics`."""
-    from ebmlab.diagnostics import effective_sample_size, split_rhat
+def format_result(result: SampleResult, max_dims: int = SUMMARY_DIMS) -> str:
+    """What ``ebmlab sample`` prints: the job, :func:`ebmlab.diagnostics.format_summary` of the
+    record (mean, std, ESS and split R-hat of the first ``max_dims`` coordinates and of the
+    energy; acceptance, divergences, step size), the speed and the files written."""
+    from ebmlab.diagnostics import format_summary
 
     record, job = result.record, result.prepared.job
-    acc = record.acceptance_rate.detach().cpu().double()
     kept, chains = record.samples.shape[:2]
-    flat = record.samples.detach().reshape(kept, chains, -1)[:, :, :max_dims].cpu().double().numpy()
-    energy = record.energy.detach().cpu().double().numpy()[:, :, None]
-    summary = {
-        "energy": job.energy, "sampler": job.sampler, "num_chains": chains, "num_kept": kept,
-        "acceptance_mean": float(acc.mean()), "acceptance_min": float(acc.min()),
-        "divergences": int(record.divergences.sum()),
-        "chains_with_divergences": int((record.divergences > 0).sum()),
-        "step_size": record.step_size, "wall_time": record.wall_time,
-        "samples_per_second": chains * (job.burn_in + job.num_steps) / max(record.wall_time, 1e-12),
-        "out": str(result.out), "plot": None if result.plot is None else str(result.plot),
-    }
-    for key, estimator in (("ess", effective_sample_size), ("rhat", split_rhat)):
-        try:
-            summary[key] = [float(v) for v in np.ravel(estimator(flat))]
-            summary[f"{key}_energy"] = float(np.ravel(estimator(energy))[0])
-        except ValueError as err:  # too few draws or chains for the estimator
-            summary[f"{key}_error"] = str(err).splitlines()[0] if str(err) else "ValueError"
-    return summary
-
-
-def format_summary(summary: dict) -> str:
-    """The human-readable summary that ``ebmlab sample`` prints."""
-    step = summary["step_size"]
-    lines = [
-        f"sampled {summary['energy']} with {summary['sampler']}: {summary['num_chains']} chains, "
-        f"{summary['num_kept']} kept draws each",
-        f"acceptance: mean {summary['acceptance_mean']:.3f}, min {summary['acceptance_min']:.3f}",
-        f"divergences: {summary['divergences']} (in {summary['chains_with_divergences']} chains)",
-        f"step size: {'n/a' if step is None else f'{step:.4g}'}",
-    ]
-    for key, label, fmt in (("ess", "ESS:  ", ".1f"), ("rhat", "R-hat:", ".3f")):
-        if key in summary:
-            lines.append(f"{label} " + "  ".join(f"x[{i}] {v:{fmt}}" for i, v in enumerate(summary[key]))
-                         + f"  energy {summary[f'{key}_energy']:{fmt}}")
-        else:
-            lines.append(f"{label} n/a ({summary[f'{key}_error']})")
-    lines.append(f"speed: {summary['samples_per_second']:.4g} samples/s "
-                 f"(chain transitions incl. burn-in, {summary['wall_time']:.2f} s)")
-    lines.append(f"wrote {summary['out']}" + (f" and {summary['plot']}" if summary["plot"] else ""))
+    lines = [f"sampled {job.energy} with {job.sampler}: {chains} chains, {kept} kept draws each"]
+    try:
+        lines.append(format_summary(record, max_dims=max_dims))
+    except ValueError as err:  # too few draws for ESS and R-hat
+        lines.append(f"diagnostics: n/a ({str(err).splitlines()[0]})")
+    speed = chains * (job.burn_in + job.num_steps) / max(record.wall_time, 1e-12)
+    lines.append(f"speed: {speed:.4g} samples/s (chain transitions incl. burn-in, {record.wall_time:.2f} s)")
+    lines.append(f"wrote {result.out}" + (f" and {result.plot}" if result.plot is not None else ""))
     return "\n".join(lines)
 
 
-__all__ = ["PreparedJob", "SampleJob", "SampleResult", "check_writable", "format_summary", "initial_states",
-           "metadata", "prepare", "run_sampling_job", "save_record", "summarize", "validate"]
+__all__ = ["FIGURE_SUFFIXES", "PreparedJob", "SampleJob", "SampleResult", "check_figure_path", "check_writable",
+           "format_result", "in_option_terms", "initial_states", "metadata", "prepare", "run_sampling_job",
+           "save_record", "validate"]

@@ -9,7 +9,7 @@ A SPEC is one of
 * ``path/to/file.py:NAME`` or ``package.module:NAME`` naming an ``nn.Module`` subclass
   (instantiated with no arguments), an ``nn.Module`` instance, or a factory taking no
   arguments that returns one;
-* a run directory (one holding ``checkpoint.pt``), loaded with :func:`ebmlab.training.runs.load`.
+* a run directory (one holding ``checkpoint.pt``), loaded with :func:`ebmlab.training.loading.load`.
 
 ``resolve_energy(spec, event_shape)`` returns ``(energy, event_shape, support)`` after a trial
 forward pass on a batch of two, so a module that fails or returns the wrong shape is refused
@@ -183,13 +183,21 @@ def _from_object_spec(spec: str) -> nn.Module:
     return _instantiate(spec, getattr(module, attr))
 
 
+def load_training_run(run_dir: str | os.PathLike):
+    """The run in ``run_dir`` (:func:`ebmlab.training.loading.load_run`): model, energy, config,
+    data splits."""
+    from ebmlab.training.loading import load_run
+
+    return load_run(run_dir)
+
+
 def _from_run_dir(spec: str, run_dir: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
     if not (run_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"energy {spec!r}: directory {str(run_dir)!r} has no checkpoint.pt (not a run directory)")
     try:
-        from ebmlab.training.runs import load
+        from ebmlab.training.loading import load
     except ImportError as err:
-        raise ValueError(f"energy {spec!r}: loading run directories needs ebmlab.training.runs, which is not "
+        raise ValueError(f"energy {spec!r}: loading run directories needs ebmlab.training.loading, which is not "
                          f"available ({_one_line(err)})") from err
     try:
         loaded = load(run_dir)
@@ -200,7 +208,7 @@ def _from_run_dir(spec: str, run_dir: Path) -> tuple[nn.Module, tuple[int, ...] 
         if module is None and isinstance(getattr(loaded, attr, None), nn.Module):
             module = getattr(loaded, attr)
     if module is None:
-        raise ValueError(f"energy {spec!r}: ebmlab.training.runs.load returned {type(loaded).__name__}, with no energy module")
+        raise ValueError(f"energy {spec!r}: ebmlab.training.loading.load returned {type(loaded).__name__}, with no energy module")
     shape = getattr(module, "event_shape", None) or getattr(loaded, "event_shape", None)
     if shape is None:
         config = getattr(loaded, "config", None)
@@ -294,4 +302,5 @@ def resolve_energy(spec: str, event_shape: Sequence[int] | None = None) -> tuple
     return energy, shape, support
 
 
-__all__ = ["describe_builtin", "list_builtin", "parse_event_shape", "resolve_energy", "support_of", "trial_batch"]
+__all__ = ["describe_builtin", "list_builtin", "load_training_run", "parse_event_shape", "resolve_energy", "support_of",
+           "trial_batch"]

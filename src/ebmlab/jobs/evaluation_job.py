@@ -1,0 +1,157 @@
+"""The ``ebmlab evaluate`` job: options -> energy and data -> one log Z report -> data metrics.
+
+:class:`EvaluationJob` holds the options (those of the command); :func:`run_evaluation_job`
+resolves the energy SPEC (:mod:`ebmlab.jobs.specs`) and the data, routes a Bernoulli RBM to
+its own estimators and every other energy to the function of its ``--log-partition`` method
+(:mod:`ebmlab.jobs.evaluation`), and returns the :class:`EvaluationReport`. Errors are
+one-line ``ValueError``; :func:`in_option_terms` puts the library's in the command's terms
+(its advice to use AIS becomes ``use --log-partition ais``, its parameter names the options).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ebmlab import distributed as D
+from ebmlab.jobs.evaluation import (
+    ais_report, exact_report, quadrature_report, rbm_report, with_data_metrics,
+)
+from ebmlab.jobs.evaluation_rbm import as_rbm
+from ebmlab.jobs.evaluation_report import EvaluationReport
+from ebmlab.jobs.sampling import in_option_terms as kernel_terms
+from ebmlab.jobs.specs import load_training_run, resolve_energy
+from ebmlab.partition import METHODS
+
+#: The library's advice for energies beyond enumeration or quadrature, and the command's.
+AIS_ADVICE = ("estimate log Z by annealed importance sampling (AIS) instead: ebmlab.partition.ais",
+              "use --log-partition ais")
+#: Library parameter -> the ``ebmlab evaluate`` option that sets it.
+OPTION_NAMES = {"num_temperatures": "--temperatures", "num_runs": "--runs", "num_points": "--grid-points",
+                "num_steps": "--steps-per-temperature"}
+_PARAMETER = re.compile(r"\b(" + "|".join(OPTION_NAMES) + r")\b")
+
+
+@dataclass(frozen=True)
+class EvaluationJob:
+    """Options of one evaluation (those of ``ebmlab evaluate``). ``bounds`` is one
+    ``[low, high]`` pair or one per dimension (see :func:`parse_bounds`); ``None`` values
+    take the method's defaults."""
+
+    energy: str
+    method: str
+    data: str | None = None
+    temperatures: int | None = None
+    schedule: str = "sigmoid"
+    runs: int = 100
+    sampler: str | None = None
+    steps_per_temperature: int | None = None
+    base_std: float | None = None
+    reverse: bool = True
+    bounds: list | None = None
+    grid_points: int | None = None
+    num_examples: int | None = None
+    num_levels: int | None = None
+    metrics: bool = True
+    metric_samples: int = 1000
+    event_shape: tuple[int, ...] | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+
+def in_option_terms(message: str) -> str:
+    """A library message in the command's terms: AIS advice as ``use --log-partition ais``,
+    ``num_temperatures`` as ``--temperatures`` (see :data:`OPTION_NAMES`), kernel advice as
+    ``use --sampler ...`` (:func:`ebmlab.jobs.sampling.in_option_terms`)."""
+    return kernel_terms(_PARAMETER.sub(lambda m: OPTION_NAMES[m[1]], message.replace(*AIS_ADVICE)))
+
+
+def parse_bounds(text: str | None) -> list[float] | list[list[float]] | None:
+    """``"-4,4"`` (every dimension) or ``"-4,4,-3,3"`` (one pair per dimension)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--bounds must be numbers like -4,4 or -4,4,-3,3, got {text!r}") from None
+    if len(values) < 2 or len(values) % 2:
+        raise ValueError(f"--bounds needs pairs LOW,HIGH (one pair, or one per dimension), got {text!r}")
+    return values if len(values) == 2 else [values[i:i + 2] for i in range(0, len(values), 2)]
+
+
+def load_data(job: EvaluationJob, event_shape: tuple[int, ...]):
+    """``(x (N, *event_shape), true_log_density or None)`` for ``job.data``: a data set spec, or
+    ``heldout`` — the held-out split of the run directory given as ``job.energy``."""
+    if job.data == "heldout":
+        if not os.path.isdir(job.energy):
+            raise ValueError("--data heldout needs a run directory as --energy; otherwise name a data set or file")
+        run = load_training_run(job.energy)
+        x, true_log_density = run.heldout_data(), run.dataset().true_log_density
+        if len(x) == 0:
+            raise ValueError(f"run {job.energy!r} kept no held-out data (heldout_fraction = 0); name a data set instead")
+    else:
+        from ebmlab.data import load_dataset
+
+        dataset = load_dataset(job.data, num_samples=job.num_examples,
+                               generator=torch.Generator().manual_seed(job.seed + 1))
+        x, true_log_density = dataset.x, dataset.true_log_density
+    if tuple(x.shape[1:]) != tuple(event_shape):
+        raise ValueError(f"data {job.data!r} of event shape {tuple(x.shape[1:])} do not match the energy's event "
+                         f"shape {tuple(event_shape)}; use data and an energy of the same shape")
+    return x, true_log_density
+
+
+def _on(energy, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device`` in the energy's floating dtype."""
+    dtype = next((t.dtype for t in [*energy.parameters(), *energy.buffers()] if t.is_floating_point()), x.dtype)
+    return x.to(device=device, dtype=dtype)
+
+
+def log_z_report(job: EvaluationJob, energy, event_shape, support: str, generator: torch.Generator,
+                 x: torch.Tensor | None) -> EvaluationReport:
+    """The report of ``job.method`` on ``energy`` (``x``: the data, or ``None``)."""
+    rbm = as_rbm(energy)
+    if rbm is not None:
+        base_data, label = x, "the data"
+        if job.method == "ais" and os.path.isdir(job.energy):  # Salakhutdinov & Murray: the training data's rates
+            base_data, label = load_training_run(job.energy).train_data(), "the run's training data"
+        return rbm_report(rbm, job.method, generator, support=support, runs=job.runs, sampler=job.sampler,
+                          base_data=None if base_data is None else base_data.to(generator.device), base_label=label,
+                          temperatures=job.temperatures, steps_per_temperature=job.steps_per_temperature)
+    if job.method == "exact":
+        if support == "real":
+            raise ValueError("--log-partition exact needs a discrete energy; use quadrature (<= 3 dims) or ais")
+        return exact_report(energy, event_shape, support, generator)
+    if job.method == "quadrature":
+        return quadrature_report(energy, event_shape, support, generator, data=x, bounds=job.bounds,
+                                 grid_points=job.grid_points)
+    return ais_report(energy, event_shape, support, generator, data=x, temperatures=job.temperatures,
+                      schedule=job.schedule, runs=job.runs, sampler=job.sampler,
+                      steps_per_temperature=job.steps_per_temperature, base_std=job.base_std, reverse=job.reverse)
+
+
+def run_evaluation_job(job: EvaluationJob) -> EvaluationReport:
+    """Evaluate ``job`` on this process's device (``cuda`` -> ``cuda:LOCAL_RANK`` under
+    torchrun, where every rank returns the same report). Raises ``ValueError`` (one line)."""
+    if job.method not in METHODS:
+        raise ValueError(f"--log-partition must be one of {', '.join(METHODS)}, got {job.method!r}")
+    device = D.local_device(D.resolve_device(job.device, what="--device"))
+    energy, shape, support = resolve_energy(job.energy, job.event_shape)
+    energy = energy.to(device).eval()
+    energy.requires_grad_(False)
+    x, true_log_density = load_data(job, shape) if job.data else (None, None)
+    x = None if x is None else _on(energy, x, device)
+    generator = torch.Generator(device=device).manual_seed(int(job.seed))
+    report = log_z_report(job, energy, shape, support, generator, x)
+    if x is not None:
+        report = with_data_metrics(report, energy, x, true_log_density=true_log_density, metrics=job.metrics,
+                                   metric_samples=job.metric_samples, num_levels=job.num_levels, bounds=job.bounds,
+                                   seed=job.seed)
+    learned = getattr(energy, "learned_log_z", None)  # NCE runs learn an estimate of log Z
+    return report.replace(energy=job.energy, data=job.data, learned_log_z=None if learned is None else float(learned))
+
+
+__all__ = ["EvaluationJob", "in_option_terms", "load_data", "log_z_report", "parse_bounds", "run_evaluation_job"]
