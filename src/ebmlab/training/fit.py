@@ -21,6 +21,7 @@ from ebmlab.objectives import Objective, make_objective
 from ebmlab.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ebmlab.training.data_input import as_training_tensor
 from ebmlab.training.loop import Callback, FitResult, OptimSettings, TrainLoop, derive_seed
+from ebmlab.training.sharding import TrainSharding
 from ebmlab.training.user_models import describe_module
 
 
@@ -88,7 +89,10 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
                              ema_decay=ema_decay, checkpoint_every=checkpoint_every).validate()
     base_seed = int(generator.initial_seed()) if generator is not None else int(seed or 0)
     batch_generator = torch.Generator(device=device).manual_seed(derive_seed(base_seed, "batches"))
-    objective_generator = generator or torch.Generator(device=device).manual_seed(derive_seed(base_seed, "objective"))
+    sharding = TrainSharding.current()  # under torchrun: data parallel, one shard of each batch per rank
+    sharding.check_batch(settings.batch_size, x.shape[0])
+    objective_generator = generator or torch.Generator(device=device).manual_seed(
+        sharding.objective_seed(derive_seed(base_seed, "objective")))
     checkpoint = None
     if run_dir is not None:
         path = Path(run_dir) / CHECKPOINT_NAME
@@ -105,14 +109,15 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
                          "objective": objective.name, "num_data": int(x.shape[0])},
                  "data": {"event_shape": list(x.shape[1:]), "support": support}}
     loop = TrainLoop(energy, objective, x, settings, batch_generator, objective_generator, support=support,
-                     run_dir=run_dir, run_state=run_state, model_info=info, callbacks=callbacks)
+                     run_dir=run_dir, sharding=sharding, run_state=run_state, model_info=info, callbacks=callbacks)
     if checkpoint is not None:
         saved = checkpoint.get("fit", {})
         changed = [k for k in ("batch_size", "optimizer", "objective", "num_data") if k in saved and saved[k] != run_state["fit"][k]]
         if changed:
             raise ValueError("fit: resume with other settings than the run's: " + "; ".join(
                 f"{k}: {saved[k]!r} -> {run_state['fit'][k]!r}" for k in changed))
-        loop.load_state_dict(checkpoint)
+        loop.load_state_dict(checkpoint, reseed=lambda step: sharding.objective_seed(
+            derive_seed(base_seed, f"objective@{step}")))
     return loop.run()
 
 
