@@ -26,20 +26,10 @@ from ebmlab.data import available_datasets
 from ebmlab.training.models import available_models
 from ebmlab.objectives import available_objectives
 from ebmlab.samplers import available
-from ebmlab.cli.common import UserError, user_errors
+from ebmlab.cli.common import OneLineErrors, UserError, user_errors
 
 
 _D = TrainConfig()  # the defaults shown in --help
-
-
-class _OneLineErrors(click.Command):
-    """Report usage errors (unknown option, non-integer count...) as one line, exit code 2."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as err:
-            raise UserError(f"{err.format_message()} (see 'ebmlab train --help')") from err
 
 
 def _hidden(text: str) -> list[int]:
@@ -136,7 +126,7 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
     return TrainConfig.from_dict(values)
 
 
-@click.command(cls=_OneLineErrors, help="Train an energy-based model; writes RUN_DIR with checkpoint.pt, metrics.jsonl, "
+@click.command(cls=OneLineErrors, help="Train an energy-based model; writes RUN_DIR with checkpoint.pt, metrics.jsonl, "
                                         "config.toml and pictures. Settings left unset take the values recommended "
                                         "for the model and data where there are some (--model rbm: PCD with block "
                                         "Gibbs and SGD on binary data; cd/pcd/replay on images: short-run Langevin "

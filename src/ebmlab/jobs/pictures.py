@@ -20,19 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ebmlab.data import Standardizer
+from ebmlab.data import Standardizer, is_image_like
 from ebmlab.jobs import plots
 from ebmlab.objectives import NoiseSource, frozen, run_chains
 from ebmlab.samplers import make_kernel
 from ebmlab.samplers.driver import run_kernel
 from ebmlab.training.loading import energy_on_raw_data
 from ebmlab.training.loop import Callback, TrainLoop, derive_seed
-
-
-def is_image_like(event_shape) -> bool:
-    """Image events: ``(H, W)`` or ``(C, H, W)`` with C in (1, 3)."""
-    event = tuple(event_shape)
-    return len(event) == 2 or (len(event) == 3 and event[0] in (1, 3))
 
 
 def model_samples(model: nn.Module, objective, kernel, x_train: torch.Tensor, num_samples: int, num_steps: int,
@@ -164,4 +158,4 @@ class RunPictures(Callback):
         self.written = save_pictures(run_dir, model, energy, standardizer, loop.x_train, samples, loop.history, chains)
 
 
-__all__ = ["RunPictures", "chain_snapshots", "is_image_like", "model_samples", "save_pictures"]
+__all__ = ["RunPictures", "chain_snapshots", "model_samples", "save_pictures"]

@@ -43,6 +43,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from ebmlab.atomic import atomic_write
+from ebmlab.distributed import resolve_device as _resolve_device
 from ebmlab.training.schedules import LR_SCHEDULES, OPTIMIZERS, learning_rate_at
 
 TABLES = ("model_kwargs", "objective_kwargs", "sampler_kwargs")
@@ -325,16 +326,9 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
-    """The device a ``device`` setting names (``auto``: CUDA when available); ``ValueError`` otherwise."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"config: device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"config: device {name!r} was requested but no CUDA device is available")
-    return device
+    """The device a ``device`` setting names (``auto``: CUDA when available); ``ValueError`` otherwise
+    (:func:`ebmlab.distributed.resolve_device`, the one device rule)."""
+    return _resolve_device(name, what="config: device")
 
 
 def parse_value(text: str) -> Any:
