@@ -7,7 +7,8 @@ re-imported), and an unknown name is a ``ValueError`` that lists the known ones.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import inspect
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -43,3 +44,26 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+
+def accepted_options(factory: Callable, skip: int = 0) -> tuple[str, ...] | None:
+    """The keyword options ``factory`` takes (after its first ``skip`` positional parameters), or
+    ``None`` when it takes ``**kwargs`` (anything goes) or has no inspectable signature."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())[skip:]
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def check_options(kind: str, name: str, factory: Callable, options: Mapping[str, Any], skip: int = 0) -> None:
+    """``ValueError`` naming the options ``factory`` does not take and listing those it does."""
+    accepted = accepted_options(factory, skip)
+    if accepted is None:
+        return
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise ValueError(f"{kind} {name!r}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"it accepts {', '.join(accepted) if accepted else 'no options'}")

@@ -187,7 +187,7 @@ def bad_input_cases(tmp_path: Path, user_file: Path) -> list[tuple[list, str]]:
     np.save(tmp_path / "bad_shape.npy", np.zeros((4, 3)))
     (tmp_path / "no_checkpoint").mkdir()
     return [
-        (["--energy", "gaussian:2", "--sampler", "nuts", "--steps", 5], "unknown sampler 'nuts'"),
+        (["--energy", "gaussian:2", "--sampler", "nope", "--steps", 5], "unknown sampler 'nope'"),
         (["--energy", "nosuch", "--sampler", "rwmh", "--steps", 5], "unknown energy 'nosuch'"),
         (["--energy", "no_such_package_xyz.mod:E", "--sampler", "rwmh"], "cannot import module"),
         (["--energy", f"{tmp_path}/absent.py:E", "--sampler", "rwmh"], "not found"),

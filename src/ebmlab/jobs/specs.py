@@ -19,12 +19,8 @@ here, with a message naming the SPEC, rather than deep inside a sampler. Every p
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import inspect
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,6 +29,7 @@ from torch import nn
 
 from ebmlab.energy import Banana, Funnel, Gaussian, Ising, Potts, eight_gaussians
 from ebmlab.energy.base import check_energy_output
+from ebmlab.training.user_models import import_object
 
 SUPPORTS = ("real", "binary", "categorical")
 CORRELATION = 0.8  # ρ of ``gaussian2d-corr``
@@ -114,37 +111,6 @@ def _builtin(spec: str) -> nn.Module | None:
     return build(spec, args)
 
 
-def _import_file(spec: str, path: Path) -> object:
-    if not path.is_file():
-        raise FileNotFoundError(f"energy {spec!r}: file {str(path)!r} not found")
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    module_name = f"ebmlab_user_{path.stem}_{digest}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    loader_spec = importlib.util.spec_from_file_location(module_name, path)
-    if loader_spec is None or loader_spec.loader is None:
-        raise ValueError(f"energy {spec!r}: cannot import {str(path)!r} as a Python file")
-    module = importlib.util.module_from_spec(loader_spec)
-    sys.modules[module_name] = module  # dataclasses and pickling look modules up here
-    try:
-        loader_spec.loader.exec_module(module)
-    except BaseException as err:
-        del sys.modules[module_name]
-        if not isinstance(err, Exception):
-            raise
-        raise ValueError(f"energy {spec!r}: importing {str(path)!r} failed: {_one_line(err)}") from err
-    return module
-
-
-def _import_module(spec: str, target: str) -> object:
-    try:
-        return importlib.import_module(target)
-    except ModuleNotFoundError as err:
-        raise ValueError(f"energy {spec!r}: cannot import module {target!r} ({_one_line(err)})") from err
-    except Exception as err:
-        raise ValueError(f"energy {spec!r}: importing module {target!r} failed: {_one_line(err)}") from err
-
-
 def _instantiate(spec: str, obj: object) -> nn.Module:
     """An ``nn.Module`` from a subclass, an instance, or a no-argument factory."""
     if isinstance(obj, nn.Module):
@@ -176,11 +142,7 @@ def _from_object_spec(spec: str) -> nn.Module:
             f"unknown energy {spec!r}; use a built-in ({', '.join(list_builtin())}), path/to/file.py:NAME, "
             "package.module:NAME or a run directory"
         )
-    is_file = target.endswith(".py") or "/" in target or os.sep in target
-    module = _import_file(spec, Path(target)) if is_file else _import_module(spec, target)
-    if not hasattr(module, attr):
-        raise ValueError(f"energy {spec!r}: {target!r} has no attribute {attr!r}")
-    return _instantiate(spec, getattr(module, attr))
+    return _instantiate(spec, import_object(spec, what="energy"))
 
 
 def load_training_run(run_dir: str | os.PathLike):

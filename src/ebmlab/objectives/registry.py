@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ebmlab.registry import Registry
+from ebmlab.registry import Registry, check_options
 from ebmlab.objectives.base import Objective
 
 _OBJECTIVES: Registry[type[Objective]] = Registry("objective")
@@ -25,6 +25,7 @@ def get_objective_class(name: str) -> type[Objective]:
 def make_objective(name: str, **kwargs: Any) -> Objective:
     """Instantiate objective ``name``; an option it does not take is a ``ValueError``."""
     cls = get_objective_class(name)
+    check_options("objective", name, cls, kwargs)
     try:
         return cls(**kwargs)
     except TypeError as err:

@@ -23,7 +23,7 @@ from torch import nn
 from ebmlab.energy.neural import conv_energy, mlp_energy
 from ebmlab.energy.noise_conditional import ncsn_conv, ncsn_mlp
 from ebmlab.energy.rbm import make_rbm
-from ebmlab.registry import Registry
+from ebmlab.registry import Registry, check_options
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -67,6 +67,7 @@ def build_model(name: str, event_shape: Sequence[int], **kwargs) -> nn.Module:
     Raises ``ValueError`` for an unknown name or a keyword the factory does not accept.
     """
     factory = get_model_factory(name)
+    check_options("model", name, factory, kwargs, skip=1)  # the first parameter is event_shape
     try:
         model = factory(tuple(int(s) for s in event_shape), **kwargs)
     except TypeError as err:
