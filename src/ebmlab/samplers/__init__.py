@@ -7,11 +7,12 @@ from ebmlab.samplers.gibbs import Gibbs, SingleSiteMetropolis
 from ebmlab.samplers.gwg import GibbsWithGradients
 from ebmlab.samplers.hmc import HMC, leapfrog
 from ebmlab.samplers.langevin import MALA, ULA
+from ebmlab.samplers.nuts import NUTS
 from ebmlab.samplers.random_walk import RandomWalkMetropolis
 from ebmlab.samplers.registry import available, get_kernel_class, kernel_options, make_kernel, register
 from ebmlab.samplers.driver import ChainDivergedError, ChainRecord, sample
 
-for _cls in (RandomWalkMetropolis, ULA, MALA, HMC, SingleSiteMetropolis, Gibbs, BlockGibbs, GibbsWithGradients):
+for _cls in (RandomWalkMetropolis, ULA, MALA, HMC, SingleSiteMetropolis, Gibbs, BlockGibbs, GibbsWithGradients, NUTS):
     register(_cls)
 
 __all__ = [

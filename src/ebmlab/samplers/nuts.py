@@ -1,0 +1,166 @@
+"""The No-U-Turn Sampler, batched over chains (Hoffman & Gelman 2014; Betancourt 2017).
+
+Hamiltonian ``H(x, p) = E(x) + ½ pᵀM⁻¹p`` with momentum ``p ~ N(0, M)`` (the
+:class:`~ebmlab.samplers.metric.Metric` ``M⁻¹``; identity by default). Each transition of a
+chain builds a trajectory by doubling: at depth ``j`` it draws a direction and integrates
+``2^j`` leapfrog steps of size ε from that end of the trajectory (:mod:`ebmlab.samplers.nuts_tree`).
+It stops when
+
+* the subtree just built has a divergence — an energy error ``H - H₀ > max_energy_error`` or
+  NaN — or a sub-tree that makes a U-turn: the subtree is thrown away;
+* the whole trajectory, or one of its two halves extended by the adjacent leaf of the other,
+  makes a U-turn (the generalised criterion ``p♯_-·ρ > 0 and p♯_+·ρ > 0``, ``ρ = Σ p``,
+  ``p♯ = M⁻¹p``; Betancourt 2013, 2017 §A.4.2; the extra checks as in Stan ≥ 2.26);
+* it has ``max_tree_depth`` doublings (``2^max_tree_depth - 1`` leapfrog steps).
+
+The next state is drawn from the trajectory with weights ``w = exp(H₀ - H)`` (multinomial
+sampling, Betancourt 2017 App. A.3): unbiased progressive sampling inside a subtree, then the
+subtree's candidate replaces the trajectory's with probability ``min(1, W_new / W_old)``
+(Stan's biased progressive sampling between subtrees). The acceptance statistic for
+step-size adaptation is Stan's mean of ``min(1, exp(H₀ - H))`` over every leaf built,
+those of a rejected subtree included.
+
+Batching: chains are the batch dimension; every chain builds its own tree inside the same
+tensor program with per-chain masks. A doubling runs while any chain is active and stops
+leaf-wise once every chain has stopped; gradients are evaluated once per leapfrog step, on
+the building chains only; the gradient at the current state is the cached ``ChainState.grad``.
+
+Random draws per transition, in this order, all from ``generator`` with ``x``'s dtype:
+
+1. the momenta: ``metric.sample_momentum(x, generator)`` (one ``randn`` of ``x``'s shape);
+2. for each doubling ``j = 0, 1, …`` (while any chain is active and ``j < max_tree_depth``):
+   a. ``rand((C,))`` for the directions: chain ``c`` goes forward (``+ε``) iff ``u_c < 0.5``;
+   b. ``rand((C,))`` per leaf ``n = 0, 1, …`` that any chain builds (at most ``2^j``), for the
+      progressive choice inside the subtree (leaf ``n`` replaces the candidate iff
+      ``log u < log w_n - log Σ_{i≤n} w_i``);
+   c. ``rand((C,))`` for the choice between subtrees (the subtree's candidate is taken iff
+      ``log u < log W_subtree - log W_trajectory``).
+
+Draws are made for all ``C`` chains whatever their state, so a chain's numbers depend only
+on how many doublings and leaves the whole batch ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ebmlab.energy.base import EnergyFn
+from ebmlab.samplers.base import ChainState, Kernel, StepInfo, uniform_log
+from ebmlab.samplers.metric import IDENTITY, Metric
+from ebmlab.samplers.nuts_tree import Checkpoints, Edge, build_subtree, turning
+
+
+@dataclass(frozen=True)
+class NUTSInfo(StepInfo):
+    """:class:`StepInfo` plus NUTS's per-chain statistics, all ``(C,)``.
+
+    Attributes:
+        accept_prob: Stan's mean of ``min(1, exp(H₀ - H))`` over the leaves built.
+        accepted: the new state is not the starting one.
+        diverged: a leaf had ``H - H₀ > max_energy_error`` or NaN.
+        tree_depth: doublings kept (Stan's ``treedepth__``), ``0 … max_tree_depth`` (long).
+        num_grad_evals: leapfrog steps (= gradient evaluations) taken, rejected subtree
+            included: ``2^tree_depth - 1`` plus the leaves of a rejected last subtree (long).
+        energy_error: ``H(x', p') - H₀`` of the state drawn (0 if it is the start).
+    """
+
+    tree_depth: torch.Tensor
+    num_grad_evals: torch.Tensor
+    energy_error: torch.Tensor
+
+
+def _mask(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return flags.view(flags.shape + (1,) * (like.dim() - 1))
+
+
+def _pick(flags: torch.Tensor, a: Edge, b: Edge) -> Edge:
+    """Per chain, edge ``a`` where ``flags`` ``(C,)`` else ``b``."""
+    return Edge(*(torch.where(_mask(flags, u), u, v) for u, v in
+                  ((a.x, b.x), (a.p, b.p), (a.sharp, b.sharp), (a.grad, b.grad))))
+
+
+@dataclass(frozen=True)
+class NUTS(Kernel):
+    """NUTS with leapfrog step ``step_size``, at most ``max_tree_depth`` doublings, a divergence
+    when ``H - H₀ > max_energy_error``, and inverse mass matrix ``metric`` (``None``: identity).
+
+    ``state, info = NUTS(step_size=0.2).step(energy, state, generator)`` with ``info`` a
+    :class:`NUTSInfo`. Step size adaptation (``sample(..., burn_in=...)``) tunes ε toward a
+    mean acceptance statistic of 0.8.
+    """
+
+    step_size: float = 0.1
+    max_tree_depth: int = 10
+    max_energy_error: float = 1000.0
+    metric: Metric | None = None
+    name = "nuts"
+    uses_grad = True
+    adaptive = True
+    default_target_accept = 0.8
+    _take_last = False  # tests only: keep the trajectory's last leaf instead of the multinomial draw
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.max_tree_depth, bool) or int(self.max_tree_depth) != self.max_tree_depth \
+                or not 1 <= int(self.max_tree_depth) <= 30:
+            raise ValueError(f"NUTS: max_tree_depth must be an integer in 1..30, got {self.max_tree_depth}")
+        if not float(self.max_energy_error) > 0:
+            raise ValueError(f"NUTS: max_energy_error must be > 0, got {self.max_energy_error}")
+        if self.metric is not None and not isinstance(self.metric, Metric):
+            raise ValueError(f"NUTS: metric must be an ebmlab.samplers.metric.Metric or None, "
+                             f"got {type(self.metric).__name__}")
+
+    def init(self, energy: EnergyFn, x: torch.Tensor) -> ChainState:
+        state = super().init(energy, x)
+        (self.metric or IDENTITY).check(state.x, "NUTS")
+        return state
+
+    def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, NUTSInfo]:
+        metric = self.metric or IDENTITY
+        x0, c = state.x, state.num_chains
+        p0 = metric.sample_momentum(x0, generator).flatten(1)
+        energy0, kinetic0 = state.energy, metric.kinetic_energy(p0)
+        start = Edge(x0, p0, metric.velocity(p0), state.grad)
+        left, right, rho = start, start, p0
+        x, e, g, error = x0, state.energy, state.grad, torch.zeros_like(energy0)
+        log_weight = torch.zeros_like(energy0)  # log Σ w over the trajectory, w(start) = 1
+        active = torch.ones(c, dtype=torch.bool, device=x0.device)
+        diverged, moved = torch.zeros_like(active), torch.zeros_like(active)
+        depth = torch.zeros(c, dtype=torch.long, device=x0.device)
+        num_leaves = torch.zeros_like(depth)
+        sum_accept = torch.zeros_like(energy0)
+        checkpoints = Checkpoints(int(self.max_tree_depth), p0)
+        for j in range(int(self.max_tree_depth)):
+            if j > 0 and not bool(active.any()):
+                break
+            forward = torch.rand((c,), generator=generator, dtype=energy0.dtype, device=energy0.device) < 0.5
+            eps = torch.where(forward, 1.0, -1.0).to(energy0.dtype) * float(self.step_size)
+            near = _pick(forward, right, left)  # the end the subtree grows from
+            far_sharp = torch.where(_mask(forward, p0), left.sharp, right.sharp)  # the other end
+            sub = build_subtree(energy, metric, near, eps, j, active, energy0, kinetic0,
+                                float(self.max_energy_error), checkpoints, generator, take_last=self._take_last)
+            sum_accept, num_leaves = sum_accept + sub.sum_accept, num_leaves + sub.num_leaves
+            diverged |= sub.diverged
+            # biased progressive sampling between the trajectory and the new subtree
+            log_u = uniform_log((c,), generator, energy0)
+            take = sub.valid if self._take_last else sub.valid & (log_u < sub.log_weight - log_weight)
+            tx = _mask(take, x0)
+            x, g = torch.where(tx, sub.x, x), torch.where(tx, sub.grad, g)
+            e, error = torch.where(take, sub.energy, e), torch.where(take, sub.energy_error, error)
+            moved |= take
+            log_weight = torch.where(sub.valid, torch.logaddexp(log_weight, sub.log_weight), log_weight)
+            rho_new = rho + sub.rho
+            bad = turning(far_sharp, sub.far.sharp, rho_new)
+            bad |= turning(far_sharp, sub.near_sharp, rho + sub.near_p)
+            bad |= turning(near.sharp, sub.far.sharp, sub.rho + near.p)
+            rho = torch.where(_mask(sub.valid, p0), rho_new, rho)
+            right = _pick(sub.valid & forward, sub.far, right)
+            left = _pick(sub.valid & ~forward, sub.far, left)
+            depth = depth + sub.valid
+            active = sub.valid & ~bad
+        new = ChainState(x=x, energy=e, grad=g, step=state.step + 1)
+        info = NUTSInfo(accept_prob=sum_accept / num_leaves.clamp(min=1).to(sum_accept.dtype), accepted=moved,
+                        diverged=diverged, tree_depth=depth, num_grad_evals=num_leaves, energy_error=error)
+        return new, info

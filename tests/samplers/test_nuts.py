@@ -1,0 +1,444 @@
+"""The batched NUTS kernel: invariance, a negative control, a recursive reference, bookkeeping.
+
+Invariance method (as tests/samplers/test_continuous.py): start ``n`` independent chains at
+exact draws of the target, run a few transitions at a fixed step size, and compare the
+endpoints' mean and covariance with the exact values at z = 4.5 Monte-Carlo standard errors
+per entry (:func:`ebmlab.testing.assert_moments_close`; false-alarm rate 6.8e-6 per entry).
+Smallest detectable errors: with n = 4000 on the correlated 2-D Gaussian 0.07 in a mean and
+10 % in a variance; on the eight-Gaussian ring 0.10 in a mean and 5 % in a variance; on the
+10-D Gaussian (σ from 0.1 to 10) 4.5·sqrt(1/n) = 0.07 σᵢ in mean i and 4.5·sqrt(2/n) = 10 %
+of variance i (n = 2000 without a metric: 0.10 σᵢ, 14 %).
+
+Negative control: the same kernel keeping the trajectory's last leaf instead of the
+multinomial draw (``_take_last``) — no correction for the integrator's energy error — fails
+the same checks at the same settings (measured max |z| = 26 on the 2-D Gaussian at ε = 1.2,
+12 on the 10-D Gaussian with its metric at ε = 1.0).
+
+Reference: :class:`ReferenceTree` is Stan's recursive ``base_nuts`` (Betancourt 2017, as in
+Stan ≥ 2.26) for one chain, in plain 1-chain tensors and Python floats, drawing its random
+numbers in the order :mod:`ebmlab.samplers.nuts` documents; it matches the batched kernel to
+1e-12 in float64, with both generators in the same state after every transition.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ebmlab.energy import Gaussian, eight_gaussians
+from ebmlab.energy.base import value_and_grad
+from ebmlab.samplers import ChainState, make_kernel, sample
+from ebmlab.samplers.metric import Metric
+from ebmlab.samplers.nuts import NUTS, NUTSInfo
+from ebmlab.testing import DEFAULT_Z, assert_moments_close, moment_z_scores
+
+SCALES = 0.1 * 100.0 ** (torch.arange(10, dtype=torch.float64) / 9)  # σᵢ from 0.1 to 10
+
+
+def correlated() -> Gaussian:
+    """The conftest fixture's ``N((0.5, -1), [[1, .5], [.5, 1]])`` in float64."""
+    return Gaussian(torch.tensor([0.5, -1.0]), torch.tensor([[1.0, 0.5], [0.5, 1.0]])).double()
+
+
+def scaled_10d() -> Gaussian:
+    """``N(0, diag(σ²))`` with σ log-spaced from 0.1 to 10 (condition number 10⁴)."""
+    return Gaussian(torch.zeros(10, dtype=torch.float64), torch.diag(SCALES**2))
+
+
+def ring():
+    return eight_gaussians().double()
+
+
+class LastLeafNUTS(NUTS):
+    """NUTS keeping the trajectory's last leaf instead of the multinomial draw — not exact."""
+
+    _take_last = True
+
+
+def endpoints(target, kernel, num_steps: int, seed: int, num_chains: int = 4000) -> torch.Tensor:
+    """Endpoints ``(C, d)`` of chains started at exact draws, fixed step size."""
+    generator = torch.Generator().manual_seed(seed)
+    x0 = target.sample(num_chains, generator).to(torch.float64)
+    record = sample(target, kernel, x0, num_steps=num_steps, generator=generator, adapt=False, keep_samples=False)
+    return record.final_state.x
+
+
+# (target, kernel, transitions, chains). Step sizes: ε = 1.2 on the 2-D Gaussian (ε·ω_max = 1.7,
+# acceptance statistic ≈ 0.67) so that the energy error matters; ε = 0.2 on the ring (mode
+# σ = 0.2); ε = 1.0 with the metric M⁻¹ = Σ (an isotropic target then); ε = 0.1 without
+# it (ε/σ_min = 1), where trees reach depth 7–10.
+INVARIANCE = {
+    "gaussian-2d": (correlated, NUTS(step_size=1.2), 5, 4000),
+    "gaussian-2d-small-step": (correlated, NUTS(step_size=0.3), 5, 4000),
+    "eight-gaussians": (ring, NUTS(step_size=0.2), 5, 4000),
+    "gaussian-10d-diagonal-metric": (scaled_10d, NUTS(step_size=1.0, metric=Metric(SCALES**2)), 5, 4000),
+    "gaussian-10d-no-metric": (scaled_10d, NUTS(step_size=0.1), 3, 2000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INVARIANCE))
+def test_nuts_keeps_the_target_from_exact_draws(name):
+    """Endpoints of chains started at exact draws keep the target's mean and covariance.
+
+    Tolerance z = 4.5 SEs per entry; smallest detectable errors in the module docstring.
+    Measured max |z|: 1.8, 1.6, 1.4, 2.0 and 2.9 (in the order of ``INVARIANCE``).
+    Negative control: :func:`test_last_leaf_instead_of_multinomial_fails`.
+    """
+    make_target, kernel, steps, chains = INVARIANCE[name]
+    target = make_target()
+    x = endpoints(target, kernel, steps, seed=21, num_chains=chains)
+    assert_moments_close(x, target.mean, target.covariance, z=DEFAULT_Z)
+
+
+def test_nuts_keeps_the_target_over_many_transitions():
+    """40 transitions at ε = 1.2 from exact draws of the 2-D Gaussian (1,000 chains): still
+    on target at z = 4.5 (smallest detectable error 0.14 in a mean, 20 % in a variance;
+    measured max |z| = 2.0)."""
+    target = correlated()
+    x = endpoints(target, NUTS(step_size=1.2), 40, seed=22, num_chains=1000)
+    assert_moments_close(x, target.mean, target.covariance, z=DEFAULT_Z)
+
+
+@pytest.mark.parametrize("name", ["gaussian-2d", "gaussian-10d-diagonal-metric"])
+def test_last_leaf_instead_of_multinomial_fails(name):
+    """Negative control: the same kernel, target, seed and run length, but keeping the
+    trajectory's last leaf, must fail the same z = 4.5 check by a margin (|z| > 9; measured
+    max |z| = 26 and 12). At small steps, where the energy error is negligible, it is not
+    detectable in five transitions (|z| = 0.5 at ε = 0.3 on the 2-D Gaussian)."""
+    make_target, kernel, steps, chains = INVARIANCE[name]
+    target = make_target()
+    broken = LastLeafNUTS(step_size=kernel.step_size, metric=kernel.metric)
+    x = endpoints(target, broken, steps, seed=21, num_chains=chains)
+    assert moment_z_scores(x, target.mean, target.covariance).max_abs_z > 2 * DEFAULT_Z
+    with pytest.raises(AssertionError):
+        assert_moments_close(x, target.mean, target.covariance, z=DEFAULT_Z)
+
+
+# --------------------------------------------------------------------------------------
+# A recursive single-chain reference (Stan's base_nuts) that must match step for step
+# --------------------------------------------------------------------------------------
+
+
+def _logaddexp(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    m = max(a, b)
+    return m + math.log1p(math.exp(-abs(a - b)))
+
+
+def _criterion(p_sharp_minus: torch.Tensor, p_sharp_plus: torch.Tensor, rho: torch.Tensor) -> bool:
+    """Stan's ``compute_criterion``: no U-turn iff both ends move along ρ."""
+    return float(p_sharp_plus @ rho) > 0 and float(p_sharp_minus @ rho) > 0
+
+
+class ReferenceTree:
+    """One chain's NUTS transition, recursive and written after Stan's ``base_nuts::transition``
+    and ``build_tree`` (multinomial sampling, generalised criterion with the extra sub-tree
+    checks). The one departure from Stan: inside a subtree, each leaf replaces the candidate
+    with probability ``w / Σw`` (one uniform per leaf) instead of one uniform per merge — the
+    same distribution, and the draw order of the batched kernel. Forward iff ``u < 0.5``.
+    """
+
+    def __init__(self, energy, kernel: NUTS, x, p, e, g, inv_mass):
+        self.energy, self.inv_mass = energy, inv_mass
+        self.eps, self.max_error = kernel.step_size, kernel.max_energy_error
+        self.h0 = float(e) + self.kinetic(p)
+        self.z = self.z_fwd = self.z_bck = (x, p, g, float(e))
+        sharp = inv_mass * p
+        self.p_sharp_fwd_fwd = self.p_sharp_fwd_bck = self.p_sharp_bck_fwd = self.p_sharp_bck_bck = sharp
+        self.p_fwd_fwd = self.p_fwd_bck = self.p_bck_fwd = self.p_bck_bck = p
+        self.rho = p
+        self.log_sum_weight = 0.0
+        self.sample = (x, float(e), g, 0.0)  # position, energy, gradient, energy error
+        self.moved, self.depth, self.n_leapfrog, self.sum_metro_prob = False, 0, 0, 0.0
+        self.divergent, self.active = False, True
+
+    def kinetic(self, p: torch.Tensor) -> float:
+        return 0.5 * float(p @ (self.inv_mass * p))
+
+    def evolve(self, sign: int) -> None:
+        x, p, g, _ = self.z
+        eps = sign * self.eps
+        p = p - 0.5 * eps * g
+        x = x + eps * (self.inv_mass * p)
+        e, g = value_and_grad(self.energy, x[None])
+        g = g[0]
+        p = p - 0.5 * eps * g
+        self.z = (x, p, g, float(e[0]))
+
+    def extend(self, forward: bool, uniform) -> None:
+        """Build this doubling's subtree (the first half of Stan's loop body)."""
+        self.uniform, self.leaf = uniform, 0
+        self.sub_log_weight, self.sub_sample = -math.inf, None
+        if forward:
+            self.z = self.z_fwd
+            self.rho_bck = self.rho
+            self.p_bck_fwd, self.p_sharp_bck_fwd = self.p_fwd_fwd, self.p_sharp_fwd_fwd
+            (self.valid, self.p_sharp_fwd_bck, self.p_sharp_fwd_fwd, self.rho_fwd, self.p_fwd_bck,
+             self.p_fwd_fwd) = self.build_tree(self.depth, 1)
+            self.z_fwd = self.z
+        else:
+            self.z = self.z_bck
+            self.rho_fwd = self.rho
+            self.p_fwd_bck, self.p_sharp_fwd_bck = self.p_bck_bck, self.p_sharp_bck_bck
+            (self.valid, self.p_sharp_bck_fwd, self.p_sharp_bck_bck, self.rho_bck, self.p_bck_fwd,
+             self.p_bck_bck) = self.build_tree(self.depth, -1)
+            self.z_bck = self.z
+
+    def build_tree(self, depth: int, sign: int):
+        """Returns ``(valid, p♯_beg, p♯_end, ρ, p_beg, p_end)`` of a subtree of ``2^depth`` leaves."""
+        if depth == 0:
+            self.evolve(sign)
+            self.n_leapfrog += 1
+            x, p, g, e = self.z
+            h = e + self.kinetic(p)
+            if math.isnan(h):
+                h = math.inf
+            divergent = h - self.h0 > self.max_error
+            self.divergent |= divergent
+            log_w = self.h0 - h
+            u = self.uniform(self.leaf)
+            self.leaf += 1
+            new_log_weight = _logaddexp(self.sub_log_weight, log_w)
+            if u < math.exp(log_w - new_log_weight):
+                self.sub_sample = (x, e, g, h - self.h0)
+            self.sub_log_weight = new_log_weight
+            self.sum_metro_prob += 1.0 if log_w > 0 else math.exp(log_w)
+            sharp = self.inv_mass * p
+            return not divergent, sharp, sharp, p, p, p
+        valid, p_sharp_beg, p_sharp_init_end, rho_init, p_beg, p_init_end = self.build_tree(depth - 1, sign)
+        if not valid:
+            return (False,) + (None,) * 5
+        valid, p_sharp_final_beg, p_sharp_end, rho_final, p_final_beg, p_end = self.build_tree(depth - 1, sign)
+        if not valid:
+            return (False,) + (None,) * 5
+        rho_subtree = rho_init + rho_final
+        persist = _criterion(p_sharp_beg, p_sharp_end, rho_subtree)
+        persist &= _criterion(p_sharp_beg, p_sharp_final_beg, rho_init + p_final_beg)
+        persist &= _criterion(p_sharp_init_end, p_sharp_end, rho_final + p_init_end)
+        return persist, p_sharp_beg, p_sharp_end, rho_subtree, p_beg, p_end
+
+    def merge(self, u: float) -> None:
+        """Stan's loop body after the subtree: biased progressive sampling and the U-turn checks."""
+        if not self.valid:
+            self.active = False
+            return
+        self.depth += 1
+        if self.sub_log_weight > self.log_sum_weight or u < math.exp(self.sub_log_weight - self.log_sum_weight):
+            self.sample, self.moved = self.sub_sample, True
+        self.log_sum_weight = _logaddexp(self.log_sum_weight, self.sub_log_weight)
+        self.rho = self.rho_bck + self.rho_fwd
+        persist = _criterion(self.p_sharp_bck_bck, self.p_sharp_fwd_fwd, self.rho)
+        persist &= _criterion(self.p_sharp_bck_bck, self.p_sharp_fwd_bck, self.rho_bck + self.p_fwd_bck)
+        persist &= _criterion(self.p_sharp_bck_fwd, self.p_sharp_fwd_fwd, self.rho_fwd + self.p_bck_fwd)
+        self.active = persist
+
+
+def reference_step(energy, kernel: NUTS, state: ChainState, generator: torch.Generator) -> list[ReferenceTree]:
+    """One transition of every chain, one chain at a time, drawing from ``generator`` in the
+    documented order: momenta; per doubling the directions ``(C,)``, then one ``(C,)`` uniform
+    per leaf that any chain builds (drawn when the first chain needs it), then one ``(C,)``."""
+    x = state.x
+    c, dtype = x.shape[0], x.dtype
+    metric = kernel.metric or Metric()
+    inv_mass = torch.ones(x.shape[1], dtype=dtype) if metric.inverse_mass_matrix is None else metric.inverse_mass_matrix
+    p = metric.sample_momentum(x, generator)
+    trees = [ReferenceTree(energy, kernel, x[i], p[i], state.energy[i], state.grad[i], inv_mass) for i in range(c)]
+    for _ in range(kernel.max_tree_depth):
+        building = [t.active for t in trees]
+        if not any(building):
+            break
+        u_dir = torch.rand((c,), generator=generator, dtype=dtype)
+        tape: list[torch.Tensor] = []
+
+        def uniform(chain: int, leaf: int) -> float:
+            while len(tape) <= leaf:
+                tape.append(torch.rand((c,), generator=generator, dtype=dtype))
+            return float(tape[leaf][chain])
+
+        for i, tree in enumerate(trees):
+            if building[i]:
+                tree.extend(bool(u_dir[i] < 0.5), lambda leaf, i=i: uniform(i, leaf))
+        u_top = torch.rand((c,), generator=generator, dtype=dtype)
+        for i, tree in enumerate(trees):
+            if building[i]:
+                tree.merge(float(u_top[i]))
+    return trees
+
+
+REFERENCE_CASES = {
+    "gaussian-2d": (correlated, NUTS(step_size=0.3)),
+    "gaussian-2d-large-step": (correlated, NUTS(step_size=1.2)),
+    "gaussian-2d-divergent": (correlated, NUTS(step_size=3.0)),
+    "eight-gaussians": (ring, NUTS(step_size=0.2)),
+    "gaussian-10d-diagonal-metric": (scaled_10d, NUTS(step_size=0.8, metric=Metric(SCALES**2))),
+    "gaussian-10d-depth-limit": (scaled_10d, NUTS(step_size=0.1, max_tree_depth=5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_CASES))
+def test_batched_kernel_matches_recursive_reference(name):
+    """Eight chains, four transitions: positions, energies and every per-chain statistic of the
+    batched kernel equal the recursive reference's (to 1e-12), with both generators in the
+    same state after each transition (the draw order is the documented one)."""
+    make_target, kernel = REFERENCE_CASES[name]
+    target = make_target()
+    x0 = target.sample(8, torch.Generator().manual_seed(31)).to(torch.float64)
+    state = ref_state = kernel.init(target, x0)
+    g_kernel, g_ref = torch.Generator().manual_seed(32), torch.Generator().manual_seed(32)
+    saw = {"moved": 0, "depths": set()}
+    for _ in range(4):
+        state, info = kernel.step(target, state, g_kernel)
+        trees = reference_step(target, kernel, ref_state, g_ref)
+        assert torch.equal(g_kernel.get_state(), g_ref.get_state()), "the draw order differs"
+        ref_x = torch.stack([t.sample[0] for t in trees])
+        ref_state = ChainState(ref_x, torch.tensor([t.sample[1] for t in trees], dtype=torch.float64),
+                               torch.stack([t.sample[2] for t in trees]))
+        torch.testing.assert_close(state.x, ref_x, rtol=0, atol=1e-12)
+        torch.testing.assert_close(state.energy, ref_state.energy, rtol=0, atol=1e-12)
+        torch.testing.assert_close(state.grad, ref_state.grad, rtol=0, atol=1e-12)
+        assert info.tree_depth.tolist() == [t.depth for t in trees]
+        assert info.num_grad_evals.tolist() == [t.n_leapfrog for t in trees]
+        assert info.diverged.tolist() == [t.divergent for t in trees]
+        assert info.accepted.tolist() == [t.moved for t in trees]
+        expected = torch.tensor([t.sum_metro_prob / t.n_leapfrog for t in trees], dtype=torch.float64)
+        torch.testing.assert_close(info.accept_prob, expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(info.energy_error, torch.tensor([t.sample[3] for t in trees], dtype=torch.float64),
+                                   rtol=0, atol=1e-10)
+        saw["moved"] += int(info.accepted.sum())
+        saw["depths"] |= set(info.tree_depth.tolist())
+    assert saw["moved"] > 0
+    if name == "gaussian-2d-divergent":
+        assert info.diverged.any()
+
+
+# --------------------------------------------------------------------------------------
+# Determinism, bookkeeping, divergences, the driver, validation
+# --------------------------------------------------------------------------------------
+
+
+def _run(kernel, target, x0, seed, steps=3):
+    generator = torch.Generator().manual_seed(seed)
+    state = kernel.init(target, x0)
+    infos = []
+    for _ in range(steps):
+        state, info = kernel.step(target, state, generator)
+        infos.append(info)
+    return state, infos
+
+
+def test_same_seed_same_output_other_seed_other_output():
+    target = correlated()
+    x0 = target.sample(64, torch.Generator().manual_seed(41))
+    kernel = NUTS(step_size=0.5)
+    (a, ia), (b, ib), (c, _) = _run(kernel, target, x0, 42), _run(kernel, target, x0, 42), _run(kernel, target, x0, 43)
+    assert torch.equal(a.x, b.x) and torch.equal(a.energy, b.energy) and torch.equal(a.grad, b.grad)
+    for u, v in zip(ia, ib):
+        for field in ("accept_prob", "accepted", "diverged", "tree_depth", "num_grad_evals", "energy_error"):
+            assert torch.equal(getattr(u, field), getattr(v, field)), field
+    assert not torch.equal(a.x, c.x)
+
+
+class CountingEnergy:
+    """A plain-callable energy (so gradients come from autograd) that counts rows evaluated."""
+
+    def __init__(self, target):
+        self.target, self.rows = target, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return self.target(x)
+
+
+def test_one_gradient_per_leapfrog_step_and_depth_bookkeeping():
+    """The energy is evaluated on exactly ``Σ num_grad_evals`` rows per transition (one
+    gradient per leapfrog step of a chain still building, none at the start); each chain has
+    ``2^d - 1 <= num_grad_evals <= 2^(d+1) - 1`` for its tree depth ``d``, with equality on
+    the left unless its last subtree was thrown away."""
+    energy = CountingEnergy(correlated())
+    x0 = correlated().sample(200, torch.Generator().manual_seed(44))
+    kernel = NUTS(step_size=0.9)
+    state = kernel.init(energy, x0)
+    generator = torch.Generator().manual_seed(45)
+    for _ in range(4):
+        energy.rows = 0
+        state, info = kernel.step(energy, state, generator)
+        assert isinstance(info, NUTSInfo)
+        assert energy.rows == int(info.num_grad_evals.sum())
+        low, high = 2**info.tree_depth - 1, 2 ** (info.tree_depth + 1) - 1
+        assert ((info.num_grad_evals >= low) & (info.num_grad_evals <= high)).all()
+        assert ((info.tree_depth >= 1) & (info.tree_depth <= kernel.max_tree_depth)).all()
+        assert (info.num_grad_evals[info.diverged] > low[info.diverged]).all()
+        assert len(set(info.tree_depth.tolist())) > 1  # chains stop at different depths
+
+
+@pytest.mark.parametrize("max_depth", [1, 4])
+def test_max_tree_depth_is_respected(max_depth):
+    """At a tiny step no trajectory turns: every chain stops at ``max_tree_depth`` doublings
+    with exactly ``2^max_tree_depth - 1`` leapfrog steps."""
+    target = correlated()
+    x0 = target.sample(50, torch.Generator().manual_seed(46))
+    _, infos = _run(NUTS(step_size=1e-3, max_tree_depth=max_depth), target, x0, 47, steps=2)
+    for info in infos:
+        assert (info.tree_depth == max_depth).all()
+        assert (info.num_grad_evals == 2**max_depth - 1).all()
+        assert not info.diverged.any()
+
+
+def test_divergence_flagged_when_the_energy_blows_up():
+    """At ε = 5 on the 2-D Gaussian (ε·ω_max = 7.1 > 2: the leapfrog is unstable, the stiff
+    mode's amplitude grows ~48-fold a step) most trajectories diverge (measured 80 %; the
+    others U-turn first). Divergences are flagged, no diverged leaf is kept (a chain whose
+    first leaf diverges stays put, with tree depth 0), and the states stay finite and equal
+    to fresh evaluations. At ε = 0.3 nothing diverges."""
+    target = correlated()
+    x0 = target.sample(500, torch.Generator().manual_seed(48))
+    state, infos = _run(NUTS(step_size=5.0), target, x0, 49)
+    assert all(info.diverged.float().mean() > 0.5 for info in infos)
+    assert all(((info.tree_depth == 0) <= info.diverged).all() for info in infos)
+    assert torch.isfinite(state.x).all() and torch.isfinite(state.energy).all()
+    torch.testing.assert_close(state.energy, target(state.x))
+    assert all((info.energy_error <= 1000.0).all() for info in infos)
+    _, calm = _run(NUTS(step_size=0.3), target, x0, 49)
+    assert not any(info.diverged.any() for info in calm)
+
+
+class NaNBeyond:
+    """``½‖x‖²`` inside ``|x₀| < 1.5`` and NaN outside: a NaN energy must count as divergent."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        e = 0.5 * x.square().sum(1)
+        return torch.where(x[:, 0].abs() < 1.5, e, torch.full_like(e, math.nan))
+
+
+def test_nan_energy_is_a_divergence_and_never_kept():
+    x0 = 0.3 * torch.randn(300, 2, generator=torch.Generator().manual_seed(50), dtype=torch.float64)
+    state, infos = _run(NUTS(step_size=0.2), NaNBeyond(), x0, 51, steps=4)
+    assert any(info.diverged.any() for info in infos)
+    assert torch.isfinite(state.energy).all() and (state.x[:, 0].abs() < 1.5).all()
+
+
+def test_driver_adapts_the_step_size_of_nuts():
+    """``sample`` with burn-in tunes ε by dual averaging (NUTS is adaptive, target 0.8) and
+    returns a NUTS kernel with the tuned step; ``make_kernel("nuts")`` builds the defaults."""
+    kernel = make_kernel("nuts")
+    assert isinstance(kernel, NUTS) and kernel.default_target_accept == 0.8 and kernel.step_size == 0.1
+    target = correlated()
+    x0 = target.sample(100, torch.Generator().manual_seed(52))
+    record = sample(target, kernel, x0, num_steps=5, burn_in=30, generator=torch.Generator().manual_seed(53))
+    assert isinstance(record.kernel, NUTS) and record.kernel.step_size != 0.1
+    assert record.samples.shape == (5, 100, 2) and int(record.divergences.sum()) == 0
+
+
+def test_validation_messages():
+    for bad, match in [({"step_size": 0.0}, "step_size"), ({"max_tree_depth": 0}, "max_tree_depth"),
+                       ({"max_tree_depth": 2.5}, "max_tree_depth"), ({"max_energy_error": -1.0}, "max_energy_error"),
+                       ({"metric": torch.ones(2)}, "metric")]:
+        with pytest.raises(ValueError, match=match):
+            NUTS(**bad)
+    with pytest.raises(ValueError, match="inverse_mass_matrix"):
+        NUTS(metric=Metric(torch.ones(3))).init(correlated(), torch.zeros(4, 2, dtype=torch.float64))
