@@ -9,14 +9,15 @@ from ebmlab.samplers.hmc import HMC, leapfrog
 from ebmlab.samplers.langevin import MALA, ULA
 from ebmlab.samplers.nuts import NUTS
 from ebmlab.samplers.random_walk import RandomWalkMetropolis
+from ebmlab.samplers.tempering import ParallelTempering
 from ebmlab.samplers.registry import available, get_kernel_class, kernel_options, make_kernel, register
 from ebmlab.samplers.driver import ChainDivergedError, ChainRecord, sample
 
-for _cls in (RandomWalkMetropolis, ULA, MALA, HMC, SingleSiteMetropolis, Gibbs, BlockGibbs, GibbsWithGradients, NUTS):
+for _cls in (RandomWalkMetropolis, ULA, MALA, HMC, SingleSiteMetropolis, Gibbs, BlockGibbs, GibbsWithGradients, ParallelTempering, NUTS):
     register(_cls)
 
 __all__ = [
     "BlockGibbs", "GibbsWithGradients", "ChainDivergedError", "ChainRecord", "ChainState", "DualAveraging", "DualAveragingState", "Gibbs",
-    "HMC", "Kernel", "MALA", "RandomWalkMetropolis", "SingleSiteMetropolis", "StepInfo", "ULA",
+    "HMC", "Kernel", "MALA", "ParallelTempering", "RandomWalkMetropolis", "SingleSiteMetropolis", "StepInfo", "ULA",
     "available", "get_kernel_class", "kernel_options", "leapfrog", "make_kernel", "metropolis_accept", "register", "sample",
 ]
