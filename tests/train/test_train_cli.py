@@ -75,7 +75,7 @@ def test_defaults_match_the_config_defaults():
     (["--lr", "-1"], "lr must be > 0"),
     (["--hidden", "8,x"], "--hidden expects"),
     (["--set", "colour=red"], "unknown setting 'colour'"),
-    (["--set", "objective_kwargs.nosuch=1"], "objective 'dsm': bad options"),
+    (["--set", "objective_kwargs.nosuch=1"], "objective 'dsm': unknown option(s) 'nosuch'; it accepts sigma, weighting"),
     (["--data", "missing.npy"], "missing.npy"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
     (["--objective", "sm", "--data", "digits-binary"], "needs real data"),

@@ -11,7 +11,7 @@ experiment, so ``--config RUN_DIR/config.toml`` repeats the run into a new direc
 pictures. ``--model`` takes a registered name or ``path/to/file.py:NAME`` /
 ``package.module:NAME`` (an ``nn.Module`` class or factory, called with ``--model-kwargs``).
 Exit status: 0 ok; 2 bad input or a diverged run (one line, the last checkpoint is kept);
-130 interrupted (the last checkpoint is kept: continue with ``--resume RUN_DIR``).
+130 on SIGINT, 143 on SIGTERM (a checkpoint at the current step is written first: continue with ``--resume RUN_DIR``).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
                                         "for the model and data where there are some (--model rbm: PCD with block "
                                         "Gibbs and SGD on binary data; cd/pcd/replay on images: short-run Langevin "
                                         "in [0, 1]); config.toml records every value used.",
-               epilog="Exit status: 0 ok; 2 bad input or a diverged run; 130 interrupted (continue with --resume).")
+               epilog="Exit status: 0 ok; 2 bad input or a diverged run; 130 on SIGINT, 143 on SIGTERM (checkpointed first; continue with --resume).")
 @click.option("--data", default=None, metavar="NAME|FILE",
               help=f"Data set [default: {_D.data}]: {', '.join(available_datasets())}, or a .npy/.npz/.csv file.")
 @click.option("--model", default=None, metavar="NAME|FILE.py:NAME",
@@ -179,6 +179,7 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
     from ebmlab import distributed as D
     from ebmlab.jobs.training import run_train_job
     from ebmlab.training.loading import default_run_dir
+    from ebmlab.training.interrupts import TrainingInterrupted
     from ebmlab.training.loop import TrainingDivergedError
 
     options = {"data": data, "model": model, "objective": objective, "steps": steps, "batch_size": batch_size,
@@ -212,9 +213,18 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
                                plot_samples=plot_samples, plot_sampler_steps=plot_sampler_steps)
     except TrainingDivergedError as err:
         raise UserError(str(err)) from err
+    except TrainingInterrupted as err:
+        if D.is_main_process():
+            click.echo(f"ebmlab: stopped by {err.signal_name} at step {err.step}; the checkpoint is saved: continue "
+                       f"with 'ebmlab train --resume {out}'", err=True)
+        raise SystemExit(err.exit_status) from None
     except KeyboardInterrupt:
-        click.echo(f"ebmlab: interrupted; the last checkpoint is kept: continue with "
-                   f"'ebmlab train --resume {out}'", err=True)
+        if D.is_main_process():
+            if (Path(out) / "checkpoint.pt").is_file():
+                hint = f"the last checkpoint is kept: continue with 'ebmlab train --resume {out}'"
+            else:
+                hint = "no checkpoint was written yet: start again"
+            click.echo(f"ebmlab: interrupted; {hint}", err=True)
         raise SystemExit(130) from None
     if not D.is_main_process():
         return

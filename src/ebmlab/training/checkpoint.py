@@ -41,6 +41,21 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: torch.save(payload, f))
 
 
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete ``.checkpoint.pt.*.tmp`` files that a write killed midway left in ``run_dir``.
+
+    Call only while holding the run's lock (:mod:`ebmlab.training.lock`): then no other writer
+    can own them. Returns the paths removed.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    stale = sorted(run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
@@ -86,4 +101,5 @@ def all_finite(tree: Any) -> bool:
     return True
 
 
-__all__ = ["CHECKPOINT_NAME", "FORMAT", "VERSION", "all_finite", "load_checkpoint", "save_checkpoint", "to_device"]
+__all__ = ["CHECKPOINT_NAME", "FORMAT", "VERSION", "all_finite", "load_checkpoint", "remove_stale_temporaries",
+           "save_checkpoint", "to_device"]

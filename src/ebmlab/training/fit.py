@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ebmlab.objectives import Objective, make_objective
-from ebmlab.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ebmlab.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, remove_stale_temporaries
+from ebmlab.training.lock import RunLock, check_run_directory
 from ebmlab.training.data_input import as_training_tensor
 from ebmlab.training.loop import Callback, FitResult, OptimSettings, TrainLoop, derive_seed
 from ebmlab.training.sharding import TrainSharding
@@ -93,11 +94,19 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
     sharding.check_batch(settings.batch_size, x.shape[0])
     objective_generator = generator or torch.Generator(device=device).manual_seed(
         sharding.objective_seed(derive_seed(base_seed, "objective")))
-    checkpoint = None
+    checkpoint, lock = None, None
     if run_dir is not None:
         path = Path(run_dir) / CHECKPOINT_NAME
+        if sharding.is_main:  # one writer per run directory, from here to the end of the run
+            if not resume:
+                check_run_directory(run_dir, what="fit: run_dir")
+            lock = RunLock(run_dir).acquire()
+            remove_stale_temporaries(run_dir)
         if resume:
             checkpoint = load_checkpoint(path)
+            if int(checkpoint["step"]) > steps:
+                raise ValueError(f"fit: the run in {str(run_dir)!r} has done {int(checkpoint['step'])} steps; steps "
+                                 f"must be at least that, got {steps}")
         elif path.exists():
             raise ValueError(f"fit: {str(run_dir)!r} already holds a run (checkpoint.pt); pass resume=True or "
                              f"choose another run_dir")
@@ -110,6 +119,7 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
                  "data": {"event_shape": list(x.shape[1:]), "support": support}}
     loop = TrainLoop(energy, objective, x, settings, batch_generator, objective_generator, support=support,
                      run_dir=run_dir, sharding=sharding, run_state=run_state, model_info=info, callbacks=callbacks)
+    loop.lock = lock
     if checkpoint is not None:
         saved = checkpoint.get("fit", {})
         changed = [k for k in ("batch_size", "optimizer", "objective", "num_data") if k in saved and saved[k] != run_state["fit"][k]]

@@ -40,8 +40,10 @@ from torch import nn
 
 from ebmlab import distributed as D
 from ebmlab.objectives import Objective
-from ebmlab.training.checkpoint import CHECKPOINT_NAME, all_finite, save_checkpoint, to_device
+from ebmlab.training.checkpoint import CHECKPOINT_NAME, all_finite, remove_stale_temporaries, save_checkpoint, to_device
 from ebmlab.training.history import METRICS_NAME, read_metrics, truncate_metrics
+from ebmlab.training.interrupts import TrainingInterrupted, deferred_signals
+from ebmlab.training.lock import RunLock
 from ebmlab.training.schedules import OPTIMIZERS, learning_rate_at
 from ebmlab.training.sharding import TrainSharding
 
@@ -203,6 +205,7 @@ class TrainLoop:
         self.elapsed = 0.0
         self.saved_step: int | None = None
         self.history: list[dict[str, Any]] = []
+        self.lock: RunLock | None = None  # the run directory's lock, held while the run writes
 
     # ------------------------------------------------------------------ state
 
@@ -278,6 +281,7 @@ class TrainLoop:
         if bad:
             raise TrainingDivergedError(self.step, f"the {' and '.join(bad)} state")
         if self.sharding.is_main:
+            remove_stale_temporaries(self.run_dir)  # left by a write killed midway; we hold the lock
             save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
         self.saved_step = self.step
 
@@ -316,37 +320,59 @@ class TrainLoop:
         return {"step": step, **{k: float(v) for k, v in metrics.items()}, "lr": lr, "grad_norm": grad_norm}
 
     def run(self) -> FitResult:
-        """Train to ``settings.steps`` (from the current step); returns a :class:`FitResult`."""
+        """Train to ``settings.steps`` (from the current step); returns a :class:`FitResult`.
+
+        With a run directory, SIGINT and SIGTERM stop the run after the current update with a
+        checkpoint at that step (:class:`~ebmlab.training.interrupts.TrainingInterrupted`).
+        """
         s, main = self.settings, self.sharding.is_main
         writing = self.run_dir is not None and main  # rank 0 writes every file
         metrics_path = None if self.run_dir is None else self.run_dir / METRICS_NAME
-        if writing:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.step == 0:
-                metrics_path.write_text("", encoding="utf-8")
-        start = time.perf_counter() - self.elapsed
-        for callback in self.callbacks:
-            callback.on_fit_start(self)
-        with (metrics_path.open("a", encoding="utf-8") if writing else contextlib.nullcontext()) as log:
-            while self.step < s.steps:
-                record = self.update()
-                self.elapsed = time.perf_counter() - start
-                record["time"] = round(self.elapsed, 4)
-                self.history.append(record)
-                if log is not None:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                if self.step % s.checkpoint_every == 0 or self.step == s.steps:
-                    self.save()
-                for callback in self.callbacks:
-                    callback.on_step(self, record)
-        if self.run_dir is not None and self.saved_step != self.step:
-            self.save()  # steps = 0: still leave a loadable run
-        D.barrier()  # every file is written before any rank reads one
-        for callback in self.callbacks:
-            callback.on_fit_end(self)
+        try:
+            if writing:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                if self.lock is None:
+                    self.lock = RunLock(self.run_dir).acquire()
+                if self.step == 0:
+                    metrics_path.write_text("", encoding="utf-8")
+            start = time.perf_counter() - self.elapsed
+            for callback in self.callbacks:
+                callback.on_fit_start(self)
+            with (metrics_path.open("a", encoding="utf-8") if writing else contextlib.nullcontext()) as log, \
+                    deferred_signals(self.run_dir is not None) as signals:
+                while self.step < s.steps and not self._stop_requested(signals):
+                    record = self.update()
+                    self.elapsed = time.perf_counter() - start
+                    record["time"] = round(self.elapsed, 4)
+                    self.history.append(record)
+                    if log is not None:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                    if self.step % s.checkpoint_every == 0 or self.step == s.steps:
+                        self.save()
+                    for callback in self.callbacks:
+                        callback.on_step(self, record)
+                if signals.received or self._stop_requested(signals):
+                    if self.saved_step != self.step:
+                        self.save()
+                    raise TrainingInterrupted(signals.signum or 15, self.step, self.run_dir)
+            if self.run_dir is not None and self.saved_step != self.step:
+                self.save()  # steps = 0: still leave a loadable run
+            D.barrier()  # every file is written before any rank reads one
+            for callback in self.callbacks:
+                callback.on_fit_end(self)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
         return FitResult(model=self.trained_model.eval(), history=list(self.history), objective=self.objective,
                          step=self.step, wall_time=time.perf_counter() - start, run_dir=self.run_dir)
+
+    def _stop_requested(self, signals) -> bool:
+        """Whether a signal asks to stop (on any rank: every rank stops at the same step)."""
+        if not self.sharding.is_distributed:
+            return signals.received
+        return D.all_reduce_mean({"stop": 1.0 if signals.received else 0.0})["stop"] > 0
 
 
 def derive_seed(seed: int, stream: str) -> int:

@@ -29,7 +29,8 @@ from ebmlab import distributed as D
 from ebmlab.data import Standardizer
 from ebmlab.objectives import Objective, get_objective_class, make_objective
 from ebmlab.samplers import Kernel, make_kernel
-from ebmlab.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ebmlab.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, remove_stale_temporaries
+from ebmlab.training.lock import RunLock, check_run_directory
 from ebmlab.training.config import TrainConfig, resolve_device
 from ebmlab.training.history import read_metrics
 from ebmlab.training.loading import CONFIG_NAME, energy_on_raw_data, load_run_data, split_run_data
@@ -96,21 +97,33 @@ class Trainer:
         self.sharding = TrainSharding.current()
         self.device = D.local_device(resolve_device(config.device))
         checkpoint = None
-        if resume:
-            if out is None:
+        if out is None:
+            if resume:
                 raise ValueError("resume: name the run directory (out=RUN_DIR)")
-            checkpoint = load_checkpoint(Path(out) / CHECKPOINT_NAME)
-            _check_resumable(TrainConfig.from_dict(checkpoint["config"]), config, out)
-        else:
-            if out is None:
-                from ebmlab.training.loading import default_run_dir
+            from ebmlab.training.loading import default_run_dir
 
-                out = D.broadcast_object(str(default_run_dir(config)))
-            if (Path(out) / CHECKPOINT_NAME).exists():
-                raise ValueError(f"{str(out)!r} already holds a run (checkpoint.pt); resume it or choose another out")
+            out = D.broadcast_object(str(default_run_dir(config)))
+        lock = None
+        if self.sharding.is_main:  # one writer per run directory, from here to the end of the run
+            if not resume:
+                check_run_directory(out)
+            lock = RunLock(out).acquire()
+            remove_stale_temporaries(out)
+        if resume:
+            checkpoint = load_checkpoint(Path(out) / CHECKPOINT_NAME)
+            if "config" not in checkpoint:
+                raise ValueError(f"resume: {str(out)!r} was trained by fit(); resume it with fit(..., resume=True)")
+            _check_resumable(TrainConfig.from_dict(checkpoint["config"]), config, out)
+            done = int(checkpoint["step"])
+            if config.steps < done:
+                raise ValueError(f"resume: the run in {str(out)!r} has done {done} steps; steps must be at least "
+                                 f"{done}, got {config.steps} (nothing was changed)")
+        elif (Path(out) / CHECKPOINT_NAME).exists():
+            raise ValueError(f"{str(out)!r} already holds a run (checkpoint.pt); resume it or choose another out")
         self.run_dir = Path(out)
         self._setup_data()
         self._build(as_callbacks(callbacks) + as_callbacks(callback))
+        self.loop.lock = lock
         if checkpoint is not None:
             self._restore(checkpoint)
 
