@@ -167,6 +167,11 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
               help="CPU threads for torch (0 = torch's default); small models run fastest on one.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.option("--no-plots", is_flag=True, help="Skip the pictures.")
+@click.option("--log", "log", type=click.Choice(["csv", "tensorboard", "none"]), default="none", show_default=True,
+              help="Also log the metrics to RUN_DIR/metrics.csv or TensorBoard event files in RUN_DIR/tensorboard/ "
+                   "(needs pip install tensorboard).")
+@click.option("--log-every", type=click.IntRange(min=1), default=None,
+              help="Log every N updates [default: steps // 2000, at least 1: at most a few thousand rows].")
 @click.option("--plot-samples", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Model samples drawn for the pictures (at most 64 for images).")
 @click.option("--plot-sampler-steps", type=click.IntRange(min=0), default=None,
@@ -175,7 +180,7 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
 @user_errors
 def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimizer, momentum, weight_decay, sampler,
             sampler_steps, step_size, noise_scale, hidden, seed, device, out, resume, config_file, assignments, threads,
-            progress, no_plots, plot_samples, plot_sampler_steps) -> None:
+            progress, no_plots, log, log_every, plot_samples, plot_sampler_steps) -> None:
     from ebmlab import distributed as D
     from ebmlab.jobs.training import run_train_job
     from ebmlab.training.loading import default_run_dir
@@ -210,7 +215,8 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
     shown = "auto" if progress is None else ("on" if progress else "off")
     try:
         result = run_train_job(config, out, resume=resume is not None, progress=shown, plots=not no_plots,
-                               plot_samples=plot_samples, plot_sampler_steps=plot_sampler_steps)
+                               plot_samples=plot_samples, plot_sampler_steps=plot_sampler_steps, log=log,
+                               log_every=log_every)
     except TrainingDivergedError as err:
         raise UserError(str(err)) from err
     except TrainingInterrupted as err:

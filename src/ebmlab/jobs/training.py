@@ -2,7 +2,8 @@
 
 The library's :func:`ebmlab.training.run.train` prints and draws nothing; this job passes it two
 callbacks — :class:`ProgressBar` (a tqdm bar with the key figures) and
-:class:`~ebmlab.jobs.pictures.RunPictures` — and returns the run's result.
+:class:`~ebmlab.jobs.pictures.RunPictures` — and, with ``log``, a logger of
+:mod:`ebmlab.jobs.logging` (CSV or TensorBoard), and returns the run's result.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ebmlab.jobs.logging import make_logger
 from ebmlab.jobs.pictures import RunPictures
 from ebmlab.training.config import TrainConfig
 from ebmlab.training.loop import Callback, TrainLoop
@@ -56,9 +58,15 @@ def show_progress(progress: str) -> bool:
 
 
 def run_train_job(config: TrainConfig, out: str | Path, resume: bool = False, progress: str = "auto",
-                  plots: bool = True, plot_samples: int = 2000, plot_sampler_steps: int | None = None) -> RunResult:
-    """Train (or resume) ``config`` into ``out`` with a progress bar and the run's pictures."""
+                  plots: bool = True, plot_samples: int = 2000, plot_sampler_steps: int | None = None,
+                  log: str = "none", log_every: int | None = None) -> RunResult:
+    """Train (or resume) ``config`` into ``out`` with a progress bar and the run's pictures;
+    ``log`` is ``csv`` (``out/metrics.csv``), ``tensorboard`` (``out/tensorboard/``) or ``none``,
+    writing every ``log_every`` updates (default: at most about 2,000 rows)."""
     callbacks: list[Callback] = []
+    logger = make_logger(log, out, log_every)
+    if logger is not None:
+        callbacks.append(logger)
     if show_progress(progress):
         callbacks.append(ProgressBar(f"train {config.objective}"))
     if plots:
