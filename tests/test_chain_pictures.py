@@ -10,7 +10,7 @@ from matplotlib.image import imread
 
 from ebmlab.cli import main
 from ebmlab.energy.rbm import BernoulliRBM
-from ebmlab.jobs.plots import chain_grid_images, image_grid, save_chain_grid
+from ebmlab.jobs.plots import GRID_MARGINS, chain_grid_figure, chain_grid_images, image_grid, image_grid_figure, save_chain_grid
 from ebmlab.jobs.pictures import chain_snapshots
 from ebmlab.samplers import BlockGibbs
 
@@ -32,11 +32,23 @@ def test_rows_are_chains_and_columns_are_times():
         chain_grid_images(torch.zeros(3, 4))
 
 
-def test_save_chain_grid_shape(tmp_path):
-    path = save_chain_grid(labelled_snapshots(20, 5), tmp_path / "c.png", max_chains=4, max_snapshots=6, min_size=1)
+def test_save_chain_grid_shape_and_labels(tmp_path):
+    """4 rows (chains) and 6 columns (times) of 2×2 images with 1-pixel gaps, scaled ×⌈600 / 19⌉
+    = 32 to at least 600 pixels wide; rows labelled by chain, columns by sampler step."""
+    path = save_chain_grid(labelled_snapshots(20, 5), tmp_path / "c.png", max_chains=4, max_snapshots=6,
+                           times=range(0, 200, 10))
     grid = image_grid(chain_grid_images(labelled_snapshots(20, 5), 4, 6), nrow=6)
-    assert grid.shape == (4 * 2 + 5, 6 * 2 + 7)  # 4 rows and 6 columns of 2×2 images, 1-pixel gaps
-    assert imread(path).shape[:2] == grid.shape
+    assert grid.shape == (4 * 2 + 5, 6 * 2 + 7)
+    m = GRID_MARGINS
+    assert imread(path).shape[:2] == (32 * 13 + m["top"] + m["bottom"], 32 * 19 + m["left"] + m["right"])
+    fig = image_grid_figure(chain_grid_images(labelled_snapshots(20, 5), 4, 6), nrow=6)  # the default labels
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["1–6", "7–12", "13–18", "19–24"]
+    (ax,) = chain_grid_figure(labelled_snapshots(20, 5), 4, 6, times=range(0, 200, 10)).axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["chain 1", "chain 2", "chain 3", "chain 4"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "40", "80", "110", "150", "190"]
+    assert ax.get_xlabel() == "sampler step →" and ax.get_ylabel() == "chain"
+    with pytest.raises(ValueError, match="one time per snapshot"):
+        save_chain_grid(labelled_snapshots(20, 5), tmp_path / "e.png", times=range(3))
 
 
 def test_chain_snapshots_start_and_times(generator):

@@ -14,9 +14,11 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from ebmlab.energy import Gaussian, Ising
+
 from ebmlab.jobs.plots import (
-    bounds_from_samples, density_grid, image_grid, plot_chain_trace, plot_density_2d, plot_loss_curve,
-    plot_samples, plot_samples_2d, save_image_grid,
+    GRID_MARGINS, bounds_from_samples, density_grid, image_grid, image_grid_figure, is_constant, loss_curve_figure,
+    plot_chain_trace, plot_density_2d, plot_energy_2d, plot_loss_curve, plot_samples, plot_samples_2d,
+    save_image_grid, smooth,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -86,10 +88,19 @@ def test_image_grid_colour_and_bad_shapes():
             image_grid(bad)
 
 
-def test_save_image_grid_writes_an_upscaled_png(tmp_path):
+def test_save_image_grid_writes_an_upscaled_labelled_png(tmp_path):
+    """The grid at least 600 pixels wide, each pixel an exact 67 × 67 block (2·3 + 3 = 9 pixels,
+    times ⌈600 / 9⌉ = 67), rows and columns labelled around it."""
     states = Ising(3).sample_uniform(4, torch.Generator().manual_seed(0))
-    image = assert_png(save_image_grid(states, tmp_path / "grid.png"), min_size=256)
-    assert image.shape[:2] == (9 * 29, 9 * 29)  # 2·3 + 3 = 9 pixels, times ⌈256 / 9⌉ = 29
+    image = assert_png(save_image_grid(states, tmp_path / "grid.png"), min_size=600)
+    margins = GRID_MARGINS
+    assert image.shape[:2] == (603 + margins["top"] + margins["bottom"], 603 + margins["left"] + margins["right"])
+    inside = image[margins["top"]:margins["top"] + 603, margins["left"]:margins["left"] + 603, 0]
+    np.testing.assert_allclose(inside, image_grid(states).repeat(67, 0).repeat(67, 1), atol=1 / 255)
+    ax = image_grid_figure(states, title="states").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]  # columns
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1–2", "3–4"]  # the images each row holds
+    assert ax.get_title() == "states"
 
 
 def test_trace_and_loss_plots(tmp_path):
@@ -103,6 +114,43 @@ def test_trace_and_loss_plots(tmp_path):
     with pytest.raises(ValueError, match="plot_chain_trace: samples must be"):
         plot_chain_trace(np.zeros(5), tmp_path / "d.png")
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "d.png").exists()
+
+
+def test_smooth_is_a_debiased_moving_average():
+    values = np.array([1.0, 3.0, np.nan, 5.0])
+    out = smooth(values, window=2)  # β = 1/2: (1), (½·1 + 3)/(1.5)... skipping the NaN
+    m1, w1 = 0.5, 0.5
+    m2, w2 = 0.5 * m1 + 1.5, 0.5 * w1 + 0.5
+    m4, w4 = 0.5 * m2 + 2.5, 0.5 * w2 + 0.5
+    np.testing.assert_allclose(out, [1.0, m2 / w2, m2 / w2, m4 / w4])
+    np.testing.assert_array_equal(smooth(values[:2], window=1), [1.0, 3.0])  # window 1: the raw values
+    assert is_constant([1.0, 1.0, np.nan, 1.0]) and not is_constant([1.0, 0.99]) and not is_constant([2.0])
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        smooth(values, window=0.5)
+
+
+def test_loss_curve_has_no_panel_for_a_constant_metric():
+    """Acceptance 1 throughout (ULA, block Gibbs) gets a note instead of a panel; each panel shows
+    the raw values (faint) and the smoothed curve."""
+    records = [{"step": i, "loss": 1.0 / i, "accept": 1.0, "grad_norm": float(i % 3)} for i in range(1, 31)]
+    fig = loss_curve_figure(records)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_ylabel() for ax in shown] == ["loss", "grad_norm"]
+    raw, smoothed = shown[0].get_lines()
+    assert raw.get_alpha() < smoothed.get_alpha() if smoothed.get_alpha() is not None else raw.get_alpha() < 1
+    np.testing.assert_allclose(raw.get_ydata(), [1.0 / i for i in range(1, 31)])
+    np.testing.assert_allclose(smoothed.get_ydata(), smooth(raw.get_ydata()))
+    assert "accept = 1" in fig._supxlabel.get_text() and shown[-1].get_xlabel() == "update step"
+
+
+def test_density_and_energy_have_labelled_colour_bars():
+    fig = Figure()
+    left, right = fig.subplots(1, 2)
+    plot_energy_2d(Gaussian(torch.zeros(2)), left, (-3.0, 3.0, -3.0, 3.0), resolution=30)
+    plot_density_2d(Gaussian(torch.zeros(2)), right, (-3.0, 3.0, -3.0, 3.0), resolution=30)
+    bars = [ax.get_ylabel() for ax in fig.axes[2:]]
+    assert bars[0].startswith("energy E(x) − min E (nats") and bars[1].startswith("density exp(−E)")
+    assert (left.get_xlabel(), left.get_ylabel()) == ("x₁", "x₂")
 
 
 @pytest.mark.parametrize(

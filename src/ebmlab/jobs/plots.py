@@ -2,6 +2,9 @@
 
 Everything uses matplotlib's object-oriented API (``matplotlib.figure.Figure``, rendered by
 the Agg canvas), so no display is needed and no global pyplot state or backend is touched.
+Every picture says what it shows: a title, labelled axes, colour bars with their quantity
+(energy, density); image grids are at least 600 pixels wide with their rows and columns
+labelled (chains × time for chain grids); loss curves are smoothed, the raw values faint behind.
 Functions that take a ``path`` write atomically: to a temporary file in the same directory,
 then ``os.replace``, so a failed save leaves nothing half-written. The format comes from the
 path's suffix (``.png``, ``.pdf``, ``.svg``...).
@@ -21,6 +24,10 @@ from matplotlib.figure import Figure
 
 from ebmlab.atomic import atomic_write
 from ebmlab.data.images import is_image_like
+from ebmlab.jobs.image_grids import (  # noqa: F401  (re-exported: plots is the one module of pictures)
+    GRID_MARGINS, chain_grid_figure, chain_grid_images, image_grid, image_grid_figure, save_chain_grid, save_image_grid,
+    snapshot_indices,
+)
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -35,9 +42,11 @@ def _fmt(path: str | os.PathLike) -> str:
     return Path(path).suffix.lstrip(".").lower() or "png"
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save ``fig`` atomically to ``path`` (format from the suffix)."""
-    return atomic_write(path, lambda f: fig.savefig(f, format=_fmt(path), dpi=dpi, bbox_inches="tight"))
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120, tight: bool = True) -> Path:
+    """Save ``fig`` atomically to ``path`` (format from the suffix); ``tight=False`` keeps the
+    figure's own size (``figsize · dpi`` pixels)."""
+    kwargs = {"bbox_inches": "tight"} if tight else {}
+    return atomic_write(path, lambda f: fig.savefig(f, format=_fmt(path), dpi=dpi, **kwargs))
 
 
 def bounds_from_samples(samples: ArrayLike, pad: float = 0.1, min_width: float = 1.0) -> tuple[float, float, float, float]:
@@ -91,103 +100,62 @@ def plot_samples_2d(samples: ArrayLike, ax: Axes, max_points: int = 5000, **scat
     return ax.scatter(pts[:, 0], pts[:, 1], **kwargs)
 
 
+def axes_2d(ax: Axes, bounds: Sequence[float], labels: tuple[str, str] = ("x₁", "x₂")) -> None:
+    """Limit ``ax`` to ``bounds = (xmin, xmax, ymin, ymax)`` at equal aspect, axes labelled."""
+    ax.set_xlim(bounds[0], bounds[1])
+    ax.set_ylim(bounds[2], bounds[3])
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+
+
 def plot_density_2d(energy: Callable[[torch.Tensor], torch.Tensor], ax: Axes, bounds: Sequence[float],
-                    samples: ArrayLike | None = None, resolution: int = 200, levels: int = 12):
-    """Filled contours of ``exp(-E)`` over ``bounds = (xmin, xmax, ymin, ymax)``, samples on top.
+                    samples: ArrayLike | None = None, resolution: int = 200, levels: int = 12,
+                    colorbar: bool = True):
+    """Filled contours of ``exp(-E)`` over ``bounds = (xmin, xmax, ymin, ymax)``, samples on top,
+    with a colour bar of the density relative to its maximum (unnormalised: ``exp(-(E - min E))``).
 
     Returns the contour set. ``samples`` has shape ``(..., 2)``.
     """
     xs, ys, density = density_grid(energy, bounds, resolution)
     contours = ax.contourf(xs, ys, density, levels=np.linspace(0.0, 1.0, levels + 1), cmap="Blues")
+    if colorbar:
+        bar = ax.figure.colorbar(contours, ax=ax, fraction=0.046, pad=0.04, ticks=np.linspace(0, 1, 6))
+        bar.set_label("density exp(−E), relative to its maximum")
     if samples is not None:
         plot_samples_2d(samples, ax)
-    ax.set_xlim(bounds[0], bounds[1])
-    ax.set_ylim(bounds[2], bounds[3])
-    ax.set_aspect("equal", adjustable="box")
+    axes_2d(ax, bounds)
     return contours
 
 
-def image_grid(images: ArrayLike, nrow: int | None = None, padding: int = 1, pad_value: float = 0.5,
-               value_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Tile images into one array, ``nrow`` images per row (default ``ceil(√N)``).
+def plot_energy_2d(energy: Callable[[torch.Tensor], torch.Tensor], ax: Axes, bounds: Sequence[float],
+                   resolution: int = 200, levels: int = 16, quantile: float = 0.9):
+    """Filled contours of the energy ``E(x) - min E`` (nats) over ``bounds``, with a colour bar;
+    the colour scale stops at the ``quantile`` of the grid's values (higher energies share the top
+    colour) so the far corners do not wash out the wells. Returns the contour set."""
+    xs, ys, density = density_grid(energy, bounds, resolution)
+    with np.errstate(divide="ignore"):
+        e = -np.log(density)  # E - min E; inf where the density underflows
+    finite = e[np.isfinite(e)]
+    top = float(np.quantile(finite, quantile)) if finite.size else 1.0
+    top = top if top > 0 else 1.0
+    from matplotlib.ticker import MaxNLocator
 
-    ``images`` has shape ``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, 3, H, W)``. Values are mapped
-    to [0, 1] linearly from ``value_range`` (default: the finite min and max of all images) and
-    clipped. Returns ``(rows·H + (rows+1)·padding, nrow·W + (nrow+1)·padding)``, with a last
-    axis of 3 for colour images; the gaps hold ``pad_value``.
-    """
-    arr = _numpy(images).astype(np.float64)
-    if arr.ndim == 4 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[1] == 3)) or arr.shape[0] < 1:
-        raise ValueError(f"image_grid: images must be (N, H, W), (N, 1, H, W) or (N, 3, H, W), got {arr.shape}")
-    if arr.ndim == 4:
-        arr = arr.transpose(0, 2, 3, 1)
-    finite = arr[np.isfinite(arr)]
-    lo, hi = value_range if value_range is not None else ((finite.min(), finite.max()) if finite.size else (0.0, 1.0))
-    arr = np.clip((np.nan_to_num(arr, nan=lo) - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
-    n, h, w = arr.shape[:3]
-    ncol = int(nrow) if nrow else math.ceil(math.sqrt(n))
-    if ncol < 1:
-        raise ValueError(f"image_grid: nrow must be >= 1, got {nrow}")
-    rows = math.ceil(n / ncol)
-    grid = np.full((rows * h + (rows + 1) * padding, ncol * w + (ncol + 1) * padding, *arr.shape[3:]), pad_value)
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        top, left = padding + r * (h + padding), padding + c * (w + padding)
-        grid[top:top + h, left:left + w] = arr[i]
-    return grid
-
-
-def save_image_grid(images: ArrayLike, path: str | os.PathLike, nrow: int | None = None, min_size: int = 256,
-                    **grid_kwargs) -> Path:
-    """Save :func:`image_grid` of ``images`` to ``path``, upscaled by an integer factor
-    (nearest neighbour) so the longer side is at least ``min_size`` pixels."""
-    from matplotlib.image import imsave
-
-    grid = image_grid(images, nrow, **grid_kwargs)
-    scale = max(1, math.ceil(min_size / max(grid.shape[:2])))
-    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    kwargs = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} if grid.ndim == 2 else {}
-    return atomic_write(path, lambda f: imsave(f, grid, format=_fmt(path), **kwargs))
-
-
-def chain_grid_images(snapshots: ArrayLike, max_chains: int = 8, max_snapshots: int = 10) -> np.ndarray:
-    """Chains over time as one image list: ``snapshots`` ``(S, C, *image)`` -> ``(C'·S', *image)``.
-
-    Keeps the first ``max_chains`` chains and ``max_snapshots`` snapshots evenly spaced from the
-    first to the last (both kept), ordered chain by chain, so that with ``nrow = S'`` each row
-    of :func:`image_grid` is one chain and each column one time.
-    """
-    arr = _numpy(snapshots)
-    if arr.ndim < 4 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"chain_grid_images: snapshots must be (S >= 1, C >= 1, *image), got {arr.shape}")
-    if max_chains < 1 or max_snapshots < 1:
-        raise ValueError(f"chain_grid_images: max_chains and max_snapshots must be >= 1, got {max_chains}, {max_snapshots}")
-    count = min(max_snapshots, arr.shape[0])
-    times = np.unique(np.linspace(0, arr.shape[0] - 1, count).round().astype(int))
-    picked = arr[times, :max_chains]  # (S', C', *image)
-    return np.swapaxes(picked, 0, 1).reshape(-1, *arr.shape[2:])
-
-
-def save_chain_grid(snapshots: ArrayLike, path: str | os.PathLike, max_chains: int = 8, max_snapshots: int = 10,
-                    **grid_kwargs) -> Path:
-    """Save chains over time as an image grid: one row per chain, one column per snapshot.
-
-    ``snapshots`` has shape ``(S, C, *image)`` with image ``(H, W)``, ``(1, H, W)`` or
-    ``(3, H, W)`` (e.g. a sampler's kept draws); see :func:`chain_grid_images`.
-    """
-    images = chain_grid_images(snapshots, max_chains, max_snapshots)
-    columns = images.shape[0] // min(max_chains, _numpy(snapshots).shape[1])
-    return save_image_grid(images, path, nrow=columns, **grid_kwargs)
+    bounds_e = MaxNLocator(levels).tick_values(0.0, top)
+    top = float(bounds_e[-1])
+    contours = ax.contourf(xs, ys, np.minimum(e, top), levels=bounds_e, cmap="viridis")
+    bar = ax.figure.colorbar(contours, ax=ax, fraction=0.046, pad=0.04, ticks=MaxNLocator(6).tick_values(0.0, top))
+    bar.set_label(f"energy E(x) − min E (nats; ≥ {top:.3g} in the top colour)")
+    axes_2d(ax, bounds)
+    return contours
 
 
 def plot_chains(samples: ArrayLike, path: str | os.PathLike) -> Path:
     """Chains over time, ``samples`` ``(draws, chains, *event)``: for image-like events
     (:func:`ebmlab.data.is_image_like`) a grid with one row per chain and one column per
-    snapshot (:func:`save_chain_grid`), otherwise trace plots (:func:`plot_chain_trace`)."""
+    kept draw (:func:`save_chain_grid`), otherwise trace plots (:func:`plot_chain_trace`)."""
     if is_image_like(tuple(samples.shape[2:])):
-        return save_chain_grid(samples, path)
+        return save_chain_grid(samples, path, times=range(samples.shape[0]), time_label="kept draw")
     return plot_chain_trace(samples, path)
 
 
@@ -199,12 +167,16 @@ def plot_chain_trace(samples: ArrayLike, path: str | os.PathLike, max_dims: int 
         raise ValueError(f"plot_chain_trace: samples must be (draws >= 1, chains, *event), got {arr.shape}")
     flat = arr.reshape(arr.shape[0], arr.shape[1], -1)
     dims = min(max_dims, flat.shape[2])
-    fig = Figure(figsize=(8, 1.8 * dims))
+    chains = min(max_chains, flat.shape[1])
+    fig = Figure(figsize=(8, 1.3 + 1.6 * dims), layout="constrained")
     axes = fig.subplots(dims, 1, sharex=True, squeeze=False)[:, 0]
     for d, ax in enumerate(axes):
-        for c in range(min(max_chains, flat.shape[1])):
-            ax.plot(flat[:, c, d], lw=0.7)
+        for c in range(chains):
+            ax.plot(flat[:, c, d], lw=0.7, label=f"chain {c + 1}")
         ax.set_ylabel(f"x[{d}]")
+    axes[0].set_title(f"traces of {chains} chain{'s' if chains > 1 else ''} (first {dims} coordinates)")
+    if chains > 1:
+        axes[0].legend(loc="upper right", fontsize=7, ncols=chains, frameon=False)
     axes[-1].set_xlabel("kept draw")
     return save_figure(fig, path)
 
@@ -229,19 +201,73 @@ def _loss_series(metrics) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {k: (np.asarray(s, dtype=np.float64), np.asarray(v, dtype=np.float64)) for k, (s, v) in series.items() if v}
 
 
-def plot_loss_curve(metrics, path: str | os.PathLike) -> Path:
-    """One panel per metric against the step: ``metrics`` is ``{name: values}`` or a list of
-    per-step records ``[{"step": 0, "loss": 1.2, ...}, ...]`` (non-numeric fields are skipped)."""
+def smooth(values: ArrayLike, window: float | None = None) -> np.ndarray:
+    """A debiased exponential moving average of ``values`` ``(T,)`` (as TensorBoard smooths):
+    ``m_t = β m_{t-1} + (1 - β) v_t``, shown as ``m_t / (1 - β^t)``, ``β = 1 - 1/window``;
+    ``window`` defaults to ``T / 15`` (at least 1: no smoothing). Non-finite values are skipped."""
+    v = _numpy(values).astype(np.float64).reshape(-1)
+    window = max(1.0, v.size / 15) if window is None else float(window)
+    if window < 1:
+        raise ValueError(f"smooth: window must be >= 1, got {window}")
+    beta = 1.0 - 1.0 / window
+    out, mean, weight = np.empty_like(v), 0.0, 0.0
+    for i, x in enumerate(v):
+        if np.isfinite(x):
+            mean, weight = beta * mean + (1 - beta) * x, beta * weight + (1 - beta)
+        out[i] = mean / weight if weight > 0 else np.nan
+    return out
+
+
+def is_constant(values: ArrayLike) -> bool:
+    """Whether the finite ``values`` are all equal (a metric constant by construction, like the
+    acceptance rate 1 of ULA or block Gibbs, gets no panel)."""
+    v = _numpy(values).astype(np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    return v.size > 1 and bool(np.all(v == v[0]))
+
+
+def plot_smoothed(ax: Axes, steps: ArrayLike, values: ArrayLike, color=None, label: str | None = None,
+                  window: float | None = None):
+    """The raw ``values`` faint and their :func:`smooth` curve bold on ``ax``; returns the bold line."""
+    (raw,) = ax.plot(steps, values, lw=0.8, alpha=0.25, color=color)
+    (line,) = ax.plot(steps, smooth(values, window), lw=1.6, color=raw.get_color(), label=label)
+    return line
+
+
+def loss_curve_figure(metrics, title: str | None = None, ncols: int | None = None) -> Figure:
+    """One panel per metric against the update step, smoothed with the raw values faint behind
+    (:func:`plot_smoothed`); a metric constant throughout gets no panel but a note under the
+    figure. ``metrics`` is ``{name: values}`` or a list of records ``[{"step": 1, "loss": 1.2,
+    ...}, ...]`` (non-numeric fields are skipped)."""
     series = _loss_series(metrics)
     if not series:
         raise ValueError("plot_loss_curve: no numeric metrics to plot")
-    fig = Figure(figsize=(7, 2.2 * len(series)))
-    axes = fig.subplots(len(series), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (name, (steps, values)) in zip(axes, series.items()):
-        ax.plot(steps, values, lw=1.0)
+    constant = {k: v[np.isfinite(v)][0] for k, (_, v) in series.items() if is_constant(v)}
+    shown = {k: v for k, v in series.items() if k not in constant} or series
+    ncols = ncols or (1 if len(shown) <= 3 else 2)
+    nrows = math.ceil(len(shown) / ncols)
+    fig = Figure(figsize=(7 if ncols == 1 else 11, 1.0 + 2.1 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False).reshape(-1)
+    for ax, (name, (steps, values)) in zip(axes, shown.items()):
+        plot_smoothed(ax, steps, values)
         ax.set_ylabel(name)
-    axes[-1].set_xlabel("step")
-    return save_figure(fig, path)
+        ax.set_title(f"{name}: last {values[-1]:.4g}", fontsize=9, loc="left")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(shown):]:
+        ax.set_visible(False)
+    for ax in axes[:len(shown)][-ncols:]:
+        ax.set_xlabel("update step")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    fig.suptitle(title or "training metrics (faint: raw; bold: smoothed)", fontsize=11)
+    if constant and len(shown) < len(series):
+        fig.supxlabel("constant throughout (not plotted): " + ", ".join(f"{k} = {v:.4g}" for k, v in constant.items()),
+                      fontsize=8, color="0.35")
+    return fig
+
+
+def plot_loss_curve(metrics, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Save :func:`loss_curve_figure` of ``metrics`` to ``path``."""
+    return save_figure(loss_curve_figure(metrics, title), path)
 
 
 def plot_samples(energy, samples: ArrayLike, path: str | os.PathLike, max_images: int = 64) -> Path:
@@ -254,22 +280,26 @@ def plot_samples(energy, samples: ArrayLike, path: str | os.PathLike, max_images
     """
     arr = _numpy(samples)
     event = arr.shape[2:]
+    draws = f"{arr.shape[0]} draws × {arr.shape[1]} chains"
     if event == (2,):
-        fig = Figure(figsize=(5, 5))
+        fig = Figure(figsize=(6, 5), layout="constrained")
         ax = fig.subplots()
         if energy is None:
             plot_samples_2d(arr, ax)
-            ax.set_aspect("equal")
+            axes_2d(ax, bounds_from_samples(arr))
         else:
             plot_density_2d(energy, ax, bounds_from_samples(arr), samples=arr)
+        ax.set_title(f"samples ({draws})" + (" on the density exp(−E)" if energy is not None else ""))
         return save_figure(fig, path)
     if is_image_like(event):
-        return save_image_grid(arr[-1, :max_images], path)
+        shown = min(max_images, arr.shape[1])
+        return save_image_grid(arr[-1, :max_images], path, title=f"last draw of {shown} chains")
     return plot_chain_trace(arr, path)
 
 
 __all__ = [
-    "bounds_from_samples", "chain_grid_images", "density_grid", "image_grid", "plot_chain_trace", "plot_chains",
-    "plot_density_2d", "plot_loss_curve", "plot_samples", "plot_samples_2d", "save_chain_grid", "save_figure",
-    "save_image_grid",
+    "axes_2d", "bounds_from_samples", "chain_grid_figure", "chain_grid_images", "density_grid", "image_grid", "image_grid_figure", "is_constant",
+    "loss_curve_figure", "plot_chain_trace", "plot_chains", "plot_density_2d", "plot_energy_2d", "plot_loss_curve",
+    "plot_samples", "plot_samples_2d", "plot_smoothed", "save_chain_grid", "save_figure", "save_image_grid", "smooth",
+    "snapshot_indices",
 ]
