@@ -128,9 +128,17 @@ def test_mala_without_proposal_correction_fails_moment_test():
 
 
 def euler_integrator(energy, x, p, grad, step_size, num_steps):
-    """Explicit Euler ``(x, p) ← (x + εp, p - ε∇E(x))``: neither volume-preserving nor reversible."""
-    for _ in range(num_steps):
-        x, p = x + step_size * p, p - step_size * grad
+    """Explicit Euler ``(x, p) ← (x + εp, p - ε∇E(x))``: neither volume-preserving nor reversible.
+
+    ``step_size`` and ``num_steps`` may be ``(C,)`` tensors, as HMC's per-chain jitter of the
+    path length passes them (a chain stops after its own number of steps)."""
+    view = (-1,) + (1,) * (x.dim() - 1)
+    if isinstance(step_size, torch.Tensor):
+        step_size = step_size.view(view)
+    counts = num_steps if isinstance(num_steps, torch.Tensor) else torch.full((x.shape[0],), num_steps)
+    for i in range(int(counts.max())):
+        eps = step_size * (counts > i).to(x.dtype).view(view)
+        x, p = x + eps * p, p - eps * grad
         e, grad = value_and_grad(energy, x)
     return x, p, e, grad
 

@@ -190,7 +190,7 @@ def test_validation_runs_once_per_call_not_per_step(monkeypatch):
 
 
 def test_make_kernel_refuses_unknown_options():
-    with pytest.raises(ValueError, match=r"sampler 'mala' \(MALA\): unknown option\(s\) 'num_leapfrog'; it accepts step_size$"):
+    with pytest.raises(ValueError, match=r"sampler 'mala' \(MALA\): unknown option\(s\) 'num_leapfrog'; it accepts step_size, metric$"):
         make_kernel("mala", step_size=0.1, num_leapfrog=5)
     with pytest.raises(ValueError, match=r"sampler 'gibbs' \(Gibbs\): unknown option\(s\) 'step_size', 'noise_scale'; "
                                          r"it accepts num_states, scan$"):
@@ -198,7 +198,7 @@ def test_make_kernel_refuses_unknown_options():
     with pytest.raises(ValueError, match=r"'gwg' \(GibbsWithGradients\): unknown option\(s\) 'num_states'; it accepts no options"):
         make_kernel("gwg", num_states=2)
     assert make_kernel("mala", step_size=0.2, num_leapfrog=None) == MALA(step_size=0.2)  # None is dropped
-    assert kernel_options("hmc") == ("step_size", "num_leapfrog", "jitter")
+    assert kernel_options("hmc") == ("step_size", "num_leapfrog", "jitter", "path_jitter", "metric", "max_energy_error")
 
 
 # --------------------------------------------------------------------------------------

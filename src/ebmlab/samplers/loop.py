@@ -1,0 +1,145 @@
+"""The one chain loop, :func:`run_kernel`, that every sampler run in ebmlab goes through.
+
+``run = run_kernel(kernel, energy, state, num_steps, generator, every=0, adaptation=None)``
+runs ``num_steps`` transitions ``state, info = kernel.step(energy, state, generator)`` of all
+C chains at once, optionally keeping states, tuning the step size by dual averaging, calling a
+callback and stopping on a non-finite energy. :func:`~ebmlab.samplers.driver.sample` (burn-in,
+thinning, records), window adaptation, contrastive divergence and AIS are built on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ebmlab.energy.base import EnergyFn
+from ebmlab.samplers.adaptation import DualAveraging
+from ebmlab.samplers.base import ChainState, Kernel, StepInfo
+
+Callback = Callable[[int, ChainState, StepInfo], None]
+
+
+class ChainDivergedError(RuntimeError):
+    """A chain's energy became NaN or infinite during a run that cannot reject it (e.g. ULA)."""
+
+    def __init__(self, step: int, chains: list[int], sampler: str):
+        self.step, self.chains = step, chains
+        shown = ", ".join(map(str, chains[:10])) + (" ..." if len(chains) > 10 else "")
+        super().__init__(
+            f"{sampler}: chain(s) {shown} reached a NaN or infinite energy at step {step} "
+            f"({len(chains)} chain(s) in all); lower the step size"
+        )
+
+def check_generator(generator: torch.Generator | None, x: torch.Tensor, sampler: str) -> None:
+    """``ValueError`` unless ``generator`` (when given) draws on ``x``'s device."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{sampler}: generator must be a torch.Generator or None, got {type(generator).__name__}")
+    g, d = generator.device, x.device
+    if g.type != d.type or (g.index is not None and d.index is not None and g.index != d.index):
+        raise ValueError(f"{sampler}: the generator is on device {g} but the chains are on {d}; "
+                         f"create it with torch.Generator(device=x0.device)")
+
+
+def check_start_energy(state: ChainState, sampler: str, energy: EnergyFn) -> None:
+    """Refuse NaN/infinite starting energies, naming the chains."""
+    bad = (~torch.isfinite(state.energy)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"{sampler}: the energy ({type(energy).__name__}) is NaN or infinite at the start for "
+                         f"chain(s) {bad[:10]}")
+
+
+@dataclass
+class KernelRun:
+    """The result of :func:`run_kernel`.
+
+    Attributes:
+        state: the chain state after the last transition.
+        kernel: the kernel after adaptation (its tuned ``step_size``), else the one given.
+        x: states kept every ``every`` steps, ``(S, C, *event)`` with ``S = num_steps // every``;
+            ``None`` when ``every == 0``.
+        energy: their energies, ``(S, C)``, or ``None``.
+        accepted: accepted proposals per chain, ``(C,)`` (float).
+        accept_prob: summed acceptance probabilities per chain, ``(C,)``.
+        divergences: NaN/infinite proposals per chain, ``(C,)`` (long).
+        num_steps: transitions run.
+    """
+
+    state: ChainState
+    kernel: Kernel
+    x: torch.Tensor | None
+    energy: torch.Tensor | None
+    accepted: torch.Tensor
+    accept_prob: torch.Tensor
+    divergences: torch.Tensor
+    num_steps: int
+
+    @property
+    def mean_accept_prob(self) -> float:
+        """The acceptance probability averaged over chains and steps (1.0 for zero steps)."""
+        return float(self.accept_prob.mean()) / self.num_steps if self.num_steps else 1.0
+
+
+def initial_step_sizes(kernel: Kernel, state: ChainState, per_chain: bool):
+    """The step size dual averaging starts from: the kernel's (a float), or with ``per_chain``
+    a ``(C,)`` float64 tensor on the chains' device (the kernel's float repeated, or its tensor)."""
+    step = kernel.step_size
+    if not per_chain:
+        return float(step) if not isinstance(step, torch.Tensor) else step
+    if isinstance(step, torch.Tensor):
+        return step.detach().to(dtype=torch.float64, device=state.x.device).expand(state.num_chains).clone()
+    return torch.full((state.num_chains,), float(step), dtype=torch.float64, device=state.x.device)
+
+
+def run_kernel(kernel: Kernel, energy: EnergyFn, state: ChainState, num_steps: int,
+               generator: torch.Generator | None, *, every: int = 0, adaptation: DualAveraging | None = None,
+               per_chain: bool = False, callback: Callback | None = None, first_step: int = 1,
+               check_finite: bool = False) -> KernelRun:
+    """The one chain loop: ``num_steps`` transitions ``state, info = kernel.step(energy, state, generator)``.
+
+    Every sampler run in ebmlab goes through here (:func:`sample`, contrastive-divergence
+    chains, chain snapshots, AIS transitions). Options:
+
+    * ``every > 0`` keeps ``x`` and ``E(x)`` after steps ``every, 2·every, ...``;
+    * ``adaptation`` tunes ``step_size`` by dual averaging on the chains' mean acceptance
+      probability after each step, ending on the averaged step size ``ε̄`` (the kernel must be
+      adaptive); with ``per_chain=True`` each chain's own acceptance probability tunes its own
+      step size (a ``(C,)`` tensor; kernels with ``per_chain_adaptive``);
+    * ``callback(step, state, info)`` after each step, with ``step`` counted from ``first_step``;
+    * ``check_finite`` raises :class:`ChainDivergedError` naming the step and the chains as
+      soon as a chain's energy is NaN or infinite.
+    """
+    name = kernel.name or type(kernel).__name__
+    check_generator(generator, state.x, name)
+    num_chains = state.num_chains
+    device = state.x.device
+    accepted = torch.zeros(num_chains, device=device)
+    accept_prob = torch.zeros(num_chains, device=device)
+    divergences = torch.zeros(num_chains, dtype=torch.long, device=device)
+    kept_x: list[torch.Tensor] = []
+    kept_e: list[torch.Tensor] = []
+    da_state = adaptation.init(initial_step_sizes(kernel, state, per_chain)) if adaptation is not None else None
+    for i in range(1, num_steps + 1):
+        state, info = kernel.step(energy, state, generator)
+        if check_finite:
+            bad = ~torch.isfinite(state.energy)
+            if bad.any():
+                raise ChainDivergedError(first_step + i - 1, bad.nonzero().flatten().tolist(), name)
+        accepted += info.accepted
+        accept_prob += info.accept_prob.to(accept_prob.dtype)
+        divergences += info.diverged
+        if da_state is not None:
+            stat = info.accept_prob.detach().to(torch.float64) if per_chain else float(info.accept_prob.mean())
+            da_state = adaptation.update(da_state, stat)
+            kernel = kernel.with_step_size(da_state.final_step_size if i == num_steps else da_state.step_size)
+        if every and i % every == 0:
+            kept_x.append(state.x)
+            kept_e.append(state.energy)
+        if callback is not None:
+            callback(first_step + i - 1, state, info)
+    x = torch.stack(kept_x) if kept_x else (state.x.new_zeros((0, *state.x.shape)) if every else None)
+    e = torch.stack(kept_e) if kept_e else (state.energy.new_zeros((0, num_chains)) if every else None)
+    return KernelRun(state, kernel, x, e, accepted, accept_prob, divergences, num_steps)
