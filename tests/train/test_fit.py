@@ -151,7 +151,8 @@ def test_a_class_defined_in_a_script_says_how_to_make_the_run_loadable(tmp_path,
     (lambda d: fit(DiagonalGaussian(2), "sm", d, steps=1, resume=True), ValueError, "resume=True needs run_dir"),
     (lambda d: fit(DiagonalGaussian(2), "sm", d, steps=1, seed=1, generator=torch.Generator()), ValueError,
      "generator or seed"),
-    (lambda d: fit(DiagonalGaussian(2), "sm", d, steps=1, objective_options={"nope": 1}), ValueError, "bad options"),
+    (lambda d: fit(DiagonalGaussian(2), "sm", d, steps=1, objective_options={"nope": 1}), ValueError,
+     "unknown option"),
 ])
 def test_bad_arguments_name_the_problem(data, call, error, message):
     with pytest.raises(error, match=message):

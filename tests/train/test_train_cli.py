@@ -53,7 +53,9 @@ def test_train_writes_run_and_config_repeats_it_exactly(tmp_path, monkeypatch):
 
 def test_resume_continues_to_more_steps(tmp_path):
     assert run(*SMALL, "--out", tmp_path / "r").exit_code == 0
-    result = run("--resume", tmp_path / "r", "--steps", "25")
+    refused = run("--resume", tmp_path / "r", "--steps", "25")  # the cosine schedule spans the first 15 steps
+    assert refused.exit_code == 2 and "would restart mid-run" in refused.output and "lr_decay_steps" in refused.output
+    result = run("--resume", tmp_path / "r", "--steps", "25", "--set", "lr_decay_steps=25")
     assert result.exit_code == 0, result.output
     assert load_checkpoint(tmp_path / "r")["step"] == 25
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 25
@@ -102,3 +104,19 @@ def test_console_script_reports_one_line(tmp_path):
                           timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().startswith("ebmlab: error: unknown data set") and "Traceback" not in done.stderr
+
+
+def test_a_resumed_run_keeps_the_learning_rate_of_every_step(tmp_path):
+    """Stopped at step 7 of 15 and resumed: the learning rate (cosine, warm-up) of every step equals
+    the uninterrupted run's, and so do the weights."""
+    schedule = [*SMALL, "--set", "warmup_steps=3", "--set", "checkpoint_every=100"]
+    assert run(*schedule, "--out", tmp_path / "full").exit_code == 0
+    assert run(*schedule, "--steps", "7", "--set", "lr_decay_steps=15", "--out", tmp_path / "cut").exit_code == 0
+    assert run("--resume", tmp_path / "cut", "--steps", "15").exit_code == 0
+    import json
+
+    def rates(d):
+        return [json.loads(line)["lr"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+    full, cut = rates(tmp_path / "full"), rates(tmp_path / "cut")
+    assert len(full) == 15 and cut == full

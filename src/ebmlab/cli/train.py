@@ -200,11 +200,6 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
     if D.is_main_process():
         for note in notes:
             click.echo(f"ebmlab: note: {note}", err=True)
-    if resume is not None and D.is_main_process():
-        before = TrainConfig.load(Path(resume) / "config.toml")
-        if config.steps != before.steps and config.lr_schedule == "cosine" and not config.lr_decay_steps:
-            click.echo(f"ebmlab: note: the cosine learning-rate schedule now spans {config.steps} steps instead of "
-                       f"{before.steps} (set lr_decay_steps to fix its length)", err=True)
     if threads < 0:
         raise UserError(f"--threads must be >= 0, got {threads}")
     if threads:

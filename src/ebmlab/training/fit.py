@@ -32,7 +32,7 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
         generator: torch.Generator | None = None, seed: int | None = None, ema_decay: float = 0.0,
         grad_clip: float = 0.0, objective_options: dict[str, Any] | None = None,
         callbacks: Iterable[Callback | Callable] = (), run_dir: str | Path | None = None, resume: bool = False,
-        checkpoint_every: int = 500, model_spec: str | None = None,
+        checkpoint_every: int = 500, log_every: int | None = None, model_spec: str | None = None,
         model_kwargs: dict[str, Any] | None = None) -> FitResult:
     """Train any energy module on any data with one objective; returns a :class:`FitResult`.
 
@@ -56,6 +56,8 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
         callbacks: :class:`Callback` objects or functions ``f(step, record, loop)``.
         run_dir: write ``checkpoint.pt`` (every ``checkpoint_every`` updates, atomically) and
             ``metrics.jsonl`` there; ``resume=True`` continues the run it holds exactly.
+        log_every: keep a record in ``history`` (and ``metrics.jsonl``) every this many updates
+            and at the last (default: ``max(1, steps // 2000)``, a few thousand rows at most).
         model_spec / model_kwargs: how to rebuild ``energy`` in a fresh process
             (``"package.module:Class"`` or ``"path/to/file.py:NAME"`` called with
             ``model_kwargs``), stored in the checkpoint for :func:`ebmlab.load`. By default the
@@ -95,39 +97,45 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
     objective_generator = generator or torch.Generator(device=device).manual_seed(
         sharding.objective_seed(derive_seed(base_seed, "objective")))
     checkpoint, lock = None, None
-    if run_dir is not None:
-        path = Path(run_dir) / CHECKPOINT_NAME
-        if sharding.is_main:  # one writer per run directory, from here to the end of the run
-            if not resume:
-                check_run_directory(run_dir, what="fit: run_dir")
-            lock = RunLock(run_dir).acquire()
-            remove_stale_temporaries(run_dir)
-        if resume:
-            checkpoint = load_checkpoint(path)
-            if int(checkpoint["step"]) > steps:
-                raise ValueError(f"fit: the run in {str(run_dir)!r} has done {int(checkpoint['step'])} steps; steps "
-                                 f"must be at least that, got {steps}")
-        elif path.exists():
-            raise ValueError(f"fit: {str(run_dir)!r} already holds a run (checkpoint.pt); pass resume=True or "
-                             f"choose another run_dir")
-    elif resume:
-        raise ValueError("fit: resume=True needs run_dir")
-    objective.setup(energy, x, objective_generator, support=support)
-    info = describe_module(energy, model_spec, model_kwargs, tuple(x.shape[1:]))
-    run_state = {"fit": {"steps": steps, "batch_size": settings.batch_size, "optimizer": optimizer,
-                         "objective": objective.name, "num_data": int(x.shape[0])},
-                 "data": {"event_shape": list(x.shape[1:]), "support": support}}
-    loop = TrainLoop(energy, objective, x, settings, batch_generator, objective_generator, support=support,
-                     run_dir=run_dir, sharding=sharding, run_state=run_state, model_info=info, callbacks=callbacks)
-    loop.lock = lock
-    if checkpoint is not None:
-        saved = checkpoint.get("fit", {})
-        changed = [k for k in ("batch_size", "optimizer", "objective", "num_data") if k in saved and saved[k] != run_state["fit"][k]]
-        if changed:
-            raise ValueError("fit: resume with other settings than the run's: " + "; ".join(
-                f"{k}: {saved[k]!r} -> {run_state['fit'][k]!r}" for k in changed))
-        loop.load_state_dict(checkpoint, reseed=lambda step: sharding.objective_seed(
-            derive_seed(base_seed, f"objective@{step}")))
+    try:
+        if run_dir is not None:
+            path = Path(run_dir) / CHECKPOINT_NAME
+            if sharding.is_main:  # one writer per run directory, from here to the end of the run
+                if not resume:
+                    check_run_directory(run_dir, what="fit: run_dir")
+                lock = RunLock(run_dir).acquire()
+                remove_stale_temporaries(run_dir)
+            if resume:
+                checkpoint = load_checkpoint(path)
+                if int(checkpoint["step"]) > steps:
+                    raise ValueError(f"fit: the run in {str(run_dir)!r} has done {int(checkpoint['step'])} steps; steps "
+                                     f"must be at least that, got {steps}")
+            elif path.exists():
+                raise ValueError(f"fit: {str(run_dir)!r} already holds a run (checkpoint.pt); pass resume=True or "
+                                 f"choose another run_dir")
+        elif resume:
+            raise ValueError("fit: resume=True needs run_dir")
+        objective.setup(energy, x, objective_generator, support=support)
+        info = describe_module(energy, model_spec, model_kwargs, tuple(x.shape[1:]))
+        run_state = {"fit": {"steps": steps, "batch_size": settings.batch_size, "optimizer": optimizer,
+                             "objective": objective.name, "num_data": int(x.shape[0])},
+                     "data": {"event_shape": list(x.shape[1:]), "support": support}}
+        loop = TrainLoop(energy, objective, x, settings, batch_generator, objective_generator, support=support,
+                         run_dir=run_dir, sharding=sharding, run_state=run_state, model_info=info, callbacks=callbacks,
+                         log_every=log_every)
+        loop.lock = lock
+        if checkpoint is not None:
+            saved = checkpoint.get("fit", {})
+            changed = [k for k in ("batch_size", "optimizer", "objective", "num_data") if k in saved and saved[k] != run_state["fit"][k]]
+            if changed:
+                raise ValueError("fit: resume with other settings than the run's: " + "; ".join(
+                    f"{k}: {saved[k]!r} -> {run_state['fit'][k]!r}" for k in changed))
+            loop.load_state_dict(checkpoint, reseed=lambda step: sharding.objective_seed(
+                derive_seed(base_seed, f"objective@{step}")))
+    except BaseException:
+        if lock is not None:
+            lock.release()  # a refused run leaves the directory to others at once
+        raise
     return loop.run()
 
 

@@ -40,6 +40,8 @@ from torch import nn
 
 from ebmlab import distributed as D
 from ebmlab.objectives import Objective
+from ebmlab.training.batches import BatchStream
+from ebmlab.training.callbacks import Callback, as_callbacks
 from ebmlab.training.checkpoint import CHECKPOINT_NAME, all_finite, remove_stale_temporaries, save_checkpoint, to_device
 from ebmlab.training.history import METRICS_NAME, read_metrics, truncate_metrics
 from ebmlab.training.interrupts import TrainingInterrupted, deferred_signals
@@ -55,68 +57,6 @@ class TrainingDivergedError(RuntimeError):
         self.step, self.what = step, what
         super().__init__(f"training diverged at step {step}: {what} is NaN or infinite; the last checkpoint "
                          f"is kept; lower the learning rate or the sampler's step size, or set grad_clip")
-
-
-class Callback:
-    """Hooks of :class:`TrainLoop`; override any. A plain function ``f(step, record, loop)`` passed
-    as a callback is called after every update (like :meth:`on_step`).
-
-    An exception raised in a hook (e.g. ``KeyboardInterrupt``) stops the run; the last
-    checkpoint stays intact.
-    """
-
-    def on_fit_start(self, loop: "TrainLoop") -> None:
-        """Before the first update of this call (``loop.step`` > 0 when resuming)."""
-
-    def on_step(self, loop: "TrainLoop", record: dict[str, Any]) -> None:
-        """After every update (after any checkpoint), with the update's metrics record."""
-
-    def on_fit_end(self, loop: "TrainLoop") -> None:
-        """After the last update and the final checkpoint."""
-
-
-class _FunctionCallback(Callback):
-    def __init__(self, fn: Callable[[int, dict, "TrainLoop"], None]):
-        self.fn = fn
-
-    def on_step(self, loop: "TrainLoop", record: dict[str, Any]) -> None:
-        self.fn(loop.step, record, loop)
-
-
-def as_callbacks(callbacks: Iterable[Callback | Callable] | Callback | Callable | None) -> list[Callback]:
-    if callbacks is None:
-        return []
-    if isinstance(callbacks, Callback) or callable(callbacks):
-        callbacks = [callbacks]
-    return [c if isinstance(c, Callback) else _FunctionCallback(c) for c in callbacks]
-
-
-class BatchStream:
-    """Batches without replacement within an epoch; a new permutation when one runs out.
-
-    With ``batch_size >= n`` every batch is the full data (no randomness).
-    """
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device: torch.device):
-        self.n, self.batch_size, self.generator, self.device = n, min(batch_size, n), generator, device
-        self.perm = torch.zeros(0, dtype=torch.long, device=device)
-        self.cursor = 0
-
-    def next(self) -> torch.Tensor:
-        if self.batch_size == self.n:
-            return torch.arange(self.n, device=self.device)
-        if self.cursor + self.batch_size > self.perm.numel():
-            self.perm = torch.randperm(self.n, generator=self.generator, device=self.device)
-            self.cursor = 0
-        index = self.perm[self.cursor:self.cursor + self.batch_size]
-        self.cursor += self.batch_size
-        return index
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"perm": self.perm, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.perm, self.cursor = state["perm"].to(self.device), int(state["cursor"])
 
 
 @dataclass
@@ -179,7 +119,8 @@ class TrainLoop:
                  batch_generator: torch.Generator, objective_generator: torch.Generator, *,
                  support: str = "real", run_dir: str | Path | None = None, sharding: TrainSharding | None = None,
                  run_state: dict[str, Any] | None = None, model_info: dict[str, Any] | None = None,
-                 callbacks: Iterable[Callback | Callable] = (), info: dict[str, Any] | None = None):
+                 callbacks: Iterable[Callback | Callable] = (), info: dict[str, Any] | None = None,
+                 log_every: int | None = None):
         self.settings = settings.validate()
         self.model, self.objective, self.x_train, self.support = model, objective, x_train, support
         self.sharding = sharding or TrainSharding()
@@ -205,6 +146,10 @@ class TrainLoop:
         self.elapsed = 0.0
         self.saved_step: int | None = None
         self.history: list[dict[str, Any]] = []
+        #: records kept (history, metrics.jsonl) every this many updates, and at the last one
+        self.log_every = max(1, settings.steps // 2000) if log_every is None else int(log_every)
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}")
         self.lock: RunLock | None = None  # the run directory's lock, held while the run writes
 
     # ------------------------------------------------------------------ state
@@ -344,10 +289,13 @@ class TrainLoop:
                     record = self.update()
                     self.elapsed = time.perf_counter() - start
                     record["time"] = round(self.elapsed, 4)
-                    self.history.append(record)
-                    if log is not None:
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
+                    for callback in self.callbacks:
+                        callback.on_record(self, record)
+                    if self.step % self.log_every == 0 or self.step == s.steps:
+                        self.history.append(record)
+                        if log is not None:
+                            log.write(json.dumps(record) + "\n")
+                            log.flush()
                     if self.step % s.checkpoint_every == 0 or self.step == s.steps:
                         self.save()
                     for callback in self.callbacks:

@@ -91,7 +91,8 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig | dict, resume: bool = False, callback: Callable | None = None,
-                 out: str | Path | None = None, callbacks: Iterable[Callback | Callable] = ()):
+                 out: str | Path | None = None, callbacks: Iterable[Callback | Callable] = (),
+                 log_every: int | None = None):
         config = TrainConfig.from_dict(config) if isinstance(config, dict) else copy.deepcopy(config).validate()
         self.config = config
         self.sharding = TrainSharding.current()
@@ -104,28 +105,39 @@ class Trainer:
 
             out = D.broadcast_object(str(default_run_dir(config)))
         lock = None
-        if self.sharding.is_main:  # one writer per run directory, from here to the end of the run
-            if not resume:
-                check_run_directory(out)
-            lock = RunLock(out).acquire()
-            remove_stale_temporaries(out)
-        if resume:
-            checkpoint = load_checkpoint(Path(out) / CHECKPOINT_NAME)
-            if "config" not in checkpoint:
-                raise ValueError(f"resume: {str(out)!r} was trained by fit(); resume it with fit(..., resume=True)")
-            _check_resumable(TrainConfig.from_dict(checkpoint["config"]), config, out)
-            done = int(checkpoint["step"])
-            if config.steps < done:
-                raise ValueError(f"resume: the run in {str(out)!r} has done {done} steps; steps must be at least "
-                                 f"{done}, got {config.steps} (nothing was changed)")
-        elif (Path(out) / CHECKPOINT_NAME).exists():
-            raise ValueError(f"{str(out)!r} already holds a run (checkpoint.pt); resume it or choose another out")
-        self.run_dir = Path(out)
-        self._setup_data()
-        self._build(as_callbacks(callbacks) + as_callbacks(callback))
-        self.loop.lock = lock
-        if checkpoint is not None:
-            self._restore(checkpoint)
+        try:
+            if self.sharding.is_main:  # one writer per run directory, from here to the end of the run
+                if not resume:
+                    check_run_directory(out)
+                lock = RunLock(out).acquire()
+                remove_stale_temporaries(out)
+            if resume:
+                checkpoint = load_checkpoint(Path(out) / CHECKPOINT_NAME)
+                if "config" not in checkpoint:
+                    raise ValueError(f"resume: {str(out)!r} was trained by fit(); resume it with fit(..., resume=True)")
+                saved = TrainConfig.from_dict(checkpoint["config"])
+                _check_resumable(saved, config, out)
+                if (config.lr_schedule == "cosine" and not config.lr_decay_steps and not saved.lr_decay_steps
+                        and config.steps != saved.steps):
+                    raise ValueError(f"resume: the run's cosine learning-rate schedule spans its {saved.steps} steps; "
+                                     f"with steps={config.steps} it would restart mid-run. Set lr_decay_steps (e.g. "
+                                     f"{config.steps}, a new schedule from here on) or lr_schedule=\"constant\"")
+                done = int(checkpoint["step"])
+                if config.steps < done:
+                    raise ValueError(f"resume: the run in {str(out)!r} has done {done} steps; steps must be at least "
+                                     f"{done}, got {config.steps} (nothing was changed)")
+            elif (Path(out) / CHECKPOINT_NAME).exists():
+                raise ValueError(f"{str(out)!r} already holds a run (checkpoint.pt); resume it or choose another out")
+            self.run_dir = Path(out)
+            self._setup_data()
+            self._build(as_callbacks(callbacks) + as_callbacks(callback), log_every)
+            self.loop.lock = lock
+            if checkpoint is not None:
+                self._restore(checkpoint)
+        except BaseException:
+            if lock is not None:
+                lock.release()  # a refused run leaves the directory to others at once
+            raise
 
     # ------------------------------------------------------------------ set-up
 
@@ -144,7 +156,7 @@ class Trainer:
             x_train = self.standardizer.transform(x_train)
         self.x_train = x_train.to(self.device)
 
-    def _build(self, callbacks: list[Callback]) -> None:
+    def _build(self, callbacks: list[Callback], log_every: int | None = None) -> None:
         cfg, device = self.config, self.device
         event_shape = tuple(self.dataset.event_shape)
         objective_cls = get_objective_class(cfg.objective)
@@ -196,7 +208,7 @@ class Trainer:
                 "seed": cfg.seed, "config": cfg, "data_name": self.dataset.name}
         self.loop = TrainLoop(self.model, self.objective, self.x_train, settings, batch_generator, objective_generator,
                               support=self.support, run_dir=self.run_dir, sharding=self.sharding, run_state=run_state,
-                              model_info=self.model_info, callbacks=callbacks, info=info)
+                              model_info=self.model_info, callbacks=callbacks, info=info, log_every=log_every)
 
     def _restore(self, state: dict[str, Any]) -> None:
         data = state["data"]
@@ -267,14 +279,16 @@ def _check_resumable(saved: TrainConfig, config: TrainConfig, out: str | Path) -
 
 
 def train(config: TrainConfig | dict, resume: bool = False, callback: Callable | None = None, *,
-          out: str | Path | None = None, callbacks: Iterable[Callback | Callable] = ()) -> RunResult:
+          out: str | Path | None = None, callbacks: Iterable[Callback | Callable] = (),
+          log_every: int | None = None) -> RunResult:
     """Train an energy as ``config`` says into the run directory ``out`` (default: a fresh
     ``runs/DATA-OBJECTIVE-TIME``); with ``resume=True`` continue the run in ``out``.
 
-    Returns a :class:`RunResult`. Raises ``ValueError`` for bad settings or data,
+    ``log_every``: records in ``metrics.jsonl`` every this many updates (default: a few thousand
+    rows at most, ``max(1, steps // 2000)``). Returns a :class:`RunResult`. Raises ``ValueError`` for bad settings or data,
     :class:`TrainingDivergedError` when the loss, an energy or a gradient turns NaN or infinite.
     """
-    return Trainer(config, resume=resume, callback=callback, out=out, callbacks=callbacks).run()
+    return Trainer(config, resume=resume, callback=callback, out=out, callbacks=callbacks, log_every=log_every).run()
 
 
 __all__ = ["RunResult", "STRUCTURAL", "Trainer", "TrainingDivergedError", "build_kernel", "train"]
