@@ -28,6 +28,20 @@ from ebmlab.partition import METHODS
 SAMPLERS = ("mala", "hmc", "rwmh", "gibbs", "metropolis")
 
 
+class Temperatures(click.ParamType):
+    """``--temperatures``: an integer K, or ``adaptive`` (the library checks K >= 2)."""
+
+    name = "K|adaptive"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int) or value == "adaptive":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"must be an integer K >= 2 or 'adaptive', got {value!r}", param, ctx)
+
+
 @click.command(cls=OneLineErrors, help="Estimate log Z of an energy; with --data, the data's NLL and sample metrics.",
                epilog="Exit status: 0 ok; 2 bad input (one line, naming the alternative).")
 @click.option("--energy", "energy_spec", required=True, metavar="RUN_DIR|SPEC",
@@ -35,8 +49,9 @@ SAMPLERS = ("mala", "hmc", "rwmh", "gibbs", "metropolis")
 @click.option("--data", "data_spec", default=None, metavar="FILE|NAME",
               help="Data set name or file (.npy, .npz, .csv), or 'heldout': the held-out split of the --energy run.")
 @click.option("--log-partition", "method", required=True, type=click.Choice(METHODS), help="How to compute log Z.")
-@click.option("--temperatures", type=int, default=None,
-              help=f"AIS: K temperatures (>= 2) [default: {DEFAULT_TEMPERATURES}; RBMs: {RBM_TEMPERATURES}].")
+@click.option("--temperatures", type=Temperatures(), default=None,
+              help=f"AIS: K temperatures (>= 2) [default: {DEFAULT_TEMPERATURES}; RBMs: {RBM_TEMPERATURES}], or "
+                   "'adaptive': chosen by the conditional ESS of the weights (a pilot, then independent runs).")
 @click.option("--schedule", type=click.Choice(["sigmoid", "linear"]), default="sigmoid", show_default=True,
               help="AIS temperature schedule.")
 @click.option("--runs", type=int, default=100, show_default=True, help="AIS: independent runs.")

@@ -20,6 +20,7 @@ distance; for data with a known density, its cross-entropy and ``KL(p_true ‖ p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Callable, Sequence
@@ -35,6 +36,7 @@ from ebmlab.partition import quadrature_log_z
 from ebmlab.partition.ais import AISResult, default_kernel, resolve_base
 from ebmlab.partition.likelihood import bits_per_dim, held_out_nll
 from ebmlab.partition.quadrature import MAX_DIMS, resolve_bounds
+from ebmlab.partition.weights import ADVICE
 from ebmlab.samplers import sample
 
 DEFAULT_TEMPERATURES = 200
@@ -43,6 +45,8 @@ MAX_REVERSE_STATES = 2**16
 #: Transitions of the rejuvenating MCMC run after resampling (sweeps for single-site kernels).
 REJUVENATION_STEPS, REJUVENATION_SWEEPS = 20, 5
 HEURISTIC_SOURCE = "data (heuristic: valid only if the model fits the data)"
+#: What to raise when AIS is unreliable, in the command's terms (the library's: ADVICE).
+CLI_ADVICE = "raise --temperatures or --runs, or use --temperatures adaptive"
 
 
 def _num_states(energy) -> int:
@@ -129,12 +133,16 @@ def resample_move(energy, result: AISResult, sampler: str, base, event_shape: Se
 
 
 def ais_report(energy, event_shape: Sequence[int], support: str, generator: torch.Generator, *,
-               data: torch.Tensor | None = None, temperatures: int | None = None, schedule: str = "sigmoid",
+               data: torch.Tensor | None = None, temperatures: int | str | None = None, schedule: str = "sigmoid",
                runs: int = 100, sampler: str | None = None, steps_per_temperature: int | None = None,
                base_std: float | None = None, reverse: bool = True) -> EvaluationReport:
-    """log Z by AIS with ``temperatures`` (default 200) in the ``schedule`` and ``runs`` runs
-    using ``sampler`` (default: mala for real, gibbs for discrete support), and with
-    ``reverse`` the reverse-AIS upper bound; see the module docstring."""
+    """log Z by AIS with ``temperatures`` (default 200; ``"adaptive"``: the library's adaptive
+    schedule) in the ``schedule`` and ``runs`` runs using ``sampler`` (default: mala for real,
+    gibbs for discrete support), and with ``reverse`` the reverse-AIS upper bound; see the module
+    docstring. ``reliable``/``warning`` are the library's (the bracket takes part only when the
+    reverse runs started at exact draws), the advice in the command's terms."""
+    if temperatures == "adaptive":
+        temperatures, schedule = None, "adaptive"
     shape, device = tuple(event_shape), generator.device
     base = ais_base(energy, shape, support, data, base_std).to(device)
     sampler = sampler or ("mala" if support == "real" else "gibbs")
@@ -145,13 +153,16 @@ def ais_report(energy, event_shape: Sequence[int], support: str, generator: torc
                              else temperatures, schedule=schedule, kernel=sampler, num_runs=runs,
                              num_steps=steps_per_temperature, generator=generator, reverse_samples=start,
                              event_shape=shape, device=device)
+    if source != "exact":  # a heuristic upper bound cannot confirm or refute the estimate
+        result = dataclasses.replace(result, check_bracket=False)
     acceptance = float(result.acceptance_rate.mean()) if result.acceptance_rate.numel() else math.nan
     upper = result.log_z_upper is not None
     return EvaluationReport(
         method="ais", event_shape=shape, support=support, log_z=result.log_z, log_z_stderr=result.log_z_stderr,
         ess=result.ess, num_temperatures=result.num_temperatures, num_runs=result.num_runs, sampler=sampler,
         mean_acceptance=acceptance, log_z_upper=result.log_z_upper, log_z_upper_stderr=result.log_z_upper_stderr,
-        upper_bound_source=source if upper else None,
+        upper_bound_source=source if upper else None, reliable=result.reliable,
+        warning=None if result.warning is None else result.warning.replace(ADVICE, CLI_ADVICE),
         draw=resample_move(energy, result, sampler, base, shape, generator))
 
 

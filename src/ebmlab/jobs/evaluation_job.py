@@ -44,7 +44,7 @@ class EvaluationJob:
     energy: str
     method: str
     data: str | None = None
-    temperatures: int | None = None
+    temperatures: int | str | None = None          # or "adaptive" (AIS, not RBMs)
     schedule: str = "sigmoid"
     runs: int = 100
     sampler: str | None = None
@@ -115,6 +115,8 @@ def log_z_report(job: EvaluationJob, energy, event_shape, support: str, generato
     """The report of ``job.method`` on ``energy`` (``x``: the data, or ``None``)."""
     rbm = as_rbm(energy)
     if rbm is not None:
+        if job.temperatures == "adaptive":
+            raise ValueError("--temperatures adaptive is not available for RBM AIS; give a number of temperatures")
         base_data, label = x, "the data"
         if job.method == "ais" and os.path.isdir(job.energy):  # Salakhutdinov & Murray: the training data's rates
             base_data, label = load_training_run(job.energy).train_data(), "the run's training data"

@@ -58,6 +58,8 @@ class EvaluationReport:
     log_z_upper: float | None = None              # reverse AIS
     log_z_upper_stderr: float | None = None
     upper_bound_source: str | None = None         # "exact", or data (heuristic)
+    reliable: bool | None = None                  # AIS: whether log_z_stderr can be believed
+    warning: str | None = None                    # AIS: why not, and what to raise (null when reliable)
     # data metrics (with_data_metrics)
     nll: float | None = None
     nll_stderr: float | None = None
@@ -91,7 +93,8 @@ class EvaluationReport:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "draw" or (value is None and f.name not in ALWAYS_PRESENT):
+            present = f.name in ALWAYS_PRESENT or (f.name == "warning" and self.reliable is not None)
+            if f.name == "draw" or (value is None and not present):
                 continue
             if isinstance(value, tuple):
                 value = list(value)
@@ -102,9 +105,13 @@ class EvaluationReport:
 def format_report(report: EvaluationReport) -> str:
     """The human-readable summary that ``ebmlab evaluate`` prints without ``--json``."""
     r = report
-    lines = [f"log Z = {r.log_z:.4f} ± {r.log_z_stderr:.4f} nats ({r.method})"]
+    error_bar = f"± {r.log_z_stderr:.4f} " if r.reliable is not False else ""  # no bare ± when it means nothing
+    lines = [f"log Z = {r.log_z:.4f} {error_bar}nats ({r.method})"]
     if r.method == "ais":
         lines[0] += f", K = {r.num_temperatures}, {r.num_runs} runs, ESS {r.ess:.1f}"
+        if r.reliable is False:
+            lines[0] += ", UNRELIABLE (no error bar)"
+            lines.append(f"warning: {r.warning}")
         if r.log_z_upper is not None:
             lines.append(f"  bracket [{r.log_z:.4f}, {r.log_z_upper:.4f}] (reverse AIS from {r.upper_bound_source})")
     if r.model == "rbm":
