@@ -1,4 +1,4 @@
-"""The ``ebmlab`` command: ``ebmlab train|sample|evaluate``.
+"""The ``ebmlab`` command: ``ebmlab train|sample|evaluate|report``.
 
 Each subcommand lives in its own module and is thin: parse -> config -> one library call ->
 files. Input errors print one line and exit with code 2.
@@ -12,13 +12,13 @@ import click
 
 from ebmlab.cli.common import UserError
 
-_SUBCOMMANDS = ("sample", "train", "evaluate")
+_SUBCOMMANDS = ("sample", "train", "evaluate", "report")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ebmlab")
 def main() -> None:
-    """Energy-based models: train, sample and evaluate."""
+    """Energy-based models: train, sample, evaluate and report."""
 
 
 for _name in _SUBCOMMANDS:

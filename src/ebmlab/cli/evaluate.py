@@ -13,13 +13,16 @@ not match the energy).
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
 from ebmlab.cli.common import OneLineErrors, user_errors
 from ebmlab.distributed import is_main_process
 from ebmlab.jobs.evaluation import DEFAULT_TEMPERATURES
-from ebmlab.jobs.evaluation_job import EvaluationJob, in_option_terms, parse_bounds, run_evaluation_job
+from ebmlab.jobs.evaluation_job import (
+    EvaluationJob, in_option_terms, parse_bounds, run_evaluation_job, save_evaluation,
+)
 from ebmlab.jobs.evaluation_rbm import RBM_TEMPERATURES
 from ebmlab.jobs.evaluation_report import format_report
 from ebmlab.jobs.specs import parse_event_shape
@@ -68,7 +71,9 @@ class Temperatures(click.ParamType):
 @click.option("--event-shape", default=None, metavar="D[,D...]", help="Event shape for energies that declare none.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print exactly one JSON object; with a run directory as --energy, also save it as "
+                   "RUN_DIR/evaluation.json (shown by ebmlab report).")
 @user_errors(terms=in_option_terms)
 def command(energy_spec, data_spec, method, temperatures, schedule, runs, sampler, steps_per_temperature, base_std,
             no_reverse, bounds, grid_points, num_examples, num_levels, no_metrics, event_shape, seed, device,
@@ -83,3 +88,5 @@ def command(energy_spec, data_spec, method, temperatures, schedule, runs, sample
     if not is_main_process():  # under torchrun every rank holds the same report; rank 0 prints it
         return
     click.echo(json.dumps(report.to_dict()) if as_json else format_report(report))
+    if as_json and os.path.isdir(energy_spec):  # the run keeps its evaluation, for ebmlab report
+        save_evaluation(report, energy_spec)

@@ -156,4 +156,21 @@ def run_evaluation_job(job: EvaluationJob) -> EvaluationReport:
     return report.replace(energy=job.energy, data=job.data, learned_log_z=None if learned is None else float(learned))
 
 
-__all__ = ["EvaluationJob", "in_option_terms", "load_data", "log_z_report", "parse_bounds", "run_evaluation_job"]
+#: Where :func:`save_evaluation` keeps a run's evaluation (read by ``ebmlab report``).
+EVALUATION_NAME = "evaluation.json"
+
+
+def save_evaluation(report: EvaluationReport, run_dir: str | os.PathLike) -> str:
+    """Write ``report.to_dict()`` (the JSON of ``evaluate --json``) atomically to
+    ``RUN_DIR/evaluation.json``, replacing an earlier evaluation; returns the path."""
+    import json
+
+    from ebmlab.atomic import atomic_write
+
+    path = os.path.join(run_dir, EVALUATION_NAME)
+    text = json.dumps(report.to_dict(), indent=2) + "\n"
+    return str(atomic_write(path, lambda f: f.write(text.encode("utf-8"))))
+
+
+__all__ = ["EVALUATION_NAME", "EvaluationJob", "in_option_terms", "load_data", "log_z_report", "parse_bounds",
+           "run_evaluation_job", "save_evaluation"]
