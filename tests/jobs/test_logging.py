@@ -8,6 +8,7 @@ compared with the run's per-update records, which a recording callback keeps in 
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -115,5 +116,7 @@ def test_train_cli_log_options(tmp_path):
                                        "--no-plots", "--no-progress", "--log", "csv", "--log-every", 4])
     assert result.exit_code == 0, result.output
     assert [int(r["step"]) for r in read_csv(out / "metrics.csv")] == [4, 8, 12]
+    lines = (out / "metrics.jsonl").read_text().splitlines()  # one interval for both
+    assert [json.loads(line)["step"] for line in lines] == [4, 8, 12]
     result = CliRunner().invoke(main, ["train", "--out", tmp_path / "x", "--log", "wandb"])
     assert result.exit_code == 2 and "--log" in result.output

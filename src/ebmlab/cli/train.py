@@ -171,7 +171,8 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
               help="Also log the metrics to RUN_DIR/metrics.csv or TensorBoard event files in RUN_DIR/tensorboard/ "
                    "(needs pip install tensorboard).")
 @click.option("--log-every", type=click.IntRange(min=1), default=None,
-              help="Log every N updates [default: steps // 2000, at least 1: at most a few thousand rows].")
+              help="Record the metrics (metrics.jsonl and --log) every N updates and at the last [default: "
+                   "steps // 2000, at least 1: at most a few thousand rows].")
 @click.option("--plot-samples", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Model samples drawn for the pictures (at most 64 for images).")
 @click.option("--plot-sampler-steps", type=click.IntRange(min=0), default=None,

@@ -61,8 +61,9 @@ def run_train_job(config: TrainConfig, out: str | Path, resume: bool = False, pr
                   plots: bool = True, plot_samples: int = 2000, plot_sampler_steps: int | None = None,
                   log: str = "none", log_every: int | None = None) -> RunResult:
     """Train (or resume) ``config`` into ``out`` with a progress bar and the run's pictures;
-    ``log`` is ``csv`` (``out/metrics.csv``), ``tensorboard`` (``out/tensorboard/``) or ``none``,
-    writing every ``log_every`` updates (default: at most about 2,000 rows)."""
+    ``log`` is ``csv`` (``out/metrics.csv``), ``tensorboard`` (``out/tensorboard/``) or ``none``;
+    the logger and ``metrics.jsonl`` record every ``log_every`` updates (default: the library's,
+    ``max(1, steps // 2000)``)."""
     callbacks: list[Callback] = []
     logger = make_logger(log, out, log_every)
     if logger is not None:
@@ -74,7 +75,7 @@ def run_train_job(config: TrainConfig, out: str | Path, resume: bool = False, pr
         if steps is None:
             steps = recommended_picture_steps(config.model, config.objective, config.data)
         callbacks.append(RunPictures(plot_samples, steps))
-    return train(config, resume=resume, out=out, callbacks=callbacks)
+    return train(config, resume=resume, out=out, callbacks=callbacks, log_every=log_every)
 
 
 __all__ = ["KEY_FIGURES", "PROGRESS", "ProgressBar", "run_train_job", "show_progress"]
