@@ -114,13 +114,14 @@ def test_ess_sticky_chain_divided_by_holding_time():
 
 
 def test_ess_of_stuck_chains_is_small_and_constant_dims_are_nan():
-    """Chains that never move (each stuck at its own start) carry about one draw each:
-    ``ρ_t = 1`` for every lag, so ``ESS ≈ M/2 < M``. All-equal draws give NaN."""
+    """Chains that never move (each stuck at its own start) carry about one draw each: the
+    2M split halves have ``ρ_t = 1`` for every lag, so ``ESS ≈ 2M/2 = M < 2M``. All-equal
+    draws give NaN."""
     rng = np.random.default_rng(5)
     stuck = np.broadcast_to(rng.standard_normal((1, 8, 3)), (500, 8, 3))
     ess = effective_sample_size(stuck)
     assert ess.shape == (3,)
-    assert (ess < 8).all() and (ess > 0).all()
+    assert (ess < 16).all() and (ess > 0).all()
     assert np.isnan(effective_sample_size(np.zeros((100, 4, 2)))).all()
     rhat = split_rhat(stuck)
     assert np.isinf(rhat).all()
@@ -143,7 +144,8 @@ def test_ess_accepts_torch_and_keeps_event_shape():
 def test_rank_normalized_ess_close_to_plain_for_gaussian_ar1():
     """For Gaussian AR(1) draws the bulk (rank-normalised) ESS matches the same oracle."""
     chains = ar1_chains(0.5, NUM_DRAWS, NUM_CHAINS, NUM_REPLICATES, seed=21)
-    assert ess_matches(effective_sample_size(chains, rank_normalize=True), NUM_DRAWS * NUM_CHAINS / 3)
+    assert ess_matches(effective_sample_size(chains, method="bulk"), NUM_DRAWS * NUM_CHAINS / 3)
+    assert ess_matches(effective_sample_size(chains, method="identity"), NUM_DRAWS * NUM_CHAINS / 3)
 
 
 def test_rank_normalize_is_normal_scores():
@@ -173,7 +175,7 @@ def test_split_rhat_of_iid_chains_follows_exact_f_law():
     The KS test (400 values) detects a shift of R̂² by about 0.25/n and more."""
     num_draws, num_chains, dims = 200, 4, 400
     draws = np.random.default_rng(1).standard_normal((num_draws, num_chains, dims))
-    rhat = split_rhat(draws)
+    rhat = split_rhat(draws, rank_normalize=False)
     half, groups = num_draws // 2, 2 * num_chains
     law = stats.f(groups - 1, groups * (half - 1))
     assert stats.kstest(_f_statistic(rhat, half), law.cdf).pvalue > 1e-5
@@ -187,7 +189,8 @@ def test_split_rhat_negative_control_shifted_chain_fails():
     rng = np.random.default_rng(2)
     draws = rng.standard_normal((num_draws, num_chains, dims))
     draws[:, 0] += 2.0
-    rhat = split_rhat(draws)
+    assert (split_rhat(draws) > 1.1).all()  # the default, rank-normalised R-hat, sees it too
+    rhat = split_rhat(draws, rank_normalize=False)
     assert (rhat > 1.1).all()
     half, groups = num_draws // 2, 2 * num_chains
     law = stats.f(groups - 1, groups * (half - 1))
@@ -205,7 +208,7 @@ def test_rank_normalized_rhat_detects_different_scales():
     draws = rng.standard_normal((1000, 4, 20))
     assert (split_rhat(draws, rank_normalize=True) < 1.05).all()
     draws[:, 0] *= 3.0
-    assert (split_rhat(draws) < 1.05).all()
+    assert (split_rhat(draws, rank_normalize=False) < 1.05).all()
     assert (split_rhat(draws, rank_normalize=True) > 1.1).all()
 
 
@@ -279,3 +282,49 @@ def test_summary_accepts_record_like_objects():
     assert result.acceptance.max == 1.0 and result.acceptance.divergences == 1
     assert result.acceptance.chains_with_divergences == 1
     assert "rwmh" in format_summary(result) and "divergences 1 in 1 chain(s)" in format_summary(result)
+
+
+def test_summary_columns_are_the_arviz_diagnostics():
+    """The summary's columns are the library's functions of the same names (ArviZ's definitions,
+    tested against ArviZ in test_diagnostics_arviz.py), and ``ess`` is the bulk ESS."""
+    from ebmlab.diagnostics import ess_bulk, ess_tail, mcse_mean, mcse_sd
+
+    draws = np.random.default_rng(9).standard_normal((101, 3, 2)).cumsum(axis=0)
+    result = summary(draws)
+    for column, fn in ((result.ess_bulk, ess_bulk), (result.ess_tail, ess_tail), (result.mcse_mean, mcse_mean),
+                       (result.mcse_sd, mcse_sd), (result.rhat, split_rhat)):
+        np.testing.assert_allclose(column, fn(draws), rtol=1e-12)
+    assert result.ess is result.ess_bulk
+    header = format_summary(result).splitlines()[0].split()
+    assert header == ["mean", "std", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"]
+
+
+def test_warnings_name_the_problem_and_what_to_try():
+    """Disagreeing chains warn about R-hat (suggesting burn-in and 'pt'), slowly mixing ones about
+    the ESS; a record's stuck chains and divergences get a sentence each. Negative control: well
+    mixed iid chains give no warning at all."""
+    from ebmlab.diagnostics import min_ess_for, warnings
+
+    rng = np.random.default_rng(10)
+    good = rng.standard_normal((1000, 4, 2))
+    assert summary(good).warnings == () and "warning" not in format_summary(good)
+    assert (min_ess_for(1), min_ess_for(4), min_ess_for(1024)) == (100, 400, 400)
+
+    shifted = good.copy()
+    shifted[:, 0] += 3.0
+    rhat = warnings(shifted)[0]  # the ESS is low too: the shift inflates the pooled variance
+    assert rhat.startswith("R-hat is ") and "burn_in" in rhat and "sampler='pt'" in rhat
+
+    walk = rng.standard_normal((200, 4, 2)).cumsum(axis=0)
+    text = " ".join(warnings(walk))
+    assert "Low effective sample size (bulk ESS" in text and "below 400" in text and "sampler='nuts'" in text
+
+    record = SimpleNamespace(samples=torch.as_tensor(good[:, :2]), energy=torch.as_tensor(good[:, :2, 0]),
+                             acceptance_rate=torch.tensor([0.0, 0.5]), divergences=torch.tensor([0, 3]),
+                             step_size=0.1, num_steps=1000, kernel=SimpleNamespace(name="hmc"))
+    result = summary(record)
+    stuck, divergent = result.warnings
+    assert stuck.startswith("1 of 2 chain(s) never accepted") and "step_size" in stuck
+    assert divergent.startswith("3 divergent transition(s) in 1 of 2 chain(s)") and "sampler='nuts'" in divergent
+    assert format_summary(result).splitlines()[-2:] == [f"warning: {stuck}", f"warning: {divergent}"]
+    assert warnings(result) == result.warnings
