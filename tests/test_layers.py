@@ -1,7 +1,8 @@
 """The package's layers: every import points downward, and no module imports itself back.
 
     cli → jobs → training → objectives | partition → samplers → energy
-    (metrics and testing below training; data and diagnostics beside samplers;
+    (metrics and testing below training; data beside samplers; diagnostics beside energy,
+     so that sampler records can export themselves;
      distributed/ imports nothing of ebmlab; atomic and registry are shared by all)
 
 The graph is read from the source with :mod:`ast` (every ``import`` and ``from ... import``,
@@ -21,8 +22,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ebmlab"
 
 #: Components by level: a component may import components of strictly lower level.
 LEVELS = {
-    "energy": 0,
-    "samplers": 1, "data": 1, "diagnostics": 1,
+    "energy": 0, "diagnostics": 0,
+    "samplers": 1, "data": 1,
     "objectives": 2, "partition": 2,
     "metrics": 3, "testing": 3,
     "training": 4,

@@ -78,9 +78,11 @@ def test_kernels_declare_the_kinds_they_sample():
     for name, kinds in expected.items():
         assert get_kernel_class(name).supports == kinds, name
     for name in available():
-        cls = get_kernel_class(name)
-        legacy = "real" if cls.supports == ("real",) else "discrete"
-        assert cls.support == legacy and make_kernel(name).support == legacy, name
+        cls, kernel = get_kernel_class(name), make_kernel(name)
+        legacy = "real" if kernel.supports == ("real",) else "discrete"
+        assert kernel.support == legacy, name
+        if not isinstance(cls.__dict__.get("supports"), property):  # PT's follow its base kernel's
+            assert cls.support == legacy, name
     with pytest.raises(AttributeError):
         Gibbs().support = "real"
     # the hint in error messages lists the registered kernels of each kind (block Gibbs, which

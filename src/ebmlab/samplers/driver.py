@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -44,6 +44,11 @@ class ChainRecord:
         wall_time: seconds spent in the run, burn-in included.
         adaptation: :class:`~ebmlab.samplers.window_adaptation.WindowAdaptationInfo` after
             ``adapt="window"``, else ``None``.
+        stats: per-draw statistics of the kept draws, each ``(num_kept, C)``: ``accept_prob``,
+            ``diverged`` and the kernel's own (NUTS: ``tree_depth``, ``num_grad_evals``,
+            ``energy_error``).
+        num_grad_evals: gradient evaluations per chain after burn-in ``(C,)`` when the kernel
+            reports them (NUTS), else ``None``.
     """
 
     samples: torch.Tensor
@@ -57,10 +62,19 @@ class ChainRecord:
     thin: int
     wall_time: float
     adaptation: WindowAdaptationInfo | None = None
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    num_grad_evals: torch.Tensor | None = None
 
     @property
     def num_chains(self) -> int:
         return self.final_state.num_chains
+
+    def to_arviz(self):
+        """The draws as an ArviZ object with ``chain``/``draw`` dims and sample stats
+        (:func:`ebmlab.diagnostics.to_arviz`; needs ``pip install ebmlab[arviz]``)."""
+        from ebmlab.diagnostics import to_arviz
+
+        return to_arviz(self)
 
     @property
     def step_size(self) -> float | torch.Tensor | None:
@@ -187,4 +201,6 @@ def sample(
         thin=thin,
         wall_time=time.perf_counter() - start,
         adaptation=info,
+        stats=main.stats,
+        num_grad_evals=main.num_grad_evals,
     )

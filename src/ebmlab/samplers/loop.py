@@ -9,7 +9,7 @@ thinning, records), window adaptation, contrastive divergence and AIS are built 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Callable
 
 import torch
@@ -66,6 +66,11 @@ class KernelRun:
         accept_prob: summed acceptance probabilities per chain, ``(C,)``.
         divergences: NaN/infinite proposals per chain, ``(C,)`` (long).
         num_steps: transitions run.
+        stats: per-draw statistics at the kept steps, each ``(S, C)``: ``accept_prob``,
+            ``diverged``, and whatever extra per-chain fields the kernel's step info carries
+            (NUTS: ``tree_depth``, ``num_grad_evals``, ``energy_error``); empty when ``every == 0``.
+        num_grad_evals: gradient evaluations per chain over all steps, ``(C,)``, when the
+            kernel reports them (NUTS), else ``None``.
     """
 
     state: ChainState
@@ -76,6 +81,8 @@ class KernelRun:
     accept_prob: torch.Tensor
     divergences: torch.Tensor
     num_steps: int
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    num_grad_evals: torch.Tensor | None = None
 
     @property
     def mean_accept_prob(self) -> float:
@@ -121,6 +128,8 @@ def run_kernel(kernel: Kernel, energy: EnergyFn, state: ChainState, num_steps: i
     divergences = torch.zeros(num_chains, dtype=torch.long, device=device)
     kept_x: list[torch.Tensor] = []
     kept_e: list[torch.Tensor] = []
+    kept_stats: dict[str, list[torch.Tensor]] = {}
+    grad_evals = None
     da_state = adaptation.init(initial_step_sizes(kernel, state, per_chain)) if adaptation is not None else None
     for i in range(1, num_steps + 1):
         state, info = kernel.step(energy, state, generator)
@@ -135,11 +144,35 @@ def run_kernel(kernel: Kernel, energy: EnergyFn, state: ChainState, num_steps: i
             stat = info.accept_prob.detach().to(torch.float64) if per_chain else float(info.accept_prob.mean())
             da_state = adaptation.update(da_state, stat)
             kernel = kernel.with_step_size(da_state.final_step_size if i == num_steps else da_state.step_size)
+        extra = per_draw_fields(info)
+        if "num_grad_evals" in extra:
+            grad_evals = info.num_grad_evals if grad_evals is None else grad_evals + info.num_grad_evals
         if every and i % every == 0:
             kept_x.append(state.x)
             kept_e.append(state.energy)
+            for key in ("accept_prob", "diverged", *extra):
+                kept_stats.setdefault(key, []).append(getattr(info, key))
         if callback is not None:
             callback(first_step + i - 1, state, info)
     x = torch.stack(kept_x) if kept_x else (state.x.new_zeros((0, *state.x.shape)) if every else None)
     e = torch.stack(kept_e) if kept_e else (state.energy.new_zeros((0, num_chains)) if every else None)
-    return KernelRun(state, kernel, x, e, accepted, accept_prob, divergences, num_steps)
+    stats = {key: torch.stack(values) for key, values in kept_stats.items()}
+    return KernelRun(state, kernel, x, e, accepted, accept_prob, divergences, num_steps, stats, grad_evals)
+
+
+_BASE_FIELDS = frozenset(f.name for f in fields(StepInfo))
+
+
+def per_draw_fields(info: StepInfo) -> tuple[str, ...]:
+    """The extra per-chain ``(C,)`` tensor fields of a kernel's step info beyond :class:`StepInfo`."""
+    cls = type(info)
+    cached = _EXTRA_FIELDS.get(cls)
+    if cached is None:
+        cached = tuple(f.name for f in fields(info) if f.name not in _BASE_FIELDS) if is_dataclass(info) else ()
+        _EXTRA_FIELDS[cls] = cached
+    num_chains = info.accepted.shape[0]
+    return tuple(k for k in cached if isinstance(getattr(info, k), torch.Tensor)
+                 and getattr(info, k).shape == (num_chains,))
+
+
+_EXTRA_FIELDS: dict[type, tuple[str, ...]] = {}
