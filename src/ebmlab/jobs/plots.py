@@ -176,7 +176,8 @@ def plot_chain_trace(samples: ArrayLike, path: str | os.PathLike, max_dims: int 
         ax.set_ylabel(f"x[{d}]")
     axes[0].set_title(f"traces of {chains} chain{'s' if chains > 1 else ''} (first {dims} coordinates)")
     if chains > 1:
-        axes[0].legend(loc="upper right", fontsize=7, ncols=chains, frameon=False)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncols=chains, frameon=False)
     axes[-1].set_xlabel("kept draw")
     return save_figure(fig, path)
 
