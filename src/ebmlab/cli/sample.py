@@ -52,7 +52,20 @@ _ENERGY_HELP = (
 @click.option("--event-shape", default=None, metavar="D[,D...]",
               help="Event shape, e.g. 2 or 1,28,28, for energies that do not declare one.")
 @click.option("--target-accept", type=float, default=None, help="Acceptance rate that burn-in tunes toward.")
-@click.option("--out", required=True, metavar="FILE.npz", help="Output file (written atomically).")
+@click.option("--max-tree-depth", type=int, default=None, metavar="D",
+              help="nuts: at most D trajectory doublings (2^D - 1 leapfrog steps) per transition [default: 10].")
+@click.option("--metric", type=click.Choice(["diag", "dense"]), default=None,
+              help="hmc, mala, nuts: learn a diagonal or dense mass matrix with the step size during burn-in "
+                   "(Stan's window adaptation); default: the step size only, identity mass matrix.")
+@click.option("--base", default=None, metavar="NAME",
+              help="pt: the sampler run at every temperature, e.g. mala (default), hmc, rwmh, gibbs, gwg.")
+@click.option("--temperatures", "num_temperatures", type=int, default=None, metavar="K",
+              help="pt: number of temperatures, the target's included [default: 8].")
+@click.option("--max-temperature", type=float, default=None, metavar="T",
+              help="pt: the hottest temperature [default: 10]; the ladder starts geometric and adapts during "
+                   "burn-in toward equal swap rates.")
+@click.option("--out", required=True, metavar="FILE.npz|FILE.nc",
+              help="Output file (written atomically): .npz, or .nc for netCDF via ArviZ (pip install ebmlab[arviz]).")
 @click.option("--plot", default=None, metavar="FILE.png",
               help="Also plot: density contours with samples (2-D), an image grid (image-shaped events) "
                    "or chain traces.")
@@ -62,7 +75,8 @@ _ENERGY_HELP = (
                    "otherwise trace plots.")
 @user_errors(terms=in_option_terms)
 def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_size, num_leapfrog, seed, init,
-            device, threads, compile_, event_shape, target_accept, out, plot, plot_chains) -> None:
+            device, threads, compile_, event_shape, target_accept, max_tree_depth, metric, base, num_temperatures,
+            max_temperature, out, plot, plot_chains) -> None:
     if threads < 0:
         raise UserError(f"--threads must be >= 0, got {threads}")
     if threads:
@@ -71,7 +85,8 @@ def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_siz
         energy=energy_spec, sampler=sampler, out=out, num_chains=num_chains, num_steps=num_steps, burn_in=burn_in,
         thin=thin, step_size=step_size, num_leapfrog=num_leapfrog, seed=seed, init=init,
         device=device, compile=compile_, event_shape=parse_event_shape(event_shape),
-        target_accept=target_accept, plot=plot, progress=is_terminal(),
+        target_accept=target_accept, plot=plot, progress=is_terminal(), max_tree_depth=max_tree_depth,
+        metric=metric, base=base, num_temperatures=num_temperatures, max_temperature=max_temperature,
     )
     annealed_run = noise_conditional_run(energy_spec) if sampler in (None, ANNEALED) else None
     if annealed_run is not None:

@@ -16,10 +16,28 @@ A chain whose energy becomes NaN during the run raises
 :class:`~ebmlab.samplers.driver.ChainDivergedError` (naming the step and the chains), and no
 output file is written then.
 
-The ``.npz`` holds ``samples`` ``(kept, C, *event)``, ``energy`` ``(kept, C)``,
-``acceptance_rate`` ``(C,)``, ``divergences`` ``(C,)``, ``step_size`` (NaN for kernels without
-one), ``event_shape``, ``wall_time``, and ``metadata``: a JSON string of the job's options and
-results, with its main fields also stored as arrays of their own.
+Output files (``--out``), written atomically. A ``.npz`` (``np.load(path)``) holds, with
+``kept = num_steps // thin`` draws of ``C`` chains and the run's float dtype (float32 unless
+``torch.set_default_dtype`` says otherwise):
+
+* ``samples`` ``(kept, C, *event)`` float: the kept draws, draw-major (ArviZ's order is
+  chain-major: ``samples.swapaxes(0, 1)``);
+* ``energy`` ``(kept, C)`` float: ``E(x)`` of each kept draw (lower is likelier);
+* ``acceptance_rate`` ``(C,)`` float: accepted proposals per step after burn-in;
+* ``divergences`` ``(C,)`` int64: divergent transitions after burn-in;
+* ``step_size`` ``()`` float64: the tuned step size (NaN for kernels without one);
+* ``wall_time`` ``()`` float64: seconds, burn-in included;
+* ``event_shape`` ``(len(event),)`` int64;
+* ``metadata`` ``()`` str: JSON of every option of the job and its results (``ebmlab_version``,
+  ``kernel``, ``step_size``, ``num_kept``, ``divergences``, ...);
+* copies of metadata fields, ``()`` each: ``energy_spec``, ``sampler``, ``init``, ``support``
+  (str) and ``seed``, ``num_chains``, ``num_steps``, ``burn_in``, ``thin`` (int64).
+
+A ``.nc`` is netCDF written through ArviZ (:func:`ebmlab.diagnostics.to_arviz`; ``pip install
+ebmlab[arviz]``): group ``posterior`` with ``x`` ``(chain, draw, *event)``, group
+``sample_stats`` with ``lp = -energy``, ``acceptance_rate``, ``step_size`` (and NUTS's per-draw
+statistics when the record has them), the metadata JSON as the attribute ``ebmlab_metadata``;
+read it with ``arviz.from_netcdf`` (or ``xarray.open_datatree``).
 """
 
 from __future__ import annotations
@@ -38,6 +56,7 @@ import torch
 from torch import nn
 
 from ebmlab.atomic import atomic_write
+from ebmlab.diagnostics.export import INSTALL_HINT, arviz_available
 from ebmlab.distributed import resolve_device
 from ebmlab.jobs.progress import progress_bar
 from ebmlab.samplers import ChainRecord, Kernel, get_kernel_class, kernel_options, make_kernel, sample
@@ -52,7 +71,10 @@ SUMMARY_DIMS = 4
 @dataclass(frozen=True)
 class SampleJob:
     """Options of one sampling job (those of ``ebmlab sample``). ``step_size=None`` keeps the
-    kernel's default; ``init`` is ``"noise"``, ``"zeros"`` or a path to a ``.npy`` file."""
+    kernel's default; ``init`` is ``"noise"``, ``"zeros"`` or a path to a ``.npy`` file.
+    ``max_tree_depth``: NUTS's; ``metric``: ``"diag"``/``"dense"`` learns a mass matrix during
+    burn-in (window adaptation; hmc, mala, nuts); ``base``, ``num_temperatures``,
+    ``max_temperature``: parallel tempering's (``sampler="pt"``; the ladder adapts during burn-in)."""
 
     energy: str
     sampler: str
@@ -71,6 +93,11 @@ class SampleJob:
     target_accept: float | None = None
     plot: str | None = None
     progress: bool = False
+    max_tree_depth: int | None = None
+    metric: str | None = None
+    base: str | None = None
+    num_temperatures: int | None = None
+    max_temperature: float | None = None
 
 
 @dataclass
@@ -141,6 +168,17 @@ def validate(job: SampleJob) -> None:
         raise ValueError(f"--step-size must be a finite number > 0, got {job.step_size}")
     if job.target_accept is not None and not (0 < job.target_accept < 1):
         raise ValueError(f"--target-accept must be in (0, 1), got {job.target_accept}")
+    if job.max_tree_depth is not None and job.sampler != "nuts":
+        raise ValueError(f"--max-tree-depth applies to --sampler nuts, not {job.sampler}")
+    pt_given = [o for o, v in (("--base", job.base), ("--temperatures", job.num_temperatures),
+                               ("--max-temperature", job.max_temperature)) if v is not None]
+    if pt_given and job.sampler != "pt":
+        raise ValueError(f"{', '.join(pt_given)} appl{'ies' if len(pt_given) == 1 else 'y'} to --sampler pt, "
+                         f"not {job.sampler}")
+    if job.metric is not None and job.burn_in == 0:
+        raise ValueError(f"--metric {job.metric} is learned during burn-in; give --burn-in > 0")
+    if Path(job.out).suffix == ".nc" and not arviz_available():
+        raise ValueError(f"--out {job.out}: writing netCDF needs ArviZ; {INSTALL_HINT} (or write a .npz)")
 
 
 def initial_states(job: SampleJob, event_shape: tuple[int, ...], support: str, num_states: int,
@@ -171,6 +209,30 @@ def initial_states(job: SampleJob, event_shape: tuple[int, ...], support: str, n
     return torch.as_tensor(np.array(arr, dtype=np.float64), dtype=dtype, device=device)
 
 
+def _leapfrog(name: str, job: SampleJob) -> dict:
+    """``--leapfrog`` has a default, for the kernels that take it."""
+    return {"num_leapfrog": job.num_leapfrog} if "num_leapfrog" in kernel_options(name) else {}
+
+
+def kernel_arguments(job: SampleJob) -> dict:
+    """The hyperparameters ``make_kernel(job.sampler, ...)`` gets; for ``pt`` the base kernel is
+    built here (with ``--leapfrog``) and the ladder adapts over the burn-in."""
+    options = {"step_size": job.step_size, **_leapfrog(job.sampler, job), "max_tree_depth": job.max_tree_depth}
+    if job.sampler == "pt":
+        base = job.base or "mala"
+        options.update(base=make_kernel(base, **_leapfrog(base, job)), num_temperatures=job.num_temperatures,
+                       max_temperature=job.max_temperature, ladder_burn_in=job.burn_in)
+    return options
+
+
+def sampling_options(job: SampleJob) -> dict:
+    """The adaptation arguments of :func:`ebmlab.samplers.sample` for ``job``: dual averaging of the
+    step size, or with ``metric`` Stan's window adaptation of step size and mass matrix."""
+    if job.metric is None:
+        return {"adapt": True}
+    return {"adapt": "window", "metric": job.metric}
+
+
 def prepare(job: SampleJob) -> PreparedJob:
     """Validate ``job`` and build energy, kernel, ``x0`` and generator; nothing is sampled yet.
 
@@ -194,10 +256,7 @@ def prepare(job: SampleJob) -> PreparedJob:
         from ebmlab.energy import compile_energy
 
         energy = compile_energy(energy)
-    options = {"step_size": job.step_size}
-    if "num_leapfrog" in kernel_options(job.sampler):  # --leapfrog has a default, for the kernels that take it
-        options["num_leapfrog"] = job.num_leapfrog
-    kernel = make_kernel(job.sampler, **options)
+    kernel = make_kernel(job.sampler, **kernel_arguments(job))
     return PreparedJob(job, energy, tuple(event_shape), support, kernel, x0, generator, device)
 
 
@@ -222,8 +281,11 @@ def _version() -> str:
 
 
 def save_record(path: str | os.PathLike, record: ChainRecord, meta: dict) -> Path:
-    """Write ``record`` and ``meta`` to ``path`` as ``.npz``, atomically (temp file + ``os.replace``)."""
+    """Write ``record`` and ``meta`` to ``path`` as ``.npz`` (or netCDF for a ``.nc`` path, see
+    :func:`save_netcdf`), atomically (temp file + ``os.replace``); the layouts are in the module docstring."""
     path = Path(path)
+    if path.suffix == ".nc":
+        return save_netcdf(path, record, meta)
     step = record.step_size
     arrays = {
         "samples": record.samples.detach().cpu().numpy(),
@@ -242,6 +304,26 @@ def save_record(path: str | os.PathLike, record: ChainRecord, meta: dict) -> Pat
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def save_netcdf(path: str | os.PathLike, record: ChainRecord, meta: dict) -> Path:
+    """Write :func:`ebmlab.diagnostics.to_arviz` of ``record`` to ``path`` as netCDF, atomically,
+    with ``meta`` as the JSON attribute ``ebmlab_metadata`` of its groups (needs ArviZ)."""
+    from ebmlab.diagnostics import to_arviz
+
+    data = to_arviz(record)
+    for group in ("posterior", "sample_stats"):
+        data[group].attrs["ebmlab_metadata"] = json.dumps(meta)
+    path = Path(path)
+
+    def write(f) -> None:
+        with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+            written = Path(folder) / "record.nc"
+            data.to_netcdf(str(written))
+            f.write(written.read_bytes())
+
+    return atomic_write(path, write)
+
+
+
 def run_sampling_job(job: SampleJob) -> SampleResult:
     """Prepare, sample, write ``job.out`` (and ``job.plot``), and return the result.
 
@@ -252,8 +334,8 @@ def run_sampling_job(job: SampleJob) -> SampleResult:
     prepared = prepare(job)
     with progress_bar(job.burn_in + job.num_steps, prepared.kernel.name, job.progress) as advance:
         record = sample(prepared.energy, prepared.kernel, prepared.x0, num_steps=job.num_steps, burn_in=job.burn_in,
-                        thin=job.thin, generator=prepared.generator, adapt=True, target_accept=job.target_accept,
-                        callback=advance)
+                        thin=job.thin, generator=prepared.generator, target_accept=job.target_accept,
+                        callback=advance, **sampling_options(job))
     out = save_record(job.out, record, metadata(prepared, record))
     plot = None
     if job.plot is not None:
@@ -265,17 +347,20 @@ def run_sampling_job(job: SampleJob) -> SampleResult:
 
 def format_result(result: SampleResult, max_dims: int = SUMMARY_DIMS) -> str:
     """What ``ebmlab sample`` prints: the job, :func:`ebmlab.diagnostics.format_summary` of the
-    record (mean, std, ESS and split R-hat of the first ``max_dims`` coordinates and of the
-    energy; acceptance, divergences, step size), the speed and the files written."""
+    record (mean, std, MCSE, bulk and tail ESS and R-hat of the first ``max_dims`` coordinates and
+    of the energy; acceptance, divergences, step size; its warnings in option terms), parallel
+    tempering's swap and round-trip rates (:func:`tempering_lines`), the speed and the files written."""
     from ebmlab.diagnostics import format_summary
+    from ebmlab.jobs.sampling_summary import tempering_lines, warning_in_option_terms
 
     record, job = result.record, result.prepared.job
     kept, chains = record.samples.shape[:2]
     lines = [f"sampled {job.energy} with {job.sampler}: {chains} chains, {kept} kept draws each"]
     try:
-        lines.append(format_summary(record, max_dims=max_dims))
+        lines.extend(warning_in_option_terms(line) for line in format_summary(record, max_dims=max_dims).splitlines())
     except ValueError as err:  # too few draws for ESS and R-hat
         lines.append(f"diagnostics: n/a ({str(err).splitlines()[0]})")
+    lines.extend(tempering_lines(record.final_state))
     speed = chains * (job.burn_in + job.num_steps) / max(record.wall_time, 1e-12)
     lines.append(f"speed: {speed:.4g} samples/s (chain transitions incl. burn-in, {record.wall_time:.2f} s)")
     lines.append(f"wrote {result.out}" + (f" and {result.plot}" if result.plot is not None else ""))
@@ -283,5 +368,5 @@ def format_result(result: SampleResult, max_dims: int = SUMMARY_DIMS) -> str:
 
 
 __all__ = ["FIGURE_SUFFIXES", "PreparedJob", "SampleJob", "SampleResult", "check_figure_path", "check_writable",
-           "format_result", "in_option_terms", "initial_states", "metadata", "prepare", "run_sampling_job",
-           "save_record", "validate"]
+           "format_result", "in_option_terms", "initial_states", "kernel_arguments", "metadata", "prepare",
+           "run_sampling_job", "sampling_options", "save_netcdf", "save_record", "validate"]
