@@ -129,7 +129,7 @@ def save_pictures(run_dir: str | os.PathLike, model: nn.Module, energy: nn.Modul
             times = chain_times if chain_times is not None and len(chain_times) == chains.shape[0] else None
             written.append(plots.save_chain_grid(frames, run_dir / "chains.png", value_range=bounds, times=times,
                                                  title=f"{min(8, chains.shape[1])} model chains over time"))
-    keys = ("loss", "cd_gap", "accept", "log_z", "accuracy", "grad_norm")
+    keys = ("loss", "heldout_loss", "heldout_nll", "cd_gap", "accept", "log_z", "accuracy", "grad_norm")
     records = [{k: r[k] for k in ("step", *keys) if k in r} for r in metrics]
     if records:
         written.append(plots.plot_loss_curve(records, run_dir / "loss.png"))

@@ -32,6 +32,7 @@ from ebmlab.samplers import Kernel, make_kernel
 from ebmlab.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, remove_stale_temporaries
 from ebmlab.training.lock import RunLock, check_run_directory
 from ebmlab.training.config import TrainConfig, resolve_device
+from ebmlab.training.heldout import HeldoutEvaluation
 from ebmlab.training.history import read_metrics
 from ebmlab.training.loading import CONFIG_NAME, energy_on_raw_data, load_run_data, split_run_data
 from ebmlab.training.loop import (
@@ -92,7 +93,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig | dict, resume: bool = False, callback: Callable | None = None,
                  out: str | Path | None = None, callbacks: Iterable[Callback | Callable] = (),
-                 log_every: int | None = None):
+                 log_every: int | None = None, heldout_every: int | None = None):
         config = TrainConfig.from_dict(config) if isinstance(config, dict) else copy.deepcopy(config).validate()
         self.config = config
         self.sharding = TrainSharding.current()
@@ -130,7 +131,8 @@ class Trainer:
                 raise ValueError(f"{str(out)!r} already holds a run (checkpoint.pt); resume it or choose another out")
             self.run_dir = Path(out)
             self._setup_data()
-            self._build(as_callbacks(callbacks) + as_callbacks(callback), log_every)
+            extra = as_callbacks(callbacks) + as_callbacks(callback)
+            self._build(self._heldout_evaluation(heldout_every) + extra, log_every)
             self.loop.lock = lock
             if checkpoint is not None:
                 self._restore(checkpoint)
@@ -210,6 +212,14 @@ class Trainer:
                               support=self.support, run_dir=self.run_dir, sharding=self.sharding, run_state=run_state,
                               model_info=self.model_info, callbacks=callbacks, info=info, log_every=log_every)
 
+    def _heldout_evaluation(self, every: int | None) -> list[Callback]:
+        """Held-out metrics every ``every`` updates (default ``max(1, steps // 10)``; 0 = off)."""
+        if every == 0 or self.heldout_index.numel() == 0:
+            return []
+        every = max(1, self.config.steps // 10) if every is None else int(every)
+        x_heldout = self.dataset.x[self.heldout_index]
+        return [HeldoutEvaluation(x_heldout, every, self.standardizer, seed=derive_seed(self.config.seed, "heldout"))]
+
     def _restore(self, state: dict[str, Any]) -> None:
         data = state["data"]
         if not (torch.equal(data["train_index"], self.train_index) and torch.equal(data["heldout_index"], self.heldout_index)):
@@ -280,15 +290,19 @@ def _check_resumable(saved: TrainConfig, config: TrainConfig, out: str | Path) -
 
 def train(config: TrainConfig | dict, resume: bool = False, callback: Callable | None = None, *,
           out: str | Path | None = None, callbacks: Iterable[Callback | Callable] = (),
-          log_every: int | None = None) -> RunResult:
+          log_every: int | None = None, heldout_every: int | None = None) -> RunResult:
     """Train an energy as ``config`` says into the run directory ``out`` (default: a fresh
     ``runs/DATA-OBJECTIVE-TIME``); with ``resume=True`` continue the run in ``out``.
 
+    ``heldout_every``: held-out metrics (:mod:`ebmlab.training.heldout`: the objective's loss, and
+    the NLL for data of ≤ 3 dimensions) and the ``best.pt`` checkpoint every this many updates
+    when the run holds out data (default ``max(1, steps // 10)``; 0 = off).
     ``log_every``: records in ``metrics.jsonl`` every this many updates (default: a few thousand
     rows at most, ``max(1, steps // 2000)``). Returns a :class:`RunResult`. Raises ``ValueError`` for bad settings or data,
     :class:`TrainingDivergedError` when the loss, an energy or a gradient turns NaN or infinite.
     """
-    return Trainer(config, resume=resume, callback=callback, out=out, callbacks=callbacks, log_every=log_every).run()
+    return Trainer(config, resume=resume, callback=callback, out=out, callbacks=callbacks, log_every=log_every,
+                   heldout_every=heldout_every).run()
 
 
 __all__ = ["RunResult", "STRUCTURAL", "Trainer", "TrainingDivergedError", "build_kernel", "train"]
