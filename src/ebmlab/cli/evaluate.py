@@ -28,7 +28,7 @@ from ebmlab.jobs.evaluation_report import format_report
 from ebmlab.jobs.specs import parse_event_shape
 from ebmlab.partition import METHODS
 
-SAMPLERS = ("mala", "hmc", "rwmh", "gibbs", "metropolis")
+SAMPLERS = ("mala", "hmc", "nuts", "rwmh", "gibbs", "metropolis")  # AIS transitions (pt is no AIS move)
 
 
 class Temperatures(click.ParamType):

@@ -161,7 +161,9 @@ def default_kernel(name: str, base: nn.Module) -> Kernel:
 
     Discrete bases: ``num_states`` (if the kernel has it). Continuous bases: a step size scaled
     to the base's median std ``s`` for the built-in kernels (``mala``/``ula`` ``0.25 s²``,
-    ``hmc`` ``0.3 s`` with 5 leapfrog steps, ``rwmh`` ``0.5 s``); other kernels keep their defaults.
+    ``hmc`` ``0.3 s`` with 5 leapfrog steps, ``nuts`` ``0.3 s`` with trees of depth ≤ 6, ``rwmh``
+    ``0.5 s``); other kernels keep their defaults. NUTS is a valid AIS transition: it leaves each
+    intermediate distribution invariant, and its trajectory length adapts to the temperature.
 
     Raises:
         ValueError: an unknown kernel name (the registry lists the known ones).
@@ -171,7 +173,8 @@ def default_kernel(name: str, base: nn.Module) -> Kernel:
         return make_kernel(name, **({"num_states": base.num_states} if "num_states" in fields else {}))
     s = float(base.std.median()) if isinstance(base, GaussianBase) else 1.0
     options = {"mala": {"step_size": 0.25 * s**2}, "ula": {"step_size": 0.25 * s**2},
-               "hmc": {"step_size": 0.3 * s, "num_leapfrog": 5}, "rwmh": {"step_size": 0.5 * s}}.get(name, {})
+               "hmc": {"step_size": 0.3 * s, "num_leapfrog": 5}, "rwmh": {"step_size": 0.5 * s},
+               "nuts": {"step_size": 0.3 * s, "max_tree_depth": 6}}.get(name, {})
     return make_kernel(name, **{k: v for k, v in options.items() if k in fields})
 
 
