@@ -10,12 +10,12 @@ import importlib
 
 import click
 
-from ebmlab.cli.common import UserError
+from ebmlab.cli.common import OneLineGroup, UserError
 
 _SUBCOMMANDS = ("sample", "train", "evaluate", "report")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ebmlab")
 def main() -> None:
     """Energy-based models: train, sample, evaluate and report."""

@@ -13,11 +13,11 @@ import torch
 
 from ebmlab.distributed import is_main_process
 from ebmlab.jobs.distributed import run_sampling_job_distributed
-from ebmlab.jobs.sampling import SampleJob, check_figure_path, check_writable, format_result, in_option_terms
+from ebmlab.jobs.sampling import SampleJob, check_figure_path, check_output_file, format_result, in_option_terms
 from ebmlab.samplers import ChainDivergedError, available
 from ebmlab.jobs.annealed_sampling import ANNEALED, format_annealed_summary, noise_conditional_run, run_annealed_job
 from ebmlab.jobs.specs import describe_builtin, parse_event_shape
-from ebmlab.cli.common import OneLineErrors, UserError, is_terminal, user_errors
+from ebmlab.cli.common import OneLineErrors, UserError, set_threads, is_terminal, user_errors
 
 
 _ENERGY_HELP = (
@@ -77,10 +77,7 @@ _ENERGY_HELP = (
 def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_size, num_leapfrog, seed, init,
             device, threads, compile_, event_shape, target_accept, max_tree_depth, metric, base, num_temperatures,
             max_temperature, out, plot, plot_chains) -> None:
-    if threads < 0:
-        raise UserError(f"--threads must be >= 0, got {threads}")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     job = SampleJob(
         energy=energy_spec, sampler=sampler, out=out, num_chains=num_chains, num_steps=num_steps, burn_in=burn_in,
         thin=thin, step_size=step_size, num_leapfrog=num_leapfrog, seed=seed, init=init,
@@ -90,7 +87,7 @@ def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_siz
     )
     annealed_run = noise_conditional_run(energy_spec) if sampler in (None, ANNEALED) else None
     if annealed_run is not None:
-        check_writable(out)
+        check_output_file(out)
         meta = run_annealed_job(annealed_run, out, num_chains, num_steps, step_size, seed, plot)
         click.echo(format_annealed_summary(meta))
         return

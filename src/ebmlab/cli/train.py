@@ -26,7 +26,7 @@ from ebmlab.data import available_datasets
 from ebmlab.training.models import available_models
 from ebmlab.objectives import available_objectives
 from ebmlab.samplers import available
-from ebmlab.cli.common import OneLineErrors, UserError, user_errors
+from ebmlab.cli.common import OneLineErrors, UserError, set_threads, user_errors
 
 
 _D = TrainConfig()  # the defaults shown in --help
@@ -201,10 +201,7 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
     if D.is_main_process():
         for note in notes:
             click.echo(f"ebmlab: note: {note}", err=True)
-    if threads < 0:
-        raise UserError(f"--threads must be >= 0, got {threads}")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     out = resume if resume is not None else out
     if out is None:  # one name for every rank of a torchrun group
         out = D.broadcast_object(str(default_run_dir(config)))

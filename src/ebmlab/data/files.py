@@ -46,6 +46,8 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"{name}: no such file")
     if path.is_dir():
         raise ValueError(f"{name}: is a directory, expected a {suffix} file")
+    if not path.is_file():  # a FIFO or a device: reading it could block or never end
+        raise ValueError(f"{name}: is not a regular file (a FIFO, socket or device), expected a {suffix} file")
     if path.stat().st_size == 0:
         raise ValueError(f"{name}: the file is empty")
     if suffix == ".csv":
@@ -89,14 +91,44 @@ def validate_array(array: np.ndarray, name: str, line_numbers: list[int] | None 
         count = int(bad.any(axis=1).sum())
         more = f"; {count} rows in all have non-finite values" if count > 1 else ""
         raise ValueError(f"{name}: {where} contains {what}{more}")
+    huge = np.abs(rows) > MAX_MAGNITUDE
+    if huge.any():
+        row = int(np.argmax(huge.any(axis=1)))
+        where = f"row {row}" if line_numbers is None else f"line {line_numbers[row]} (data row {row})"
+        raise ValueError(f"{name}: {where} holds {rows[row][huge[row]][0]:.3g}; values beyond ±{MAX_MAGNITUDE:.0e} "
+                         f"overflow float32 arithmetic (squares, variances): rescale the data")
     return array
+
+
+NPY_MAGIC = b"\x93NUMPY"
+#: Beyond this magnitude float32 arithmetic on the data (squares, variances) overflows to inf.
+MAX_MAGNITUDE = 1e18
+
+
+def _not_npy(head: bytes) -> str:
+    """What a file that lacks the .npy magic looks like, for the message."""
+    if head[:2] == b"PK":
+        return "it is a zip archive: rename it to .npz"
+    if head[:1] == b"\x80":
+        return "it holds pickled Python objects, which are never loaded"
+    try:
+        head.decode("utf-8")
+        return "it looks like text: rename a comma-separated file to .csv"
+    except UnicodeDecodeError:
+        return "it does not start with the .npy magic bytes"
 
 
 def _read_npy(path: Path, name: str) -> np.ndarray:
     try:
         with open(path, "rb") as fh:
+            head = fh.read(len(NPY_MAGIC))
+            if head != NPY_MAGIC:
+                raise ValueError(f"{name}: not a .npy array file ({_not_npy(head + fh.read(58))})")
+            fh.seek(0)
             return np.load(fh, allow_pickle=False)
     except ValueError as err:
+        if str(err).startswith(f"{name}: "):
+            raise
         if "allow_pickle" in str(err):
             raise ValueError(f"{name}: not a numeric .npy array (it holds pickled Python objects)") from None
         raise ValueError(f"{name}: not a valid .npy file ({err})") from None
@@ -104,9 +136,19 @@ def _read_npy(path: Path, name: str) -> np.ndarray:
         raise ValueError(f"{name}: not a valid .npy file ({err})") from None
 
 
+def read_npy(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
+    """The array of a ``.npy`` file (never unpickled); ``ValueError`` starting with ``name``
+    (default: the path) that says what the file is when it is not one."""
+    return _read_npy(Path(path), str(path) if name is None else name)
+
+
 def _read_npz(path: Path, name: str) -> np.ndarray:
     # The file is opened here (not by np.load) so that it is closed even when np.load fails.
     with open(path, "rb") as fh:
+        head = fh.read(64)
+        fh.seek(0)
+        if head[:2] != b"PK" and not head.startswith(NPY_MAGIC):
+            raise ValueError(f"{name}: not a .npz archive ({_not_npy(head).replace(': rename it to .npz', '')})")
         try:
             archive = np.load(fh, allow_pickle=False)
         except ValueError as err:

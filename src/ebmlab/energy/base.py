@@ -184,7 +184,14 @@ def value_and_grad(
     with torch.enable_grad():
         x_in = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
         e = check_energy_output(energy_fn(x_in), x_in)
-        (g,) = torch.autograd.grad(e.sum(), x_in, create_graph=create_graph)
+        g = None
+        if e.requires_grad:  # else the output was detached from x (no_grad, .detach(), numpy)
+            (g,) = torch.autograd.grad(e.sum(), x_in, create_graph=create_graph, allow_unused=True)
+        if g is None:
+            name = type(energy_fn).__name__ if isinstance(energy_fn, torch.nn.Module) else \
+                getattr(energy_fn, "__name__", type(energy_fn).__name__)
+            raise ValueError(f"energy {name}: its output does not depend on x (no gradient flows back to the "
+                             f"input: is it detached, computed under torch.no_grad() or in numpy?)")
     if create_graph:
         return e, g
     return e.detach(), g.detach()

@@ -32,7 +32,9 @@ from ebmlab.energy.base import EnergyFn
 from ebmlab.jobs.progress import progress_bar
 from ebmlab.partition.ais import AISResult, ais, log_weight_statistics
 from ebmlab.samplers import ChainRecord, ChainState, Kernel, sample
-from ebmlab.jobs.sampling import SampleJob, SampleResult, metadata, prepare, save_record
+from ebmlab.jobs.sampling import (
+    SampleJob, SampleResult, StepCounter, energy_errors, metadata, output_errors, prepare, save_record,
+)
 
 
 # ---------------------------------------------------------------------- sampling
@@ -86,10 +88,12 @@ def run_sampling_job_distributed(job: SampleJob) -> SampleResult:
     x0 = prepared.x0[start:stop]
 
     def run() -> ChainRecord:
-        with progress_bar(job.burn_in + job.num_steps, prepared.kernel.name, local_job.progress) as advance:
+        steps = StepCounter()
+        with progress_bar(job.burn_in + job.num_steps, prepared.kernel.name, local_job.progress) as advance, \
+                energy_errors(prepared.energy, prepared.kernel, steps):
             return sample(prepared.energy, prepared.kernel, x0, num_steps=job.num_steps, burn_in=job.burn_in,
                           thin=job.thin, generator=prepared.generator, adapt=True, target_accept=job.target_accept,
-                          callback=advance)
+                          callback=steps.track(advance))
 
     local = D.collectively(run)
     step_sizes = D.all_gather_objects(local.step_size)
@@ -101,11 +105,13 @@ def run_sampling_job_distributed(job: SampleJob) -> SampleResult:
                 step_size_per_rank=step_sizes, chains_per_rank=[D.split_count(job.num_chains, r, ctx.world_size)
                                                                  for r in range(ctx.world_size)])
     if ctx.is_main:
-        save_record(job.out, record, meta)
+        with output_errors("--out", job.out):
+            save_record(job.out, record, meta)
         if job.plot is not None:
             from ebmlab.jobs.plots import plot_samples
 
-            plot_samples(prepared.energy, record.samples, job.plot)
+            with output_errors("--plot", job.plot):
+                plot_samples(prepared.energy, record.samples, job.plot)
     D.barrier()
     return SampleResult(view, record, Path(job.out), None if job.plot is None else Path(job.plot))
 

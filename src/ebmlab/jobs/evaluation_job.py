@@ -10,6 +10,7 @@ one-line ``ValueError``; :func:`in_option_terms` puts the library's in the comma
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ebmlab.jobs.evaluation import (
 )
 from ebmlab.jobs.evaluation_rbm import as_rbm
 from ebmlab.jobs.evaluation_report import EvaluationReport
+from ebmlab.jobs.sampling import STATE_COPIES, format_bytes, memory_available
 from ebmlab.jobs.sampling import in_option_terms as kernel_terms
 from ebmlab.jobs.specs import load_training_run, resolve_energy
 from ebmlab.partition import METHODS
@@ -135,13 +137,55 @@ def log_z_report(job: EvaluationJob, energy, event_shape, support: str, generato
                       steps_per_temperature=job.steps_per_temperature, base_std=job.base_std, reverse=job.reverse)
 
 
+def validate(job: EvaluationJob) -> None:
+    """Check the counts, the seed and ``--base-std`` of ``job`` once (``ValueError`` naming the option)."""
+    counts = (("--runs", job.runs, 1), ("--steps-per-temperature", job.steps_per_temperature, 1),
+              ("--grid-points", job.grid_points, 2), ("--num-examples", job.num_examples, 1),
+              ("--num-levels", job.num_levels, 2))
+    if isinstance(job.temperatures, int) or job.temperatures is None:
+        counts += (("--temperatures", job.temperatures, 2),)
+    for option, value, low in counts:
+        if value is not None and int(value) < low:
+            raise ValueError(f"{option} must be >= {low}, got {value}")
+    if job.base_std is not None and not (math.isfinite(job.base_std) and job.base_std > 0):
+        raise ValueError(f"--base-std must be a finite number > 0, got {job.base_std}")
+    if not 0 <= int(job.seed) < 2**64:
+        raise ValueError(f"--seed must be in [0, 2**64), got {job.seed}")
+
+
+def check_sizes(job: EvaluationJob, event_shape, device: torch.device) -> None:
+    """Refuse up front a quadrature grid or an AIS run that would not fit in memory, saying how
+    much it would need: a grid of ``P^d`` nodes of ``d`` float64 coordinates (``d`` =
+    ``prod(event_shape)``); AIS's ``runs`` states (``STATE_COPIES`` working copies) and its
+    per-temperature arrays."""
+    d = math.prod(event_shape)
+    have = memory_available(device)
+    if job.method == "quadrature" and job.grid_points is not None and d <= 3:
+        nodes = int(job.grid_points) ** d
+        need = nodes * (d + 1) * 8
+        if need > have:
+            raise ValueError(f"--grid-points {job.grid_points} in {d} dimension{'s' if d > 1 else ''} is {nodes:.3g} "
+                             f"nodes: the grid would need {format_bytes(need)} of memory, more than the "
+                             f"{format_bytes(have)} of {device}; lower --grid-points")
+    if job.method == "ais":
+        temperatures = job.temperatures if isinstance(job.temperatures, int) else 0
+        need = int(job.runs) * d * 8 * STATE_COPIES + temperatures * 8 * 4
+        if need > have:
+            given = f" and --temperatures {temperatures}" if temperatures else ""
+            raise ValueError(f"--runs {job.runs}{given} would need "
+                             f"{format_bytes(need)} of memory, more than the {format_bytes(have)} of {device}; "
+                             f"lower --runs{' or --temperatures' if temperatures else ''}")
+
+
 def run_evaluation_job(job: EvaluationJob) -> EvaluationReport:
     """Evaluate ``job`` on this process's device (``cuda`` -> ``cuda:LOCAL_RANK`` under
     torchrun, where every rank returns the same report). Raises ``ValueError`` (one line)."""
     if job.method not in METHODS:
         raise ValueError(f"--log-partition must be one of {', '.join(METHODS)}, got {job.method!r}")
+    validate(job)
     device = D.local_device(D.resolve_device(job.device, what="--device"))
     energy, shape, support = resolve_energy(job.energy, job.event_shape)
+    check_sizes(job, shape, device)
     energy = energy.to(device).eval()
     energy.requires_grad_(False)
     x, true_log_density = load_data(job, shape) if job.data else (None, None)

@@ -56,6 +56,10 @@ import torch
 from torch import nn
 
 from ebmlab.atomic import atomic_write
+from ebmlab.jobs.guards import (  # noqa: F401 - the guards of every job, re-exported here
+    OS_REASONS, STATE_COPIES, StepCounter, check_path_names, check_sizes, energy_errors,
+    format_bytes, is_sample_file, memory_available, output_errors,
+)
 from ebmlab.diagnostics.export import INSTALL_HINT, arviz_available
 from ebmlab.distributed import resolve_device
 from ebmlab.jobs.progress import progress_bar
@@ -127,10 +131,13 @@ class SampleResult:
 
 def check_writable(path: str | os.PathLike, option: str = "--out") -> Path:
     """Refuse an output path whose directory is missing or not writable, or that is a directory."""
-    path = Path(path)
+    path = check_path_names(path, option)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise IsADirectoryError(f"{option} {str(path)!r} is a directory; give a file name")
+    if path.exists() and not path.is_file():  # writing would replace a FIFO or a device with a zip file
+        raise ValueError(f"{option} {str(path)!r} exists and is not a regular file (a FIFO, socket or device); "
+                         f"give a new file name")
     if not parent.is_dir():
         reason = "is not a directory" if parent.exists() else "does not exist"
         raise FileNotFoundError(f"{option} {str(path)!r}: directory {str(parent)!r} {reason}")
@@ -139,6 +146,15 @@ def check_writable(path: str | os.PathLike, option: str = "--out") -> Path:
             pass
     except OSError as err:
         raise PermissionError(f"{option} {str(path)!r}: directory {str(parent)!r} is not writable ({err.strerror})") from None
+    return path
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """:func:`check_writable`, and refuse to replace an existing file that is not an ebmlab sample file."""
+    path = check_writable(path, option)
+    if path.is_file() and not is_sample_file(path):
+        raise FileExistsError(f"{option} {str(path)!r} exists and is not an ebmlab sample file; remove it or choose "
+                              f"another name (sampling replaces only its own outputs)")
     return path
 
 
@@ -166,6 +182,11 @@ def validate(job: SampleJob) -> None:
         raise ValueError(f"--thin {job.thin} is larger than --steps {job.num_steps}; no draw would be kept")
     if job.step_size is not None and not (math.isfinite(job.step_size) and job.step_size > 0):
         raise ValueError(f"--step-size must be a finite number > 0, got {job.step_size}")
+    largest = torch.finfo(torch.get_default_dtype()).max
+    if job.step_size is not None and job.step_size > largest:
+        raise ValueError(f"--step-size {job.step_size:g} overflows {torch.get_default_dtype()} (at most {largest:.3g})")
+    if not 0 <= int(job.seed) < 2**64:
+        raise ValueError(f"--seed must be in [0, 2**64), got {job.seed}")
     if job.target_accept is not None and not (0 < job.target_accept < 1):
         raise ValueError(f"--target-accept must be in (0, 1), got {job.target_accept}")
     if job.max_tree_depth is not None and job.sampler != "nuts":
@@ -196,10 +217,9 @@ def initial_states(job: SampleJob, event_shape: tuple[int, ...], support: str, n
     path = Path(job.init)
     if path.suffix != ".npy" or not path.is_file():
         raise FileNotFoundError(f"--init {job.init!r}: expected noise, zeros or an existing FILE.npy")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise ValueError(f"--init {job.init!r}: cannot read it as a .npy array ({type(err).__name__})") from err
+    from ebmlab.data.files import read_npy
+
+    arr = read_npy(path, f"--init {job.init!r}")  # a ValueError naming the option and what the file is
     if arr.shape == tuple(event_shape):
         arr = np.broadcast_to(arr, shape)
     if arr.shape != shape or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
@@ -241,12 +261,13 @@ def prepare(job: SampleJob) -> PreparedJob:
     first transition; :func:`in_option_terms` phrases those errors for the command line.
     """
     validate(job)
-    check_writable(job.out, "--out")
+    check_output_file(job.out, "--out")
     if job.plot is not None:
         check_figure_path(job.plot, "--plot")
     device = resolve_device(job.device, what="--device")
 
     energy, event_shape, support = resolve_energy(job.energy, job.event_shape)
+    check_sizes(job.num_chains, job.num_steps, job.thin, tuple(event_shape), device, job.out)
     _, num_states = support_of(energy)
     energy = energy.to(device).eval()
     energy.requires_grad_(False)
@@ -332,16 +353,20 @@ def run_sampling_job(job: SampleJob) -> SampleResult:
     NaN or infinite; no output file is written in either case.
     """
     prepared = prepare(job)
-    with progress_bar(job.burn_in + job.num_steps, prepared.kernel.name, job.progress) as advance:
+    steps = StepCounter()
+    with progress_bar(job.burn_in + job.num_steps, prepared.kernel.name, job.progress) as advance, \
+            energy_errors(prepared.energy, prepared.kernel, steps):
         record = sample(prepared.energy, prepared.kernel, prepared.x0, num_steps=job.num_steps, burn_in=job.burn_in,
                         thin=job.thin, generator=prepared.generator, target_accept=job.target_accept,
-                        callback=advance, **sampling_options(job))
-    out = save_record(job.out, record, metadata(prepared, record))
+                        callback=steps.track(advance), **sampling_options(job))
+    with output_errors("--out", job.out):
+        out = save_record(job.out, record, metadata(prepared, record))
     plot = None
     if job.plot is not None:
         from ebmlab.jobs.plots import plot_samples
 
-        plot = plot_samples(prepared.energy, record.samples, job.plot)
+        with output_errors("--plot", job.plot):
+            plot = plot_samples(prepared.energy, record.samples, job.plot)
     return SampleResult(prepared, record, out, plot)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -43,6 +44,8 @@ def _int_arg(spec: str, name: str, text: str, minimum: int) -> int:
         raise ValueError(f"energy {spec!r}: {name} must be an integer, got {text!r}") from None
     if value < minimum:
         raise ValueError(f"energy {spec!r}: {name} must be >= {minimum}, got {value}")
+    if value >= 2**31:
+        raise ValueError(f"energy {spec!r}: {name} must be below 2**31, got {value}")
     return value
 
 
@@ -108,7 +111,15 @@ def _builtin(spec: str) -> nn.Module | None:
     syntax, _, low, high, build = _BUILTINS[name]
     if not low <= len(args) <= high:
         raise ValueError(f"energy {spec!r}: expected the form {syntax}")
-    return build(spec, args)
+    try:
+        return build(spec, args)
+    except (RuntimeError, MemoryError) as err:  # the allocator refused the energy's own tensors
+        found = re.search(r"tried to allocate (\d+) bytes", str(err))
+        if found is None and not isinstance(err, MemoryError):
+            raise
+        need = f" ({int(found[1]) / 1e9:.3g} GB for one of its tensors)" if found else ""
+        raise ValueError(f"energy {spec!r} is too large for this machine's memory{need}; choose a smaller size") \
+            from None
 
 
 def _instantiate(spec: str, obj: object) -> nn.Module:

@@ -8,12 +8,14 @@ callbacks — :class:`ProgressBar` (a tqdm bar with the key figures) and
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from ebmlab.jobs.logging import make_logger
 from ebmlab.jobs.pictures import RunPictures
+from ebmlab.jobs.sampling import check_path_names, format_bytes, output_errors
 from ebmlab.training.config import TrainConfig
 from ebmlab.training.loop import Callback, TrainLoop
 from ebmlab.training.presets import recommended_picture_steps
@@ -75,7 +77,26 @@ def run_train_job(config: TrainConfig, out: str | Path, resume: bool = False, pr
         if steps is None:
             steps = recommended_picture_steps(config.model, config.objective, config.data)
         callbacks.append(RunPictures(plot_samples, steps))
-    return train(config, resume=resume, out=out, callbacks=callbacks, log_every=log_every)
+    check_run_directory(config, out, resume)
+    with output_errors("run directory", out):
+        return train(config, resume=resume, out=out, callbacks=callbacks, log_every=log_every)
+
+
+#: Bytes one step adds to ``metrics.jsonl`` at the least (a record is one JSON line of a few figures).
+METRICS_BYTES_PER_STEP = 64
+
+
+def check_run_directory(config: TrainConfig, out: str | Path, resume: bool = False) -> None:
+    """Refuse a run directory with a name the file system cannot hold, and a run whose
+    ``metrics.jsonl`` (one line per step) would not fit on its disk, saying how much it needs."""
+    path = check_path_names(out, "--resume" if resume else "--out")
+    probe = next((p for p in [path, *path.parents] if p.is_dir()), Path("."))
+    need = int(config.steps) * METRICS_BYTES_PER_STEP
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise ValueError(f"--steps {config.steps} would write at least {format_bytes(need)} of metrics "
+                         f"(metrics.jsonl, one line per step) into {str(out)!r}, more than the {format_bytes(free)} "
+                         f"free there; lower --steps")
 
 
 __all__ = ["KEY_FIGURES", "PROGRESS", "ProgressBar", "run_train_job", "show_progress"]

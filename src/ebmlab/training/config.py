@@ -121,7 +121,15 @@ class TrainConfig:
                 setattr(self, f.name, value)
             ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
             if not ok:
-                raise ValueError(f"config: {f.name} must be {kind.__name__}, got {value!r}")
+                raise ValueError(f"config: {f.name} must be {kind.__name__} ({_KIND_NAMES[kind]}), got {type(value).__name__} {value!r}")
+            _check(kind is not int or -2**63 <= value < 2**63, f.name, value, "an integer that fits in 64 bits")
+        largest = torch.finfo(torch.get_default_dtype()).max
+        for name in ("step_size", "noise_scale", "lr", "weight_decay"):  # grad_clip = inf is allowed: no clipping
+            _check(abs(getattr(self, name)) <= largest, name, getattr(self, name),
+                   f"a finite number representable in {torch.get_default_dtype()} (at most {largest:.3g})")
+        _check(0 <= self.seed < 2**32, "seed", self.seed, "in [0, 2**32) (the run's streams derive from it)")
+        for name in ("data", "model", "objective", "sampler", "device"):
+            _check(bool(getattr(self, name).strip()), name, getattr(self, name), "a non-empty string")
         _check(self.num_samples >= 0, "num_samples", self.num_samples, ">= 0 (0 = the data set's default)")
         _check(0.0 <= self.heldout_fraction < 1.0, "heldout_fraction", self.heldout_fraction, "in [0, 1)")
         _check(self.sampler_steps >= 1, "sampler_steps", self.sampler_steps, ">= 1")
@@ -190,9 +198,14 @@ class TrainConfig:
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
         """Read a TOML file written by :meth:`save` (or by hand)."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        return cls.from_toml(path.read_text(encoding="utf-8"), source=str(path))
+        name = f"config file {str(path)!r}"
+        if not path.is_file():  # missing, a directory, a FIFO or a device
+            kind = "does not exist" if not path.exists() else "is a directory" if path.is_dir() else "is not a regular file"
+            raise (FileNotFoundError if not path.exists() else ValueError)(f"{name} {kind}; give a TOML file")
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        if "\x00" in text or "\ufffd" in text:
+            raise ValueError(f"{name} is not a TOML text file (it is binary: NUL bytes or invalid UTF-8)")
+        return cls.from_toml(text, source=name)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the config as TOML, atomically."""
@@ -207,7 +220,7 @@ class TrainConfig:
         (``optim.lr``, ``sampler.steps``), or an option of the model, objective or sampler
         (``model.options.hidden``, or the flat ``model_kwargs.hidden``).
         """
-        values = self.to_dict()
+        values, given = self.to_dict(), {}
         for item in assignments:
             key, sep, raw = item.partition("=")
             key = key.strip()
@@ -219,9 +232,15 @@ class TrainConfig:
                 values[name] = value
             else:
                 values[name][sub] = value
-        return TrainConfig.from_dict(values)
+            given[name] = item
+        try:
+            return TrainConfig.from_dict(values)
+        except ValueError as err:  # name the --set item that holds the refused value
+            name = next((n for n in given if str(err).startswith((f"config: {n} ", f"config: {n}."))), None)
+            raise err if name is None else ValueError(f"--set {given[name]}: {str(err).removeprefix('config: ')}") from None
 
 
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table", list: "a list"}
 _KINDS: dict[str, type] = {
     f.name: {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}[str(f.type)]
     for f in dataclasses.fields(TrainConfig)

@@ -29,6 +29,7 @@ from ebmlab.training.config import TrainConfig
 from ebmlab.data import Dataset, load_dataset
 from ebmlab.data.transforms import Standardizer, split_indices
 from ebmlab.energy.base import Energy
+from ebmlab.energy.errors import describe_load_error
 from ebmlab.training.history import METRICS_NAME, read_metrics
 from ebmlab.training.loop import derive_seed
 from ebmlab.training.user_models import build_from_info
@@ -157,10 +158,9 @@ def load_run(run_dir: str | os.PathLike, ema: bool = True, device: str | torch.d
     weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
     try:
         model.load_state_dict(weights)
-    except RuntimeError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    except (RuntimeError, ValueError, TypeError, AttributeError) as err:
         raise ValueError(f"{str(run_dir)!r}: the checkpoint's weights do not fit the rebuilt model: "
-                         f"{'; '.join(lines[1:4]) or lines[0]}") from None
+                         f"{describe_load_error(err)}") from None
     model.to(device).eval()
     standardizer = None
     if state.get("standardizer") is not None:

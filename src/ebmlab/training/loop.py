@@ -184,12 +184,19 @@ class TrainLoop:
     def load_state_dict(self, state: dict[str, Any], reseed: Callable[[int], int] | None = None) -> None:
         """Restore a checkpoint. ``reseed(step)`` gives a fresh objective seed when the saved
         world size differs (per-rank generators cannot be carried over)."""
+        from ebmlab.energy.errors import describe_load_error, missing_entries
+
+        missing = missing_entries(state, ("model", "optimizer", "objective", "step", "rng.batches", "rng.objective",
+                                          "batches"))
+        if missing:
+            raise ValueError(f"resume: the checkpoint lacks the entr{'ies' if len(missing) > 1 else 'y'} "
+                             f"{', '.join(missing)}")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"resume: the checkpoint does not fit this model or optimiser: {first}") from None
+            raise ValueError(f"resume: the checkpoint does not fit this model or optimiser: "
+                             f"{describe_load_error(err)}") from None
         layout = state.get("distributed")
         sharded = getattr(self.objective, "sharded_state", ())
         local = self.sharding.local_objective(state["objective"], layout, sharded)
@@ -242,7 +249,14 @@ class TrainLoop:
         lr = self.learning_rate(step)
         batch = self.x_train[self.sharding.shard_batch(self.batches.next())]
         self.model.train()
-        loss, metrics = self.loss_function(batch, self.objective_generator)
+        try:
+            loss, metrics = self.loss_function(batch, self.objective_generator)
+        except Exception as err:  # a user's energy failing mid-run: name it and the step
+            from ebmlab.energy.errors import EnergyRaisedError, energy_name, raised_by
+
+            if not raised_by(err, self.model):
+                raise
+            raise EnergyRaisedError(energy_name(self.model), err, step) from err
         metrics, loss_value = self.sharding.reduce_metrics(metrics, loss)  # means over ranks
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if not math.isfinite(loss_value) or bad:
