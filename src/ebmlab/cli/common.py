@@ -155,15 +155,6 @@ def describe_allocation_failure(message: str) -> str | None:
     return f"not enough memory: one array of this job would need {format_bytes(int(found[1]))}; lower the sizes"
 
 
-def format_bytes(n: float) -> str:
-    """``1.5 GB`` (powers of 1000)."""
-    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} EB"  # pragma: no cover
-
-
 def user_errors(func: Callable | None = None, *, terms: Callable[[str], str] | None = None) -> Callable:
     """Turn the library's input errors into :class:`UserError` (no traceback, exit 2): the
     first line of the message (a ``KeyError`` as ``missing key ...``), put in the command's

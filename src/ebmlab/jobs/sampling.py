@@ -344,7 +344,6 @@ def save_netcdf(path: str | os.PathLike, record: ChainRecord, meta: dict) -> Pat
     return atomic_write(path, write)
 
 
-
 def run_sampling_job(job: SampleJob) -> SampleResult:
     """Prepare, sample, write ``job.out`` (and ``job.plot``), and return the result.
 
