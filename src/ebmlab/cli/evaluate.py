@@ -1,4 +1,5 @@
-"""``ebmlab evaluate``: log Z of an energy, the NLL of data under it, and sample-quality metrics.
+"""``ebmlab evaluate``: log Z of an energy, the NLL of data under it, and sample-quality metrics;
+with ``--ksd`` (no log Z needed) the kernel Stein discrepancy of the data and the Fisher divergence.
 
 Thin: parse options -> :class:`ebmlab.jobs.evaluation_job.EvaluationJob` ->
 :func:`run_evaluation_job` -> print the report (:func:`format_report`), or exactly one JSON
@@ -51,7 +52,8 @@ class Temperatures(click.ParamType):
               help="A run directory, a built-in (gmm8, banana, gaussian:D, ising:L...), or file.py:NAME.")
 @click.option("--data", "data_spec", default=None, metavar="FILE|NAME",
               help="Data set name or file (.npy, .npz, .csv), or 'heldout': the held-out split of the --energy run.")
-@click.option("--log-partition", "method", required=True, type=click.Choice(METHODS), help="How to compute log Z.")
+@click.option("--log-partition", "method", default=None, type=click.Choice(METHODS),
+              help="How to compute log Z (required unless --ksd, which needs no log Z).")
 @click.option("--temperatures", type=Temperatures(), default=None,
               help=f"AIS: K temperatures (>= 2) [default: {DEFAULT_TEMPERATURES}; RBMs: {RBM_TEMPERATURES}], or "
                    "'adaptive': chosen by the conditional ESS of the weights (a pilot, then independent runs).")
@@ -68,6 +70,9 @@ class Temperatures(click.ParamType):
 @click.option("--num-examples", type=int, default=None, help="Examples to draw/keep from --data.")
 @click.option("--num-levels", type=int, default=None, help="Quantisation levels of the data (256 for 8-bit data scaled to [0, 1]) for bits/dim.")
 @click.option("--no-metrics", is_flag=True, help="Skip MMD / energy distance / KL.")
+@click.option("--ksd", is_flag=True,
+              help="With --data: kernel Stein discrepancy of the data against the energy's score (IMQ kernel, "
+                   "wild-bootstrap p-value) and, for data with a known density, the Fisher divergence to it.")
 @click.option("--event-shape", default=None, metavar="D[,D...]", help="Event shape for energies that declare none.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
@@ -76,13 +81,13 @@ class Temperatures(click.ParamType):
                    "RUN_DIR/evaluation.json (shown by ebmlab report).")
 @user_errors(terms=in_option_terms)
 def command(energy_spec, data_spec, method, temperatures, schedule, runs, sampler, steps_per_temperature, base_std,
-            no_reverse, bounds, grid_points, num_examples, num_levels, no_metrics, event_shape, seed, device,
+            no_reverse, bounds, grid_points, num_examples, num_levels, no_metrics, ksd, event_shape, seed, device,
             as_json) -> None:
     job = EvaluationJob(
         energy=energy_spec, method=method, data=data_spec, temperatures=temperatures, schedule=schedule, runs=runs,
         sampler=sampler, steps_per_temperature=steps_per_temperature, base_std=base_std, reverse=not no_reverse,
         bounds=parse_bounds(bounds), grid_points=grid_points, num_examples=num_examples, num_levels=num_levels,
-        metrics=not no_metrics, event_shape=parse_event_shape(event_shape), seed=seed, device=device,
+        metrics=not no_metrics, event_shape=parse_event_shape(event_shape), seed=seed, device=device, ksd=ksd,
     )
     report = run_evaluation_job(job)
     if not is_main_process():  # under torchrun every rank holds the same report; rank 0 prints it

@@ -16,6 +16,9 @@ that also carries ``draw(n)``, the model samples the metrics compare with the da
 :func:`with_data_metrics` returns a new report with the NLL (nats per example, ``mean E(x) +
 log Z``), bits per dimension and, against ``draw``, the MMD² permutation test and the energy
 distance; for data with a known density, its cross-entropy and ``KL(p_true ‖ p_model)`` on a grid.
+:func:`with_ksd` adds what needs only the energy's score (:mod:`ebmlab.metrics`): the
+kernel Stein discrepancy of the data with its wild-bootstrap p-value and, for data with a known
+differentiable density, the Fisher divergence to it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 from ebmlab.jobs.distributed import distributed_ais
 from ebmlab.jobs.evaluation_rbm import RBM_TEMPERATURES, rbm_log_z
 from ebmlab.jobs.evaluation_report import EvaluationReport
-from ebmlab.metrics import energy_distance, grid_kl, mmd_test
+from ebmlab.metrics import energy_distance, fisher_divergence, grid_kl, ksd_test, mmd_test
 from ebmlab.partition import BoundaryMassWarning, GaussianBase, exact_log_z, exact_sample, grid_sample
 from ebmlab.partition import quadrature_log_z
 from ebmlab.partition.ais import AISResult, default_kernel, resolve_base
@@ -217,5 +220,32 @@ def with_data_metrics(report: EvaluationReport, energy, x: torch.Tensor, *,
     return out
 
 
+def with_ksd(report: EvaluationReport, energy, x: torch.Tensor, *,
+             true_log_density: Callable[[torch.Tensor], torch.Tensor] | None = None, num_examples: int = 1000,
+             num_bootstrap: int = 500, seed: int = 0) -> EvaluationReport:
+    """``report`` plus the KSD² (U-statistic, IMQ kernel c = 1, β = -1/2) of ``min(num_examples,
+    N)`` points of the data ``x (N, *event_shape)`` against ``energy``'s score, with its
+    wild-bootstrap p-value (``num_bootstrap`` i.i.d. Rademacher replicates: data points are
+    independent draws) and, with a ``true_log_density``, the Fisher divergence
+    ``½ E‖s_model - s_true‖²`` over all of ``x`` with its standard error (a warning instead when
+    that density has no score, e.g. the checkerboard's). Needs real support."""
+    if report.support != "real":
+        raise ValueError(f"--ksd needs a continuous energy (real support), got {report.support} support; "
+                         f"drop --ksd for discrete energies")
+    cpu = torch.Generator().manual_seed(seed)
+    m = min(num_examples, len(x))
+    test = ksd_test(x[torch.randperm(len(x), generator=cpu)[:m].to(x.device)], energy, num_bootstrap=num_bootstrap,
+                    generator=cpu)
+    out = report.replace(ksd=test.ksd2, ksd_p_value=test.p_value, ksd_examples=m)
+    if true_log_density is None:
+        return out
+    try:
+        fisher = fisher_divergence(x, energy, lambda z: -true_log_density(z.cpu().double()))
+    except ValueError:  # a piecewise-constant density (checkerboard) has no gradient; NaN scores
+        return out.with_warning("no Fisher divergence: the data's true density has no usable score "
+                                "(not differentiable, or NaN)")
+    return out.replace(fisher_divergence=fisher.fisher_divergence, fisher_divergence_stderr=fisher.stderr)
+
+
 __all__ = ["DEFAULT_TEMPERATURES", "ais_base", "ais_report", "exact_report", "quadrature_report", "rbm_report",
-           "resample_move", "reverse_start", "with_data_metrics"]
+           "resample_move", "reverse_start", "with_data_metrics", "with_ksd"]

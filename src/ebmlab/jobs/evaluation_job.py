@@ -3,9 +3,11 @@
 :class:`EvaluationJob` holds the options (those of the command); :func:`run_evaluation_job`
 resolves the energy SPEC (:mod:`ebmlab.jobs.specs`) and the data, routes a Bernoulli RBM to
 its own estimators and every other energy to the function of its ``--log-partition`` method
-(:mod:`ebmlab.jobs.evaluation`), and returns the :class:`EvaluationReport`. Errors are
-one-line ``ValueError``; :func:`in_option_terms` puts the library's in the command's terms
-(its advice to use AIS becomes ``use --log-partition ais``, its parameter names the options).
+(:mod:`ebmlab.jobs.evaluation`; with ``ksd`` and no method, no log Z), adds the score-only
+metrics with ``ksd`` (:func:`~ebmlab.jobs.evaluation.with_ksd`), and returns the
+:class:`EvaluationReport`. Errors are one-line ``ValueError``; :func:`in_option_terms` puts the
+library's in the command's terms (its advice to use AIS becomes ``use --log-partition ais``,
+its parameter names the options).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from ebmlab import distributed as D
 from ebmlab.jobs.evaluation import (
-    ais_report, exact_report, quadrature_report, rbm_report, with_data_metrics,
+    ais_report, exact_report, quadrature_report, rbm_report, with_data_metrics, with_ksd,
 )
 from ebmlab.jobs.evaluation_rbm import as_rbm
 from ebmlab.jobs.evaluation_report import EvaluationReport
@@ -41,10 +43,10 @@ _PARAMETER = re.compile(r"\b(" + "|".join(OPTION_NAMES) + r")\b")
 class EvaluationJob:
     """Options of one evaluation (those of ``ebmlab evaluate``). ``bounds`` is one
     ``[low, high]`` pair or one per dimension (see :func:`parse_bounds`); ``None`` values
-    take the method's defaults."""
+    take the method's defaults. ``method`` may be ``None`` only with ``ksd`` (no log Z)."""
 
     energy: str
-    method: str
+    method: str | None
     data: str | None = None
     temperatures: int | str | None = None          # or "adaptive" (AIS, not RBMs)
     schedule: str = "sigmoid"
@@ -62,6 +64,8 @@ class EvaluationJob:
     event_shape: tuple[int, ...] | None = None
     seed: int = 0
     device: str = "cpu"
+    ksd: bool = False                              # KSD and Fisher divergence of the data (with_ksd)
+    ksd_bootstrap: int = 500
 
 
 def in_option_terms(message: str) -> str:
@@ -180,7 +184,12 @@ def check_sizes(job: EvaluationJob, event_shape, device: torch.device) -> None:
 def run_evaluation_job(job: EvaluationJob) -> EvaluationReport:
     """Evaluate ``job`` on this process's device (``cuda`` -> ``cuda:LOCAL_RANK`` under
     torchrun, where every rank returns the same report). Raises ``ValueError`` (one line)."""
-    if job.method not in METHODS:
+    if job.ksd and not job.data:
+        raise ValueError("--ksd needs --data to test against the energy's score: --data heldout for a run, or a "
+                         "data set or a file of samples (.npy); the energy's own exact samples would tell nothing")
+    if job.method is None and not job.ksd:
+        raise ValueError(f"--log-partition is required ({', '.join(METHODS)}) unless --ksd is given")
+    if job.method not in (*METHODS, None):
         raise ValueError(f"--log-partition must be one of {', '.join(METHODS)}, got {job.method!r}")
     validate(job)
     device = D.local_device(D.resolve_device(job.device, what="--device"))
@@ -191,11 +200,15 @@ def run_evaluation_job(job: EvaluationJob) -> EvaluationReport:
     x, true_log_density = load_data(job, shape) if job.data else (None, None)
     x = None if x is None else _on(energy, x, device)
     generator = torch.Generator(device=device).manual_seed(int(job.seed))
-    report = log_z_report(job, energy, shape, support, generator, x)
-    if x is not None:
+    report = (log_z_report(job, energy, shape, support, generator, x) if job.method is not None
+              else EvaluationReport(event_shape=tuple(shape), support=support))
+    if x is not None and job.method is not None:
         report = with_data_metrics(report, energy, x, true_log_density=true_log_density, metrics=job.metrics,
                                    metric_samples=job.metric_samples, num_levels=job.num_levels, bounds=job.bounds,
                                    seed=job.seed)
+    if job.ksd:
+        report = with_ksd(report, energy, x, true_log_density=true_log_density, num_examples=job.metric_samples,
+                          num_bootstrap=job.ksd_bootstrap, seed=job.seed)
     learned = getattr(energy, "learned_log_z", None)  # NCE runs learn an estimate of log Z
     return report.replace(energy=job.energy, data=job.data, learned_log_z=None if learned is None else float(learned))
 

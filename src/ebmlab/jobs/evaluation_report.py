@@ -22,14 +22,15 @@ ALWAYS_PRESENT = ("data",)
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluationReport:
-    """log Z of an energy by one method, and (with data) the NLL and sample-quality metrics.
+    """log Z of an energy by one method, and (with data) the NLL and sample-quality metrics; with
+    ``--ksd``, the score-only goodness of fit (then log Z may be absent: ``method`` ``None``).
 
     Every field is a plain JSON-able value, given by keyword, in the order of the JSON object;
     ``None`` means "does not apply" and is left out of :meth:`to_dict`. Shapes: ``event_shape`` is the energy's; ``bounds`` one ``(low, high)``
     pair per dimension. Units: nats (``nll`` per example), bits per dimension.
     """
 
-    method: str                                   # exact, quadrature or ais
+    method: str | None = None                     # exact, quadrature or ais; None: no log Z (--ksd alone)
     event_shape: tuple[int, ...]
     support: str                                  # real, binary or categorical
     warnings: tuple[str, ...] = ()
@@ -37,8 +38,8 @@ class EvaluationReport:
     model: str | None = None                      # "rbm"
     num_visible: int | None = None
     num_hidden: int | None = None
-    log_z: float
-    log_z_stderr: float                           # 0 for exact and quadrature
+    log_z: float | None = None
+    log_z_stderr: float | None = None             # 0 for exact and quadrature
     # quadrature
     missing_mass: float | None = None             # estimated mass beyond the bounds (fraction)
     bounds: list | None = None
@@ -73,6 +74,12 @@ class EvaluationReport:
     energy_distance: float | None = None
     metric_samples: int | None = None
     kl_true_model: float | None = None            # KL(p_true || p_model) on a grid
+    # goodness of fit from the score alone (with_ksd; ebmlab.metrics)
+    ksd: float | None = None                      # KSD² U-statistic, IMQ kernel (may be < 0)
+    ksd_p_value: float | None = None              # wild bootstrap, i.i.d. Rademacher signs
+    ksd_examples: int | None = None
+    fisher_divergence: float | None = None        # ½ E‖s_model - s_true‖² over the data (known density)
+    fisher_divergence_stderr: float | None = None
     # what was evaluated (the job's SPECs), and what the energy itself says
     energy: str | None = None
     data: str | None = None
@@ -105,8 +112,8 @@ class EvaluationReport:
 def format_report(report: EvaluationReport) -> str:
     """The human-readable summary that ``ebmlab evaluate`` prints without ``--json``."""
     r = report
-    error_bar = f"± {r.log_z_stderr:.4f} " if r.reliable is not False else ""  # no bare ± when it means nothing
-    lines = [f"log Z = {r.log_z:.4f} {error_bar}nats ({r.method})"]
+    error_bar = f"± {r.log_z_stderr:.4f} " if r.reliable is not False and r.log_z is not None else ""  # no bare ±
+    lines = [f"log Z = {r.log_z:.4f} {error_bar}nats ({r.method})"] if r.log_z is not None else []
     if r.method == "ais":
         lines[0] += f", K = {r.num_temperatures}, {r.num_runs} runs, ESS {r.ess:.1f}"
         if r.reliable is False:
@@ -132,6 +139,12 @@ def format_report(report: EvaluationReport) -> str:
         lines.append(f"NCE's learned log Z = {r.learned_log_z:.4f}")
     if r.kl_true_model is not None:
         lines.append(f"KL(p_true ‖ p_model) on a grid = {r.kl_true_model:.4f} nats")
+    if r.ksd is not None:
+        lines.append(f"KSD² = {r.ksd:.5f} (IMQ kernel; wild-bootstrap p = {r.ksd_p_value:.3f}) on {r.ksd_examples} "
+                     f"data points")
+    if r.fisher_divergence is not None:
+        lines.append(f"Fisher divergence to the data's true density = {r.fisher_divergence:.4f} ± "
+                     f"{r.fisher_divergence_stderr:.4f}")
     lines += [f"warning: {w}" for w in r.warnings]
     return "\n".join(lines)
 
