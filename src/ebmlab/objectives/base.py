@@ -47,6 +47,8 @@ class Objective:
             over the ranks).
         model_aliases: the model family this objective needs in place of a generic one
             (``{"mlp": "ncsn_mlp"}``); empty for objectives that train any energy.
+        uses_labels: the objective trains on labelled data: its ``batch`` is a pair
+            ``(x (B, *event), y (B,) long)`` and ``setup`` receives ``labels=`` (classifier EBMs).
 
     The trainer reads these descriptions and never an objective's name.
     """
@@ -59,6 +61,7 @@ class Objective:
     sharded_state: ClassVar[tuple[str, ...]] = ()
     sharded_options: ClassVar[tuple[str, ...]] = ()
     model_aliases: ClassVar[dict[str, str]] = {}
+    uses_labels: ClassVar[bool] = False
 
     def setup(self, energy: EnergyFn, data: torch.Tensor, generator: torch.Generator | None = None,
               support: str = "real") -> None:

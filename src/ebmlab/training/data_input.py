@@ -26,7 +26,7 @@ def _dtype_of(energy: nn.Module) -> torch.dtype:
     return torch.get_default_dtype()
 
 
-def _stack_dataset(dataset: Dataset) -> torch.Tensor:
+def _stack_dataset(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
     try:
         n = len(dataset)  # type: ignore[arg-type]
     except TypeError:
@@ -34,33 +34,40 @@ def _stack_dataset(dataset: Dataset) -> torch.Tensor:
                          "Dataset") from None
     if n == 0:
         raise ValueError("fit: data is an empty Dataset")
-    items = []
+    items, labels = [], []
     for i in range(n):
         item = dataset[i]
         if isinstance(item, (tuple, list)):
+            if len(item) > 1:
+                labels.append(torch.as_tensor(item[1]))
             item = item[0]
         items.append(torch.as_tensor(np.asarray(item)) if not isinstance(item, torch.Tensor) else item)
-    return torch.stack(items)
+    y = torch.stack(labels) if len(labels) == n and all(label.dim() == 0 for label in labels) else None
+    return torch.stack(items), y
 
 
-def as_training_tensor(data: Any, energy: nn.Module) -> tuple[torch.Tensor, int | None]:
-    """``(x (N, *event) in the energy's dtype, the DataLoader's batch size or None)``.
+def as_training_tensor(data: Any, energy: nn.Module) -> tuple[torch.Tensor, int | None, torch.Tensor | None]:
+    """``(x (N, *event) in the energy's dtype, the DataLoader's batch size or None, labels (N,) or None)``.
+
+    Labels come from a Dataset whose items are ``(x, y)`` pairs with scalar ``y``, or from a
+    built-in data set that has them (digits, MNIST).
 
     Raises ``ValueError`` naming the problem: fewer than 2 rows, NaN/infinite values, an event
     shape other than the energy's declared ``event_shape``, an unsupported type.
     """
-    batch_size = None
+    batch_size, labels = None, None
     if isinstance(data, DataLoader):
         batch_size = data.batch_size
         data = data.dataset
     if isinstance(data, str):
-        x = load_dataset(data).x
+        dataset = load_dataset(data)
+        x, labels = dataset.x, dataset.labels
     elif isinstance(data, torch.Tensor):
         x = data
     elif isinstance(data, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(data))
     elif isinstance(data, Dataset):
-        x = _stack_dataset(data)
+        x, labels = _stack_dataset(data)
     else:
         raise TypeError(f"fit: data must be a tensor, a numpy array, a Dataset, a DataLoader or a data name, "
                         f"got {type(data).__name__}")
@@ -77,7 +84,7 @@ def as_training_tensor(data: Any, energy: nn.Module) -> tuple[torch.Tensor, int 
     if declared is not None and tuple(int(s) for s in declared) != tuple(x.shape[1:]):
         raise ValueError(f"fit: data events have shape {tuple(x.shape[1:])} but the energy "
                          f"{type(energy).__name__} declares event_shape {tuple(declared)}")
-    return x, batch_size
+    return x, batch_size, None if labels is None else labels.to(torch.long)
 
 
 __all__ = ["as_training_tensor"]

@@ -32,7 +32,7 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
         generator: torch.Generator | None = None, seed: int | None = None, ema_decay: float = 0.0,
         grad_clip: float = 0.0, objective_options: dict[str, Any] | None = None,
         callbacks: Iterable[Callback | Callable] = (), run_dir: str | Path | None = None, resume: bool = False,
-        checkpoint_every: int = 500, log_every: int | None = None, model_spec: str | None = None,
+        checkpoint_every: int = 500, log_every: int | None = None, labels: Any = None, model_spec: str | None = None,
         model_kwargs: dict[str, Any] | None = None) -> FitResult:
     """Train any energy module on any data with one objective; returns a :class:`FitResult`.
 
@@ -56,6 +56,8 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
         callbacks: :class:`Callback` objects or functions ``f(step, record, loop)``.
         run_dir: write ``checkpoint.pt`` (every ``checkpoint_every`` updates, atomically) and
             ``metrics.jsonl`` there; ``resume=True`` continues the run it holds exactly.
+        labels: class indices ``(N,)`` for objectives that train on labelled data (``uses_labels``:
+            classifier EBMs); also read from a Dataset of ``(x, y)`` pairs or a labelled data name.
         log_every: keep a record in ``history`` (and ``metrics.jsonl``) every this many updates
             and at the last (default: ``max(1, steps // 2000)``, a few thousand rows at most).
         model_spec / model_kwargs: how to rebuild ``energy`` in a fresh process
@@ -77,7 +79,15 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
         raise TypeError(f"fit: objective must be a name or an ebmlab.objectives.Objective, got {type(objective).__name__}")
     elif objective_options:
         raise ValueError("fit: objective_options apply only when the objective is given by name")
-    x, loader_batch = as_training_tensor(data, energy)
+    x, loader_batch, found_labels = as_training_tensor(data, energy)
+    if objective.uses_labels:
+        labels = found_labels if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        if labels is None or labels.shape != (x.shape[0],):
+            raise ValueError(f"fit: objective {objective.name!r} trains on labelled data; pass labels=(N,) class "
+                             f"indices or a Dataset of (x, y) pairs" + ("" if labels is None else
+                             f" (got labels of shape {tuple(labels.shape)} for {x.shape[0]} rows)"))
+    elif labels is not None:
+        raise ValueError(f"fit: labels were given but objective {objective.name!r} does not train on labels")
     if loader_batch is not None and batch_size == 256:
         batch_size = loader_batch
     device = next((t.device for t in list(energy.parameters()) + list(energy.buffers())), x.device)
@@ -115,14 +125,15 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
                                  f"choose another run_dir")
         elif resume:
             raise ValueError("fit: resume=True needs run_dir")
-        objective.setup(energy, x, objective_generator, support=support)
+        setup_labels = {"labels": labels.to(device)} if labels is not None else {}
+        objective.setup(energy, x, objective_generator, support=support, **setup_labels)
         info = describe_module(energy, model_spec, model_kwargs, tuple(x.shape[1:]))
         run_state = {"fit": {"steps": steps, "batch_size": settings.batch_size, "optimizer": optimizer,
                              "objective": objective.name, "num_data": int(x.shape[0])},
                      "data": {"event_shape": list(x.shape[1:]), "support": support}}
         loop = TrainLoop(energy, objective, x, settings, batch_generator, objective_generator, support=support,
                          run_dir=run_dir, sharding=sharding, run_state=run_state, model_info=info, callbacks=callbacks,
-                         log_every=log_every)
+                         log_every=log_every, labels=labels)
         loop.lock = lock
         if checkpoint is not None:
             saved = checkpoint.get("fit", {})

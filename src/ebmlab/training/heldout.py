@@ -41,6 +41,7 @@ class HeldoutEvaluation(Callback):
 
     Args:
         x_heldout: held-out rows in the original data space ``(N, *event)``.
+        labels: their class indices ``(N,)`` for objectives that train on ``(x, y)`` batches.
         every: evaluation interval in updates (the last update is always evaluated).
         standardizer: the run's standardisation (the model sees ``(x - μ)/s``), or ``None``.
         max_rows: at most this many held-out rows enter the loss (the first ones).
@@ -49,13 +50,14 @@ class HeldoutEvaluation(Callback):
     """
 
     def __init__(self, x_heldout: torch.Tensor, every: int, standardizer=None, max_rows: int = 1024,
-                 keep_best: bool = True, seed: int = 0):
+                 keep_best: bool = True, seed: int = 0, labels: torch.Tensor | None = None):
         if int(every) < 1:
             raise ValueError(f"held-out evaluation: every must be >= 1, got {every}")
         if x_heldout.shape[0] < 1:
             raise ValueError("held-out evaluation: no held-out rows")
         self.x_raw, self.every, self.standardizer = x_heldout, int(every), standardizer
         self.max_rows, self.keep_best, self.seed = int(max_rows), bool(keep_best), int(seed)
+        self.labels = labels  # (N,) class indices for objectives that train on (x, y) batches
         self.best: float = math.inf
         self.best_step: int | None = None
 
@@ -69,7 +71,10 @@ class HeldoutEvaluation(Callback):
         was_training = model.training
         model.eval()
         try:
-            record["heldout_loss"] = self._loss(loop, model, x_model[: self.max_rows])
+            batch = x_model[: self.max_rows]
+            if self.labels is not None:
+                batch = (batch, self.labels[: self.max_rows].to(device))
+            record["heldout_loss"] = self._loss(loop, model, batch)
             nll = self._nll(loop, model, x_raw)
             if nll is not None:
                 record["heldout_nll"] = nll
@@ -85,13 +90,13 @@ class HeldoutEvaluation(Callback):
                     save_checkpoint(loop.run_dir / BEST_NAME, {**state, "heldout": {"metric": deciding,
                                                                                    "step": loop.step}})
 
-    def _loss(self, loop, model, x: torch.Tensor) -> float:
+    def _loss(self, loop, model, batch) -> float:
         objective = loop.objective
         saved = copy.deepcopy(objective.state_dict())  # chains/buffers must not move
-        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        generator = torch.Generator(device=loop.x_train.device).manual_seed(self.seed)
         try:
             with torch.enable_grad():
-                loss, _ = objective.loss(model, x, generator)
+                loss, _ = objective.loss(model, batch, generator)
             return float(loss.detach())
         finally:
             objective.load_state_dict(saved)

@@ -138,15 +138,24 @@ class Run:
         return self.dataset().x[self.train_index]
 
 
-def load_run(run_dir: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu") -> Run:
+CHECKPOINTS = {"last": CHECKPOINT_NAME, "best": "best.pt"}
+
+
+def load_run(run_dir: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu",
+             checkpoint: str = "last") -> Run:
     """Load a run directory (``checkpoint.pt`` + ``metrics.jsonl``).
 
-    ``ema=True`` uses the exponential-moving-average weights when the run kept them.
+    ``ema=True`` uses the exponential-moving-average weights when the run kept them;
+    ``checkpoint="best"`` the state at the best held-out evaluation (``best.pt``).
     """
     run_dir = Path(run_dir)
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"load: checkpoint must be 'last' or 'best', got {checkpoint!r}")
     if not (run_dir / CHECKPOINT_NAME).is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory: it has no {CHECKPOINT_NAME}")
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    if not (run_dir / CHECKPOINTS[checkpoint]).is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} has no {CHECKPOINTS[checkpoint]} (held-out evaluation was off)")
+    state = load_checkpoint(run_dir / CHECKPOINTS[checkpoint])
     missing = [key for key in ("model_info", "data", "model", "step") if key not in state]
     if missing or not isinstance(state.get("model_info"), dict) or "event_shape" not in state["model_info"]:
         raise ValueError(f"{str(run_dir)!r}: the checkpoint lacks the entr{'ies' if len(missing) > 1 else 'y'} "
@@ -182,13 +191,15 @@ def load_run(run_dir: str | os.PathLike, ema: bool = True, device: str | torch.d
                objective_state=objective_state, metrics=read_metrics(run_dir))
 
 
-def load(run_dir: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:
-    """The trained energy of ``run_dir`` over the original data space, in eval mode.
+def load(run_dir: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu",
+         checkpoint: str = "last") -> nn.Module:
+    """The trained energy of ``run_dir`` over the original data space, in eval mode
+    (``checkpoint="best"``: at the best held-out evaluation).
 
     The module has ``event_shape`` and ``support`` attributes; for NCE runs also
     ``learned_log_z`` (the learned estimate of its ``log Z``).
     """
-    return load_run(run_dir, ema=ema, device=device).energy
+    return load_run(run_dir, ema=ema, device=device, checkpoint=checkpoint).energy
 
 
 __all__ = ["CONFIG_NAME", "METRICS_NAME", "Run", "StandardizedEnergy", "default_run_dir", "derive_seed",

@@ -120,9 +120,11 @@ class TrainLoop:
                  support: str = "real", run_dir: str | Path | None = None, sharding: TrainSharding | None = None,
                  run_state: dict[str, Any] | None = None, model_info: dict[str, Any] | None = None,
                  callbacks: Iterable[Callback | Callable] = (), info: dict[str, Any] | None = None,
-                 log_every: int | None = None):
+                 log_every: int | None = None, labels: torch.Tensor | None = None):
         self.settings = settings.validate()
         self.model, self.objective, self.x_train, self.support = model, objective, x_train, support
+        #: class labels ``(N,)`` aligned with ``x_train`` for objectives that use them (batches are then ``(x, y)``)
+        self.labels = None if labels is None else labels.to(x_train.device)
         self.sharding = sharding or TrainSharding()
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.run_state = dict(run_state or {})
@@ -247,7 +249,8 @@ class TrainLoop:
         """One optimisation step; returns the step's metrics record."""
         s, step = self.settings, self.step + 1
         lr = self.learning_rate(step)
-        batch = self.x_train[self.sharding.shard_batch(self.batches.next())]
+        index = self.sharding.shard_batch(self.batches.next())
+        batch = self.x_train[index] if self.labels is None else (self.x_train[index], self.labels[index])
         self.model.train()
         try:
             loss, metrics = self.loss_function(batch, self.objective_generator)

@@ -193,7 +193,14 @@ class Trainer:
         self.objective = make_objective(cfg.objective, **self.sharding.objective_options(objective_cls, options))
         batch_generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "batches"))
         objective_generator = torch.Generator(device=device).manual_seed(self._objective_seed())
-        self.objective.setup(self.model, self.x_train, objective_generator, support=self.support)
+        labels = None
+        if objective_cls.uses_labels:
+            if self.dataset.labels is None:
+                raise ValueError(f"objective {cfg.objective!r} trains on labelled data, but {self.dataset.name} has no "
+                                 f"labels (use digits, mnist:DIR or fashion-mnist:DIR)")
+            labels = self.dataset.labels[self.train_index].to(device=device, dtype=torch.long)
+        setup_labels = {"labels": labels} if labels is not None else {}
+        self.objective.setup(self.model, self.x_train, objective_generator, support=self.support, **setup_labels)
         settings = OptimSettings(
             steps=cfg.steps, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
             betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, lr_schedule=cfg.lr_schedule,
@@ -210,7 +217,8 @@ class Trainer:
                 "seed": cfg.seed, "config": cfg, "data_name": self.dataset.name}
         self.loop = TrainLoop(self.model, self.objective, self.x_train, settings, batch_generator, objective_generator,
                               support=self.support, run_dir=self.run_dir, sharding=self.sharding, run_state=run_state,
-                              model_info=self.model_info, callbacks=callbacks, info=info, log_every=log_every)
+                              model_info=self.model_info, callbacks=callbacks, info=info, log_every=log_every,
+                              labels=labels)
 
     def _heldout_evaluation(self, every: int | None) -> list[Callback]:
         """Held-out metrics every ``every`` updates (default ``max(1, steps // 10)``; 0 = off)."""
@@ -218,7 +226,11 @@ class Trainer:
             return []
         every = max(1, self.config.steps // 10) if every is None else int(every)
         x_heldout = self.dataset.x[self.heldout_index]
-        return [HeldoutEvaluation(x_heldout, every, self.standardizer, seed=derive_seed(self.config.seed, "heldout"))]
+        labels = None
+        if get_objective_class(self.config.objective).uses_labels and self.dataset.labels is not None:
+            labels = self.dataset.labels[self.heldout_index].to(torch.long)
+        return [HeldoutEvaluation(x_heldout, every, self.standardizer, seed=derive_seed(self.config.seed, "heldout"),
+                                  labels=labels)]
 
     def _restore(self, state: dict[str, Any]) -> None:
         data = state["data"]
