@@ -24,7 +24,7 @@ from ebmlab.training.history import METRICS_NAME, read_metrics
 MARKER = "<!-- ebmlab-report -->"
 #: Evaluation figures shown in the comparison table, when a run has them.
 EVALUATION_FIGURES = ("log_z", "log_z_stderr", "nll", "nll_stderr", "bits_per_dim", "excess_nll", "mmd2",
-                      "energy_distance", "kl_true_model")
+                      "energy_distance", "kl_true_model", "ksd", "ksd_p_value", "fisher_divergence")
 #: Metrics drawn for all runs on one plot, when at least two runs have them.
 COMPARED_CURVES = ("loss", "heldout_loss", "heldout_nll", "cd_gap", "log_z")
 #: Record fields that are not metrics to plot.
