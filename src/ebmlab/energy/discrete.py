@@ -77,7 +77,8 @@ class Potts(Energy):
     """K-state Potts model on an L×L periodic grid, ``x ∈ {0..K-1}``.
 
     ``E(x) = -J Σ_{<ij>} 1[x_i = x_j] - Σ_i h_{x_i}`` with a per-state field ``h`` of shape (K,).
-    Exactly enumerable for ``K^{L²}`` up to a few million states.
+    Exactly enumerable for ``K^{L²}`` up to a few million states. :meth:`one_hot_energy` is the
+    same energy of one-hot states (what gradient samplers such as GWG differentiate).
     """
 
     support = "categorical"
@@ -96,6 +97,17 @@ class Potts(Energy):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         same = (x == x.roll(-1, -1)).to(x.dtype) + (x == x.roll(-1, -2)).to(x.dtype)
         h = self.field.to(x.dtype)[x.long()]
+        return -self.coupling * same.sum((-2, -1)) - h.sum((-2, -1))
+
+    def one_hot_energy(self, o: torch.Tensor) -> torch.Tensor:
+        """``E = -J Σ_{<ij>} ⟨o_i, o_j⟩ - Σ_i ⟨h, o_i⟩`` for one-hot states ``o`` ``(B, L, L, K)`` -> ``(B,)``.
+
+        Equals :meth:`forward` on exact one-hot inputs (``⟨o_i, o_j⟩ = 1[x_i = x_j]``) and is
+        linear in each site's ``o_i``, so its gradient gives single-site energy changes exactly:
+        ``E(x^{i←k}) - E(x) = ∂E/∂o_{i,k} - ∂E/∂o_{i,x_i}``.
+        """
+        same = (o * o.roll(-1, -2)).sum(-1) + (o * o.roll(-1, -3)).sum(-1)
+        h = o @ self.field.to(o.dtype)
         return -self.coupling * same.sum((-2, -1)) - h.sum((-2, -1))
 
     @property

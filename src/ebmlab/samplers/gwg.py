@@ -1,4 +1,6 @@
-"""Gibbs-with-gradients for binary data (Grathwohl, Swersky, Hashemi, Duvenaud & Maddison 2021).
+"""Gibbs-with-gradients (Grathwohl, Swersky, Hashemi, Duvenaud & Maddison 2021) for binary and
+categorical data; the categorical proposal, over (site, value) pairs from the gradient with
+respect to one-hot states, is in :mod:`ebmlab.samplers.gwg_categorical`. Binary data:
 
 States ``x ∈ {0,1}^D`` (any event shape, flattened to D sites). Flipping site i changes the
 energy by ``ΔE_i(x) = E(x with x_i flipped) - E(x)``; its first-order Taylor estimate from one
@@ -26,8 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ebmlab.energy.base import EnergyFn, value_and_grad
-from ebmlab.samplers.base import ChainState, Kernel, StepInfo, metropolis_accept, select_state
+from ebmlab.energy.base import EnergyFn, support_of, value_and_grad
+from ebmlab.samplers import gwg_categorical
+from ebmlab.samplers.base import ChainState, Kernel, StepInfo, check_start, metropolis_accept, select_state
 
 
 def flip_log_probs(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -49,25 +52,40 @@ def flip_sites(x: torch.Tensor, site: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class GibbsWithGradients(Kernel):
-    """Gibbs-with-gradients: a gradient-informed single-site flip with an MH correction.
+    """Gibbs-with-gradients: a gradient-informed single-site change with an MH correction.
 
-    No hyperparameters. ``state.x`` is ``(C, *event)`` with values in {0, 1}; info ``(C,)``.
+    No hyperparameters. ``state.x`` is ``(C, *event)`` with values in {0, 1} (binary energies:
+    a flip, ``state.grad`` = ∇ₓE of shape ``x.shape``) or in {0..K-1} (categorical energies,
+    which must implement ``one_hot_energy(o)``: a (site, value) change, ``state.grad`` = ∂E/∂o of
+    shape ``(C, *event, K)``; see :mod:`ebmlab.samplers.gwg_categorical`); info ``(C,)``.
     """
 
     name = "gwg"
     uses_grad = True
-    supports = ("binary",)  # the proposal flips a site: binary states only (init checks x ∈ {0, 1})
+    supports = ("binary", "categorical")  # init checks x ∈ {0..K-1}
 
     def with_step_size(self, step_size: float) -> "GibbsWithGradients":
         return self
+
+    def init(self, energy: EnergyFn, x: torch.Tensor) -> ChainState:
+        """As :meth:`Kernel.init`; for a categorical energy the cached gradient is ∂E/∂o."""
+        if support_of(energy).kind != "categorical":
+            return super().init(energy, x)
+        support = check_start(self, energy, x)
+        e, g = gwg_categorical.one_hot_value_and_grad(energy, x.detach(), support.num_states)
+        return ChainState(x=x.detach(), energy=e, grad=g)
 
     def propose(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None
                 ) -> tuple[ChainState, torch.Tensor, torch.Tensor]:
         """Draw ``i ~ q(· | x)`` and flip it.
 
         Returns ``(proposal, log_q_forward, log_q_reverse)``: the proposed state with its energy
-        and gradient, ``log q(i | x)`` and ``log q(i | x')``, each of shape ``(C,)``.
+        and gradient, ``log q(i | x)`` and ``log q(i | x')``, each of shape ``(C,)``. For a
+        categorical energy: :func:`ebmlab.samplers.gwg_categorical.propose` (a site and a value).
         """
+        support = support_of(energy)
+        if support.kind == "categorical":
+            return gwg_categorical.propose(energy, state, generator, support.num_states)
         log_q = flip_log_probs(state.x, state.grad)
         finite = torch.isfinite(log_q).all(dim=1, keepdim=True)
         probs = torch.where(finite, log_q.exp(), torch.ones_like(log_q))  # non-finite rows: uniform
@@ -82,7 +100,9 @@ class GibbsWithGradients(Kernel):
         proposal, log_q_forward, log_q_reverse = self.propose(energy, state, generator)
         log_alpha = state.energy - proposal.energy + log_q_reverse - log_q_forward
         accepted, accept_prob, diverged = metropolis_accept(log_alpha, generator)
-        return select_state(accepted, proposal, state), StepInfo(accept_prob, accepted, diverged)
+        categorical = proposal.grad.dim() > proposal.x.dim()  # the one-hot gradient (C, *event, K)
+        select_fn = gwg_categorical.select_state if categorical else select_state
+        return select_fn(accepted, proposal, state), StepInfo(accept_prob, accepted, diverged)
 
 
 __all__ = ["GibbsWithGradients", "flip_log_probs", "flip_sites"]
