@@ -74,7 +74,7 @@ def test_kernels_declare_the_kinds_they_sample():
     """``supports`` per kernel; the old ``support`` summary is derived from it, on the class and
     on instances, and cannot be set on a (frozen) instance."""
     expected = {"rwmh": ("real",), "ula": ("real",), "mala": ("real",), "hmc": ("real",),
-                "gibbs": ("binary", "categorical"), "metropolis": ("binary", "categorical"), "gwg": ("binary",)}
+                "gibbs": ("binary", "categorical"), "metropolis": ("binary", "categorical"), "gwg": ("binary", "categorical")}
     for name, kinds in expected.items():
         assert get_kernel_class(name).supports == kinds, name
     for name in available():
@@ -115,9 +115,9 @@ def test_x0_must_be_a_floating_tensor():
      r"Gibbs samples binary or categorical states but the energy Gaussian has support 'real'; use a real kernel \(mala"),
     (MALA(0.1), Ising(3), torch.zeros(3, 3, 3),
      r"MALA samples real states but the energy Ising has support 'binary'; use a binary kernel \(gibbs"),
-    (GibbsWithGradients(), Potts(2, num_states=3), torch.zeros(3, 2, 2),
-     r"GibbsWithGradients samples binary states but the energy Potts has support 'categorical'"),
-], ids=["gibbs-on-gaussian", "mala-on-ising", "gwg-on-potts"])
+    (GibbsWithGradients(), gaussian(), torch.zeros(3, 2, dtype=torch.float64),
+     r"GibbsWithGradients samples binary or categorical states but the energy Gaussian has support 'real'"),
+], ids=["gibbs-on-gaussian", "mala-on-ising", "gwg-on-gaussian"])
 def test_kernel_and_energy_supports_must_match(kernel, energy, x0, match):
     with pytest.raises(ValueError, match=match):
         sample(energy, kernel, x0, num_steps=2)

@@ -172,7 +172,7 @@ class Kernel:
 
 #: registered kernels for each support kind, for error messages (base cannot import the registry)
 KERNELS_FOR = {"real": "mala, hmc, nuts, rwmh or ula", "binary": "gibbs, metropolis, gwg or block_gibbs",
-               "categorical": "gibbs or metropolis"}
+               "categorical": "gibbs, metropolis or gwg"}
 
 
 def _shown(values: torch.Tensor, limit: int = 5) -> str:
