@@ -95,6 +95,15 @@ class TemperedEnergy(Energy):
     def delta_energy_flip(self, x: torch.Tensor, site: torch.Tensor) -> torch.Tensor:
         return _per_row(self.beta, x.shape[0], "TemperedEnergy") * delta_energy_flip(self.base, x, site)
 
+    @property
+    def one_hot_energy(self):
+        """``β E(o)`` on one-hot states, when the base energy has it (categorical GWG)."""
+        own = getattr(self.base, "one_hot_energy", None)
+        if own is None:
+            raise AttributeError("one_hot_energy")
+        beta = self.beta
+        return lambda o: _per_row(beta, o.shape[0], "TemperedEnergy") * own(o)
+
     def site_energies(self, x: torch.Tensor, site: torch.Tensor) -> torch.Tensor:
         beta = _per_row(self.beta, x.shape[0], "TemperedEnergy")
         energies = site_energies(self.base, x, site, self.num_states)
