@@ -12,6 +12,7 @@ import importlib as _importlib
 from ebmlab.objectives.base import Objective, frozen
 from ebmlab.objectives.buffers import NoiseSource, ReplayBuffer
 from ebmlab.objectives.contrastive import ContrastiveDivergence, PersistentCD, ReplayCD, run_chains
+from ebmlab.objectives.jem import JEMObjective
 from ebmlab.objectives.nce import NoiseContrastiveEstimation
 from ebmlab.objectives.pseudo_likelihood import PseudoLikelihood
 from ebmlab.objectives.ratio_matching import RatioMatching
@@ -21,6 +22,7 @@ from ebmlab.objectives.score_matching import DenoisingScoreMatching, ScoreMatchi
 for _cls in (ContrastiveDivergence, PersistentCD, ReplayCD, ScoreMatching, SlicedScoreMatching,
              DenoisingScoreMatching, NoiseContrastiveEstimation, PseudoLikelihood, RatioMatching):
     register_objective(_cls)
+register_objective(JEMObjective)  # JEM: classifier cross-entropy + contrastive divergence on E(x)
 
 try:  # noise-conditional score networks register themselves when their module exists
     _importlib.import_module(f"{__name__}.ncsn")
@@ -33,3 +35,4 @@ __all__ = [
     "PersistentCD", "PseudoLikelihood", "RatioMatching", "ReplayBuffer", "ReplayCD", "ScoreMatching", "SlicedScoreMatching", "available_objectives",
     "frozen", "get_objective_class", "make_objective", "register_objective", "run_chains",
 ]
+__all__ += ["JEMObjective"]

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
+from ebmlab.energy.classifier import jem_energy
 from ebmlab.energy.neural import conv_energy, mlp_energy
 from ebmlab.energy.noise_conditional import ncsn_conv, ncsn_mlp
 from ebmlab.energy.rbm import make_rbm
@@ -83,5 +84,6 @@ def build_model(name: str, event_shape: Sequence[int], **kwargs) -> nn.Module:
 for _name, _factory in (("mlp", mlp_energy), ("conv", conv_energy), ("rbm", make_rbm),
                         ("ncsn_mlp", ncsn_mlp), ("ncsn_conv", ncsn_conv)):
     register_model(_name, _factory)
+register_model("jem", jem_energy)  # a classifier read as an energy (ebmlab.energy.classifier)
 
 __all__ = ["ENTRY_POINT_GROUP", "available_models", "build_model", "get_model_factory", "register_model"]
