@@ -12,7 +12,7 @@ import click
 
 from ebmlab.cli.common import OneLineGroup, UserError
 
-_SUBCOMMANDS = ("sample", "train", "evaluate", "report")
+_SUBCOMMANDS = ("sample", "train", "evaluate", "report", "launch")
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
