@@ -2,7 +2,7 @@
 digits the generative term is what makes the classifier's marginal E(x) a model of the digits.
 
 Fast, exact checks (oracles: ``F.cross_entropy`` and the library's ``ReplayCD`` run from the
-same generator state; a hand-computed ECE) come first. Then one module-scoped pair of runs on
+same generator state; a hand-computed ECE) come first, with the config trainer end to end. Then one module-scoped pair of runs on
 scikit-learn's digits (1437 training rows, 360 held out, the same split and seed for both):
 
 * JEM (λ = 0.5, 10 SGLD steps per update from a replay buffer) and its negative control, the
@@ -36,7 +36,6 @@ from ebmlab.jobs.jem_report import (
 )
 from ebmlab.metrics import mmd_test
 from ebmlab.objectives import JEMObjective, ReplayCD, available_objectives, make_objective
-from ebmlab.objectives.jem import RowLabels
 from ebmlab.samplers import ULA
 from ebmlab.training.models import available_models
 
@@ -59,32 +58,15 @@ def small_case(generator):
     return energy, x, y
 
 
-# ---------------------------------------------------------------------- labels by row lookup
-
-
-def test_row_lookup_finds_every_training_row_and_only_those(small_case, generator):
-    _, x, y = small_case
-    table = RowLabels(x, y)
-    index = torch.randperm(40, generator=generator)[:16]
-    assert torch.equal(table.lookup(x[index]), y[index])
-    other = x[:5] + 1e-12  # not training rows (held out, or changed by a bit): unlabelled
-    assert torch.equal(table.lookup(other), torch.full((5,), -1))
-    assert torch.equal(table.lookup(x[:3].float()), torch.full((3,), -1))  # another dtype: no match
-    dup = torch.cat([x, x[:2]])
-    assert torch.equal(RowLabels(dup, torch.cat([y, y[:2]])).lookup(x[:2]), y[:2])  # repeated rows, same labels
-    with pytest.raises(ValueError, match="rows .* are equal but labelled"):
-        RowLabels(dup, torch.cat([y, (y[:2] + 1) % 3]))
-
-
 # ---------------------------------------------------------------------- the loss against its oracles
 
 
 def test_without_the_contrastive_term_the_loss_is_the_cross_entropy(small_case, generator):
     energy, x, y = small_case
-    objective = JEMObjective(labels=y, contrastive=0.0)
-    objective.setup(energy, x, generator)
+    objective = JEMObjective(contrastive=0.0)
+    objective.setup(energy, x, generator, labels=y)
     assert objective.replay.buffer is None  # no sampler, no buffer
-    loss, metrics = objective.loss(energy, x[5:21], generator)
+    loss, metrics = objective.loss(energy, (x[5:21], y[5:21]), generator)
     expected = F.cross_entropy(energy.logits(x[5:21]), y[5:21])
     torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
     assert metrics["labelled"] == 1.0 and metrics["ce"] == pytest.approx(float(expected.detach()))
@@ -95,13 +77,13 @@ def test_the_loss_is_ce_plus_lambda_times_replay_cd(small_case, generator):
     """Same generator state: JEM's loss − CE = λ × ReplayCD's loss (same buffer, same negatives)."""
     energy, x, y = small_case
     options = dict(kernel=ULA(step_size=0.05), num_steps=3, alpha=0.2, buffer_size=30, restart_prob=0.3)
-    jem, replay = JEMObjective(labels=y, contrastive=0.7, **options), ReplayCD(clamp=True, **options)
+    jem, replay = JEMObjective(contrastive=0.7, **options), ReplayCD(clamp=True, **options)
     g_setup = clone(generator)
-    jem.setup(energy, x, generator)
+    jem.setup(energy, x, generator, labels=y)
     replay.setup(energy, x, g_setup)
     batch = x[10:26]
     g_loss = clone(generator)
-    loss, metrics = jem.loss(energy, batch, generator)
+    loss, metrics = jem.loss(energy, (batch, y[10:26]), generator)
     cd, cd_metrics = replay.loss(energy, batch, g_loss)
     ce = F.cross_entropy(energy.logits(batch), y[10:26])
     torch.testing.assert_close(loss, ce + 0.7 * cd, rtol=1e-10, atol=1e-10)
@@ -111,38 +93,37 @@ def test_the_loss_is_ce_plus_lambda_times_replay_cd(small_case, generator):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in energy.parameters())
 
 
-def test_explicit_labels_and_unlabelled_rows(small_case, generator):
-    """``loss(..., labels=)`` overrides the lookup; rows labelled -1 enter only the contrastive term."""
+def test_unlabelled_rows_enter_only_the_contrastive_term(small_case, generator):
+    """Rows labelled -1 get no cross-entropy; a plain tensor batch is all unlabelled."""
     energy, x, y = small_case
-    objective = JEMObjective(labels=y, contrastive=0.0)
-    objective.setup(energy, x, generator)
+    objective = JEMObjective(contrastive=0.0)
+    objective.setup(energy, x, generator, labels=y)
     labels = y[:8].clone()
     labels[:3] = -1
-    loss, metrics = objective.loss(energy, x[:8], generator, labels=labels)
+    loss, metrics = objective.loss(energy, (x[:8], labels), generator)
     torch.testing.assert_close(loss, F.cross_entropy(energy.logits(x[3:8]), y[3:8]), rtol=0, atol=1e-12)
     assert metrics["labelled"] == pytest.approx(5 / 8)
-    # held-out rows found nowhere in the training data: no cross-entropy, only the contrastive term
-    semi = JEMObjective(labels=y[:20], contrastive=1.0, kernel=ULA(step_size=0.05), num_steps=2, buffer_size=20)
-    semi.setup(energy, x[:20], generator)
+    semi = JEMObjective(contrastive=1.0, kernel=ULA(step_size=0.05), num_steps=2, buffer_size=20)
+    semi.setup(energy, x, generator)
     loss, metrics = semi.loss(energy, x[20:30], generator)
     assert metrics["labelled"] == 0.0 and "ce" not in metrics and torch.isfinite(loss)
+    with pytest.raises(ValueError, match=r"a labelled batch is \(x \(B, \*event\), y \(B,\)\)"):
+        semi.loss(energy, (x[:4], y[:3]), generator)
 
 
 def test_bad_set_ups_are_refused(small_case, generator):
     energy, x, y = small_case
-    with pytest.raises(ValueError, match="needs labels for the training rows"):
-        JEMObjective().setup(energy, x, generator)
     with pytest.raises(ValueError, match="40 labels for 39 data rows"):
-        JEMObjective(labels=y, contrastive=0).setup(energy, x[:39], generator)
+        JEMObjective(contrastive=0).setup(energy, x[:39], generator, labels=y)
     with pytest.raises(ValueError, match="labels must lie in 0..2"):
-        JEMObjective(labels=y + 1, contrastive=0).setup(energy, x, generator)
+        JEMObjective(contrastive=0).setup(energy, x, generator, labels=y + 1)
     with pytest.raises(ValueError, match="1-D integer tensor"):
-        JEMObjective(labels=y.double())
+        JEMObjective(contrastive=0).setup(energy, x, generator, labels=y.double())
     with pytest.raises(ValueError, match="contrastive must be >= 0"):
         JEMObjective(contrastive=-1.0)
     plain = ebmlab.training.models.build_model("mlp", (2,), hidden=[4])
     with pytest.raises(ValueError, match="need a classifier energy"):
-        JEMObjective(labels=torch.zeros(8, dtype=torch.long)).setup(plain, torch.randn(8, 2), generator)
+        JEMObjective().setup(plain, torch.randn(8, 2), generator, labels=torch.zeros(8, dtype=torch.long))
     with pytest.raises(ValueError, match="nothing to train"):
         JEMObjective(contrastive=0).setup(plain, torch.randn(8, 2), generator)
 
@@ -150,27 +131,31 @@ def test_bad_set_ups_are_refused(small_case, generator):
 def test_registered_and_round_trips_its_state(small_case, generator):
     energy, x, y = small_case
     assert "jem" in available_objectives() and "jem" in available_models()
-    objective = make_objective("jem", labels=y, num_steps=2, buffer_size=25, kernel=ULA(step_size=0.05))
-    objective.setup(energy, x, generator)
-    objective.loss(energy, x[:8], generator)
+    objective = make_objective("jem", num_steps=2, buffer_size=25, kernel=ULA(step_size=0.05))
+    objective.setup(energy, x, generator, labels=y)
+    objective.loss(energy, (x[:8], y[:8]), generator)
     state = {k: v.clone() for k, v in objective.state_dict().items()}
     assert set(state) == {"buffer"} and state["buffer"].shape == (25, 1, 4, 4)
-    again = make_objective("jem", labels=y, num_steps=2, buffer_size=25)
+    again = make_objective("jem", num_steps=2, buffer_size=25)
     again.load_state_dict(state)
     torch.testing.assert_close(again.state_dict()["buffer"], state["buffer"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="unexpected objective state keys"):
         again.load_state_dict({"chains": state["buffer"]})
 
 
-def test_the_config_trainer_says_it_does_not_route_labels_yet(tmp_path):
-    """``ebmlab train --model jem --objective jem`` refuses with a message instead of training
-    the classifier without labels (the trainer change that routes them is in the report)."""
-    from ebmlab.training.run import Trainer
+def test_the_config_trainer_trains_jem_on_the_digits_labels(tmp_path):
+    """``ebmlab train --objective jem --data digits`` end to end: the trainer routes the labels
+    (every batch row labelled), the model alias builds the ``jem`` classifier, held-out loss is logged."""
+    from ebmlab.energy.classifier import ClassifierEnergy
+    from ebmlab.training.run import train
 
-    config = {"data": "digits", "model": "jem", "objective": "jem", "steps": 1, "batch_size": 8,
-              "model_kwargs": {"width": 4}, "objective_kwargs": {"buffer_size": 16}}
-    with pytest.raises(ValueError, match="does not pass labels yet"):
-        Trainer(config, out=tmp_path / "run")
+    config = {"data": "digits", "objective": "jem", "steps": 4, "batch_size": 16, "sampler_steps": 2,
+              "step_size": 0.1, "noise_scale": 0.0224, "model_kwargs": {"width": 4},
+              "objective_kwargs": {"buffer_size": 256}}  # held-out loss: one batch of 180 rows
+    result = train(config, out=tmp_path / "run", heldout_every=2)
+    assert isinstance(result.model, ClassifierEnergy)
+    last = result.metrics[-1]
+    assert last["labelled"] == 1.0 and math.isfinite(last["ce"]) and math.isfinite(last["heldout_loss"])
 
 
 def test_a_fitted_run_loads_back_as_the_classifier(tmp_path):
@@ -178,7 +163,7 @@ def test_a_fitted_run_loads_back_as_the_classifier(tmp_path):
     data = load_dataset("digits", num_samples=128)
     torch.manual_seed(0)
     energy = mlp_classifier((1, 8, 8), num_classes=10, hidden=(16,))
-    result = ebmlab.fit(energy, JEMObjective(labels=data.labels, num_steps=2, buffer_size=64), data.x, steps=3,
+    result = ebmlab.fit(energy, JEMObjective(num_steps=2, buffer_size=64), data.x, labels=data.labels, steps=3,
                         batch_size=32, run_dir=tmp_path / "run", model_spec="ebmlab.energy.classifier:mlp_classifier",
                         model_kwargs={"num_classes": 10, "hidden": [16]})
     loaded = ebmlab.load(tmp_path / "run")
@@ -217,10 +202,9 @@ def digits_runs():
     for key, weight in (("on", 0.5), ("off", 0.0)):
         torch.manual_seed(0)
         energy = mlp_classifier((1, 8, 8), num_classes=10, hidden=(128, 128))
-        objective = JEMObjective(labels=y_train, contrastive=weight, kernel=KERNEL, num_steps=10, alpha=0.1,
-                                 buffer_size=2000)
+        objective = JEMObjective(contrastive=weight, kernel=KERNEL, num_steps=10, alpha=0.1, buffer_size=2000)
         start = time.perf_counter()
-        result = ebmlab.fit(energy, objective, x_train, steps=TRAIN_STEPS, batch_size=64, lr=3e-3, ema_decay=0.99,
+        result = ebmlab.fit(energy, objective, x_train, labels=y_train, steps=TRAIN_STEPS, batch_size=64, lr=3e-3, ema_decay=0.99,
                             seed=0)
         runs[key] = (result.model, time.perf_counter() - start)
     return runs
