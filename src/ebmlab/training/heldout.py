@@ -44,7 +44,8 @@ class HeldoutEvaluation(Callback):
         labels: their class indices ``(N,)`` for objectives that train on ``(x, y)`` batches.
         every: evaluation interval in updates (the last update is always evaluated).
         standardizer: the run's standardisation (the model sees ``(x - μ)/s``), or ``None``.
-        max_rows: at most this many held-out rows enter the loss (the first ones).
+        max_rows: at most this many held-out rows enter the loss (the first ones; never more than
+            the training batch size, which replay buffers and persistent chains are sized for).
         keep_best: write ``best.pt`` when the deciding metric improves (needs a run directory).
         seed: the seed of the evaluation's own generator (the same draws at every evaluation).
     """
@@ -71,9 +72,10 @@ class HeldoutEvaluation(Callback):
         was_training = model.training
         model.eval()
         try:
-            batch = x_model[: self.max_rows]
+            rows = min(self.max_rows, loop.settings.batch_size)  # what the objective is built for (buffers)
+            batch = x_model[:rows]
             if self.labels is not None:
-                batch = (batch, self.labels[: self.max_rows].to(device))
+                batch = (batch, self.labels[:rows].to(device))
             record["heldout_loss"] = self._loss(loop, model, batch)
             nll = self._nll(loop, model, x_raw)
             if nll is not None:
