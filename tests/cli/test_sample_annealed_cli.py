@@ -49,7 +49,9 @@ def test_annealed_needs_a_noise_conditional_run(tmp_path):
     assert not (tmp_path / "x.npz").exists()
 
 
-def test_sampler_is_required_for_other_energies(tmp_path):
-    result = CliRunner().invoke(main, ["sample", "--energy", "gmm8", "--out", str(tmp_path / "x.npz")])
-    assert result.exit_code == 2
-    assert "--sampler is required" in result.output
+def test_other_energies_default_to_their_supports_sampler(tmp_path):
+    """Without --sampler an MCMC energy gets the sampler of its support (was: --sampler required)."""
+    result = CliRunner().invoke(main, ["sample", "--energy", "gmm8", "--chains", "2", "--steps", "5", "--burn-in", "0",
+                                       "--out", str(tmp_path / "x.npz")])
+    assert result.exit_code == 0, result.output
+    assert "with mala" in result.output

@@ -14,6 +14,7 @@ import click
 
 from ebmlab.energy.errors import EnergyRaisedError
 from ebmlab.jobs.sampling import OS_REASONS, format_bytes
+from ebmlab.jobs.threads import LEAN_THRESHOLD
 
 #: torch's note when ``weights_only`` unpickles a file of another pickle protocol (an old-style
 #: checkpoint): the loader's own one-line error follows, so the note is noise.
@@ -21,6 +22,13 @@ TORCH_PICKLE_NOTE = r"Detected pickle protocol"
 #: ``--threads`` above this is refused (torch takes a C int; more threads than this only thrash).
 MAX_THREADS = 1024
 _INT64 = 2**63
+#: ``--threads`` of every command; ``{size}`` names what counts as the problem size.
+LEAN_THREADS_HELP = ("CPU threads for torch (0 = torch's default) [default: one thread when {size} x the energy's "
+                     "multiply-adds per example is below " + f"{LEAN_THRESHOLD:.0e}".replace("+", "") + ", which is faster on small problems, else torch's default].")
+#: ``--support`` of sample and evaluate.
+SUPPORT_HELP = ("For a module that declares no support: binary ({0, 1}) or categorical:K ({0..K-1}); "
+                "then gibbs and the discrete samplers apply. A module may declare it itself: support = \"binary\", "
+                "or support = \"categorical\" with num_states = K.")
 
 
 def one_line(text: str) -> str:

@@ -18,7 +18,7 @@ import os
 
 import click
 
-from ebmlab.cli.common import OneLineErrors, user_errors
+from ebmlab.cli.common import LEAN_THREADS_HELP, SUPPORT_HELP, OneLineErrors, is_terminal, set_threads, user_errors
 from ebmlab.distributed import is_main_process
 from ebmlab.jobs.evaluation import DEFAULT_TEMPERATURES
 from ebmlab.jobs.evaluation_job import (
@@ -73,21 +73,29 @@ class Temperatures(click.ParamType):
 @click.option("--ksd", is_flag=True,
               help="With --data: kernel Stein discrepancy of the data against the energy's score (IMQ kernel, "
                    "wild-bootstrap p-value) and, for data with a known density, the Fisher divergence to it.")
-@click.option("--event-shape", default=None, metavar="D[,D...]", help="Event shape for energies that declare none.")
+@click.option("--event-shape", default=None, metavar="D[,D...]",
+              help="Event shape for energies that declare none [default: that of --data].")
+@click.option("--support", default=None, metavar="binary|categorical:K", help=SUPPORT_HELP)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
+@click.option("--threads", type=int, default=None, help=LEAN_THREADS_HELP.format(size="AIS runs (or the examples)"))
+@click.option("--progress/--no-progress", default=None,
+              help="AIS: a progress bar over the temperatures [default: on a terminal].")
 @click.option("--json", "as_json", is_flag=True,
               help="Print exactly one JSON object; with a run directory as --energy, also save it as "
                    "RUN_DIR/evaluation.json (shown by ebmlab report).")
 @user_errors(terms=in_option_terms)
 def command(energy_spec, data_spec, method, temperatures, schedule, runs, sampler, steps_per_temperature, base_std,
-            no_reverse, bounds, grid_points, num_examples, num_levels, no_metrics, ksd, event_shape, seed, device,
-            as_json) -> None:
+            no_reverse, bounds, grid_points, num_examples, num_levels, no_metrics, ksd, event_shape, support, seed,
+            device, threads, progress, as_json) -> None:
+    if threads is not None:
+        set_threads(threads)
     job = EvaluationJob(
         energy=energy_spec, method=method, data=data_spec, temperatures=temperatures, schedule=schedule, runs=runs,
         sampler=sampler, steps_per_temperature=steps_per_temperature, base_std=base_std, reverse=not no_reverse,
         bounds=parse_bounds(bounds), grid_points=grid_points, num_examples=num_examples, num_levels=num_levels,
         metrics=not no_metrics, event_shape=parse_event_shape(event_shape), seed=seed, device=device, ksd=ksd,
+        support=support, lean_threads=threads is None, progress=is_terminal() if progress is None else progress,
     )
     report = run_evaluation_job(job)
     if not is_main_process():  # under torchrun every rank holds the same report; rank 0 prints it

@@ -14,10 +14,15 @@ import torch
 from ebmlab.distributed import is_main_process
 from ebmlab.jobs.distributed import run_sampling_job_distributed
 from ebmlab.jobs.sampling import SampleJob, check_figure_path, check_output_file, format_result, in_option_terms
+from ebmlab.jobs.sampling_defaults import DEFAULT_STEPS, MCMC_STEPS
 from ebmlab.samplers import ChainDivergedError, available
-from ebmlab.jobs.annealed_sampling import ANNEALED, format_annealed_summary, noise_conditional_run, run_annealed_job
+from ebmlab.jobs.annealed_sampling import (
+    ANNEALED, ANNEALED_STEPS, format_annealed_summary, noise_conditional_run, run_annealed_job,
+)
 from ebmlab.jobs.specs import describe_builtin, parse_event_shape
-from ebmlab.cli.common import OneLineErrors, UserError, set_threads, is_terminal, user_errors
+from ebmlab.cli.common import (
+    LEAN_THREADS_HELP, OneLineErrors, UserError, SUPPORT_HELP, set_threads, is_terminal, user_errors,
+)
 
 
 _ENERGY_HELP = (
@@ -33,9 +38,13 @@ _ENERGY_HELP = (
 @click.option("--energy", "energy_spec", required=True, metavar="SPEC", help=_ENERGY_HELP)
 @click.option("--sampler", default=None, metavar="NAME",
               help=f"One of {', '.join(available())}, or annealed (annealed Langevin; the default and only "
-                   "choice for runs trained with --objective ncsn, where --steps counts steps per noise level).")
+                   "choice for runs trained with --objective ncsn, where --steps counts steps per noise level). "
+                   "Default: from the energy's support, mala for real, gibbs for binary or categorical.")
 @click.option("--chains", "num_chains", type=int, default=16, show_default=True, help="Number of chains.")
-@click.option("--steps", "num_steps", type=int, default=1000, show_default=True, help="Transitions after burn-in.")
+@click.option("--steps", "num_steps", type=int, default=None,
+              help="Transitions after burn-in [default: the sampler's: "
+                   + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items())
+                   + f", annealed {ANNEALED_STEPS} per noise level, every other {MCMC_STEPS}].")
 @click.option("--burn-in", type=int, default=500, show_default=True,
               help="Transitions before sampling; adaptive samplers tune the step size then.")
 @click.option("--thin", type=int, default=1, show_default=True, help="Keep every THIN-th draw.")
@@ -45,12 +54,15 @@ _ENERGY_HELP = (
 @click.option("--init", default="noise", show_default=True, metavar="noise|zeros|FILE.npy",
               help="Start: noise (N(0,1), or uniform states for discrete energies), zeros, or a .npy "
                    "of shape (chains, *event) or (*event).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--threads", type=int, default=0, show_default=True,
-              help="CPU threads for torch (0 = torch's default); small energies run fastest on one.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the energy's value and gradient.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
+@click.option("--threads", type=int, default=None, help=LEAN_THREADS_HELP.format(size="chains"))
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the energy's value and gradient (says so on stderr, with the time it took).")
 @click.option("--event-shape", default=None, metavar="D[,D...]",
-              help="Event shape, e.g. 2 or 1,28,28, for energies that do not declare one.")
+              help="Event shape, e.g. 2 or 1,28,28, for energies that do not declare one [default: from an "
+                   "--init FILE.npy].")
+@click.option("--support", default=None, metavar="binary|categorical:K", help=SUPPORT_HELP)
 @click.option("--target-accept", type=float, default=None, help="Acceptance rate that burn-in tunes toward.")
 @click.option("--max-tree-depth", type=int, default=None, metavar="D",
               help="nuts: at most D trajectory doublings (2^D - 1 leapfrog steps) per transition [default: 10].")
@@ -75,25 +87,29 @@ _ENERGY_HELP = (
                    "otherwise trace plots.")
 @user_errors(terms=in_option_terms)
 def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_size, num_leapfrog, seed, init,
-            device, threads, compile_, event_shape, target_accept, max_tree_depth, metric, base, num_temperatures,
-            max_temperature, out, plot, plot_chains) -> None:
-    set_threads(threads)
+            device, threads, progress, compile_, event_shape, support, target_accept, max_tree_depth, metric, base,
+            num_temperatures, max_temperature, out, plot, plot_chains) -> None:
+    if threads is not None:
+        set_threads(threads)
+    progress = is_terminal() if progress is None else progress
     job = SampleJob(
         energy=energy_spec, sampler=sampler, out=out, num_chains=num_chains, num_steps=num_steps, burn_in=burn_in,
         thin=thin, step_size=step_size, num_leapfrog=num_leapfrog, seed=seed, init=init,
         device=device, compile=compile_, event_shape=parse_event_shape(event_shape),
-        target_accept=target_accept, plot=plot, progress=is_terminal(), max_tree_depth=max_tree_depth,
+        target_accept=target_accept, plot=plot, progress=progress, max_tree_depth=max_tree_depth,
         metric=metric, base=base, num_temperatures=num_temperatures, max_temperature=max_temperature,
+        support=support, lean_threads=threads is None,
     )
     annealed_run = noise_conditional_run(energy_spec) if sampler in (None, ANNEALED) else None
     if annealed_run is not None:
         check_output_file(out)
-        meta = run_annealed_job(annealed_run, out, num_chains, num_steps, step_size, seed, plot)
+        meta = run_annealed_job(annealed_run, out, num_chains, num_steps, step_size, seed, plot, device=device,
+                                progress=progress, lean_threads=threads is None)
         click.echo(format_annealed_summary(meta))
         return
-    if sampler is None or sampler == ANNEALED:
-        need = "needs a run directory trained with --objective ncsn" if sampler == ANNEALED else "is required"
-        raise UserError(f"--sampler {need}; choose one of {', '.join(available())}")
+    if sampler == ANNEALED:
+        raise UserError(f"--sampler annealed needs a run directory trained with --objective ncsn; choose one of "
+                        f"{', '.join(available())}")
     if plot_chains is not None:
         check_figure_path(plot_chains, "--plot-chains")
     try:

@@ -26,7 +26,7 @@ from ebmlab.data import available_datasets
 from ebmlab.training.models import available_models
 from ebmlab.objectives import available_objectives
 from ebmlab.samplers import available
-from ebmlab.cli.common import OneLineErrors, UserError, set_threads, user_errors
+from ebmlab.cli.common import LEAN_THREADS_HELP, OneLineErrors, UserError, set_threads, user_errors
 
 
 _D = TrainConfig()  # the defaults shown in --help
@@ -163,8 +163,7 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
 @click.option("--config", "config_file", default=None, metavar="FILE.toml", help="Start from the settings in FILE.toml.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Any setting, e.g. --set ema_decay=0.999 --set objective_kwargs.sigma=0.2 (repeatable).")
-@click.option("--threads", type=int, default=1, show_default=True,
-              help="CPU threads for torch (0 = torch's default); small models run fastest on one.")
+@click.option("--threads", type=int, default=None, help=LEAN_THREADS_HELP.format(size="the batch size"))
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.option("--no-plots", is_flag=True, help="Skip the pictures.")
 @click.option("--log", "log", type=click.Choice(["csv", "tensorboard", "none"]), default="none", show_default=True,
@@ -201,7 +200,8 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
     if D.is_main_process():
         for note in notes:
             click.echo(f"ebmlab: note: {note}", err=True)
-    set_threads(threads)
+    if threads is not None:
+        set_threads(threads)
     out = resume if resume is not None else out
     if out is None:  # one name for every rank of a torchrun group
         out = D.broadcast_object(str(default_run_dir(config)))
@@ -209,7 +209,7 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
     try:
         result = run_train_job(config, out, resume=resume is not None, progress=shown, plots=not no_plots,
                                plot_samples=plot_samples, plot_sampler_steps=plot_sampler_steps, log=log,
-                               log_every=log_every)
+                               log_every=log_every, lean_threads=threads is None)
     except TrainingDivergedError as err:
         raise UserError(str(err)) from err
     except TrainingInterrupted as err:
@@ -232,4 +232,8 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
     files = ", ".join(p.name for p in result.pictures)
     click.echo(f"trained {result.config.objective} on {result.config.data} for {result.step} steps in "
                f"{result.wall_time:.1f} s" + (f" ({figures})" if figures else ""))
+    if result.classification:
+        c = result.classification
+        click.echo(f"held-out accuracy {c['accuracy']:.3f}, expected calibration error {c['ece']:.3f} "
+                   f"(15 bins), NLL {c['nll']:.3f} nats; class-conditional samples: class_samples.png")
     click.echo(f"run directory: {result.run_dir}" + (f" (pictures: {files})" if files else ""))

@@ -85,6 +85,7 @@ def run_sampling_job_distributed(job: SampleJob) -> SampleResult:
     local_job = dataclasses.replace(job, seed=seed, device=str(device), plot=None,
                                     progress=job.progress and ctx.is_main)
     prepared = D.collectively(prepare, local_job)
+    job = dataclasses.replace(job, sampler=prepared.job.sampler, num_steps=prepared.job.num_steps)  # chosen defaults
     x0 = prepared.x0[start:stop]
 
     def run() -> ChainRecord:
@@ -131,7 +132,8 @@ def distributed_ais(energy: EnergyFn, base: nn.Module | None = None, data: torch
                     num_temperatures: int | None = 200, schedule: str | Sequence[float] | torch.Tensor = "sigmoid",
                     kernel: str | Kernel = "mala", num_runs: int = 100, num_steps: int | None = None,
                     generator: torch.Generator | None = None, reverse_samples: torch.Tensor | None = None,
-                    adapt: bool = True, event_shape: Sequence[int] | None = None, device=None) -> AISResult:
+                    adapt: bool = True, event_shape: Sequence[int] | None = None, device=None,
+                    callback=None) -> AISResult:
     """:func:`ebmlab.partition.ais` with the ``num_runs`` runs split over the ranks.
 
     Same arguments and result. Rank r runs ``split_count(num_runs, r, W)`` forward runs with
@@ -140,12 +142,13 @@ def distributed_ais(energy: EnergyFn, base: nn.Module | None = None, data: torch
     ``log_z = log (1/N) Σ exp(log_weights)`` over the gathered ``log_weights (N,)`` (likewise the
     reverse bound), ``samples (N, *event)``, acceptance averaged over runs, and the step sizes
     averaged over runs; ``wall_time`` is the slowest rank's. One process: plain :func:`ais`.
+    ``callback(k, beta)`` (:func:`ais`'s, per temperature) is called on rank 0 only.
     """
     ctx = D.current_context() if D.is_initialized() else D.init_distributed()
     if not ctx.is_distributed:
         return ais(energy, base=base, data=data, num_temperatures=num_temperatures, schedule=schedule, kernel=kernel,
                    num_runs=num_runs, num_steps=num_steps, generator=generator, reverse_samples=reverse_samples,
-                   adapt=adapt, event_shape=event_shape, device=device)
+                   adapt=adapt, event_shape=event_shape, device=device, callback=callback)
     start = time.perf_counter()
     local_runs = D.split_count(int(num_runs), ctx.rank, ctx.world_size, what="AIS runs")
     local_reverse = None
@@ -157,7 +160,8 @@ def distributed_ais(energy: EnergyFn, base: nn.Module | None = None, data: torch
     rank_gen = _rank_generator(generator, ctx.rank)
     local = D.collectively(ais, energy, base=base, data=data, num_temperatures=num_temperatures, schedule=schedule,
                            kernel=kernel, num_runs=local_runs, num_steps=num_steps, generator=rank_gen,
-                           reverse_samples=local_reverse, adapt=adapt, event_shape=event_shape, device=device)
+                           reverse_samples=local_reverse, adapt=adapt, event_shape=event_shape, device=device,
+                           callback=callback if ctx.rank == 0 else None)
     log_w = D.gather_tensor(local.log_weights.to(torch.float64), 0)
     log_z, stderr, ess = log_weight_statistics(log_w)
     weight = torch.tensor(float(local_runs), dtype=torch.float64)

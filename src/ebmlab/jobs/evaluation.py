@@ -30,9 +30,11 @@ from typing import Callable, Sequence
 
 import torch
 
+from ebmlab import distributed as D
 from ebmlab.jobs.distributed import distributed_ais
 from ebmlab.jobs.evaluation_rbm import RBM_TEMPERATURES, rbm_log_z
 from ebmlab.jobs.evaluation_report import EvaluationReport
+from ebmlab.jobs.progress import progress_bar
 from ebmlab.metrics import energy_distance, fisher_divergence, grid_kl, ksd_test, mmd_test
 from ebmlab.partition import BoundaryMassWarning, GaussianBase, exact_log_z, exact_sample, grid_sample
 from ebmlab.partition import quadrature_log_z
@@ -62,6 +64,19 @@ def exact_report(energy, event_shape: Sequence[int], support: str, generator: to
     log_z = exact_log_z(energy, shape, device=device)
     return EvaluationReport(method="exact", event_shape=shape, support=support, log_z=log_z, log_z_stderr=0.0,
                             draw=lambda n: exact_sample(energy, n, generator, shape, device=device))
+
+
+def known_log_z(energy, event_shape: Sequence[int], support: str, device=None) -> float | None:
+    """log Z when it is known without estimating it: the energy's own ``log_z`` (a number:
+    closed form for analytic energies, enumeration inside Ising ≤ 4×4, Potts ≤ 2²² states and RBMs
+    with ≤ 22 units in a layer), else the enumeration of a discrete energy of ≤ 2¹⁶ states; else None."""
+    own = getattr(energy, "log_z", None)  # a learned log Z is a tensor, not a known number
+    if isinstance(own, (int, float)) and not isinstance(own, bool) and math.isfinite(own):
+        return float(own)
+    sites = math.prod(event_shape)
+    if support != "real" and sites * math.log(max(2, _num_states(energy))) <= math.log(MAX_REVERSE_STATES):
+        return float(exact_log_z(energy, tuple(event_shape), device=device))
+    return None
 
 
 def quadrature_report(energy, event_shape: Sequence[int], support: str, generator: torch.Generator, *,
@@ -138,12 +153,13 @@ def resample_move(energy, result: AISResult, sampler: str, base, event_shape: Se
 def ais_report(energy, event_shape: Sequence[int], support: str, generator: torch.Generator, *,
                data: torch.Tensor | None = None, temperatures: int | str | None = None, schedule: str = "sigmoid",
                runs: int = 100, sampler: str | None = None, steps_per_temperature: int | None = None,
-               base_std: float | None = None, reverse: bool = True) -> EvaluationReport:
+               base_std: float | None = None, reverse: bool = True, progress: bool = False) -> EvaluationReport:
     """log Z by AIS with ``temperatures`` (default 200; ``"adaptive"``: the library's adaptive
     schedule) in the ``schedule`` and ``runs`` runs using ``sampler`` (default: mala for real,
     gibbs for discrete support), and with ``reverse`` the reverse-AIS upper bound; see the module
     docstring. ``reliable``/``warning`` are the library's (the bracket takes part only when the
-    reverse runs started at exact draws), the advice in the command's terms."""
+    reverse runs started at exact draws), the advice in the command's terms. With ``progress``, a
+    bar over the temperatures of every pass (on standard error, rank 0 only)."""
     if temperatures == "adaptive":
         temperatures, schedule = None, "adaptive"
     shape, device = tuple(event_shape), generator.device
@@ -152,10 +168,13 @@ def ais_report(energy, event_shape: Sequence[int], support: str, generator: torc
     start, source = reverse_start(energy, shape, support, runs, generator, data) if reverse else (None, None)
     # = ais(...) in one process; under torchrun the runs are split over the ranks and log Z is
     # one log-mean-exp over the weights of every run
-    result = distributed_ais(energy, base=base, num_temperatures=DEFAULT_TEMPERATURES if temperatures is None
-                             else temperatures, schedule=schedule, kernel=sampler, num_runs=runs,
-                             num_steps=steps_per_temperature, generator=generator, reverse_samples=start,
-                             event_shape=shape, device=device)
+    count = DEFAULT_TEMPERATURES if temperatures is None else int(temperatures)
+    passes = 1 + (start is not None)  # the adaptive pilot's length is not known in advance: no total
+    total = None if schedule == "adaptive" else (count - 1) * passes
+    with progress_bar(total, "AIS", progress and D.is_main_process(), unit="temperature") as advance:
+        result = distributed_ais(energy, base=base, num_temperatures=count, schedule=schedule, kernel=sampler,
+                                 num_runs=runs, num_steps=steps_per_temperature, generator=generator,
+                                 reverse_samples=start, event_shape=shape, device=device, callback=advance)
     if source != "exact":  # a heuristic upper bound cannot confirm or refute the estimate
         result = dataclasses.replace(result, check_bracket=False)
     acceptance = float(result.acceptance_rate.mean()) if result.acceptance_rate.numel() else math.nan

@@ -21,13 +21,14 @@ import torch
 
 from ebmlab import distributed as D
 from ebmlab.jobs.evaluation import (
-    ais_report, exact_report, quadrature_report, rbm_report, with_data_metrics, with_ksd,
+    ais_report, exact_report, known_log_z, quadrature_report, rbm_report, with_data_metrics, with_ksd,
 )
 from ebmlab.jobs.evaluation_rbm import as_rbm
 from ebmlab.jobs.evaluation_report import EvaluationReport
 from ebmlab.jobs.sampling import STATE_COPIES, format_bytes, memory_available
 from ebmlab.jobs.sampling import in_option_terms as kernel_terms
 from ebmlab.jobs.specs import load_training_run, resolve_energy
+from ebmlab.jobs.threads import lean_threads
 from ebmlab.partition import METHODS
 
 #: The library's advice for energies beyond enumeration or quadrature, and the command's.
@@ -66,6 +67,9 @@ class EvaluationJob:
     device: str = "cpu"
     ksd: bool = False                              # KSD and Fisher divergence of the data (with_ksd)
     ksd_bootstrap: int = 500
+    progress: bool = False                         # AIS: a bar over the temperatures (standard error)
+    support: str | None = None                     # for a module that declares none: binary, categorical:K
+    lean_threads: bool = False                     # torch threads from the problem size (ebmlab.jobs.threads)
 
 
 def in_option_terms(message: str) -> str:
@@ -88,9 +92,19 @@ def parse_bounds(text: str | None) -> list[float] | list[list[float]] | None:
     return values if len(values) == 2 else [values[i:i + 2] for i in range(0, len(values), 2)]
 
 
-def load_data(job: EvaluationJob, event_shape: tuple[int, ...]):
+def load_data(job: EvaluationJob, event_shape: tuple[int, ...], loaded=None):
     """``(x (N, *event_shape), true_log_density or None)`` for ``job.data``: a data set spec, or
-    ``heldout`` — the held-out split of the run directory given as ``job.energy``."""
+    ``heldout`` — the held-out split of the run directory given as ``job.energy``; ``loaded``:
+    what :func:`read_data` returned already."""
+    x, true_log_density = read_data(job) if loaded is None else loaded
+    if tuple(x.shape[1:]) != tuple(event_shape):
+        raise ValueError(f"data {job.data!r} of event shape {tuple(x.shape[1:])} do not match the energy's event "
+                         f"shape {tuple(event_shape)}; use data and an energy of the same shape")
+    return x, true_log_density
+
+
+def read_data(job: EvaluationJob):
+    """``(x (N, *event), true_log_density or None)`` for ``job.data``, before any shape check."""
     if job.data == "heldout":
         if not os.path.isdir(job.energy):
             raise ValueError("--data heldout needs a run directory as --energy; otherwise name a data set or file")
@@ -104,9 +118,6 @@ def load_data(job: EvaluationJob, event_shape: tuple[int, ...]):
         dataset = load_dataset(job.data, num_samples=job.num_examples,
                                generator=torch.Generator().manual_seed(job.seed + 1))
         x, true_log_density = dataset.x, dataset.true_log_density
-    if tuple(x.shape[1:]) != tuple(event_shape):
-        raise ValueError(f"data {job.data!r} of event shape {tuple(x.shape[1:])} do not match the energy's event "
-                         f"shape {tuple(event_shape)}; use data and an energy of the same shape")
     return x, true_log_density
 
 
@@ -138,7 +149,8 @@ def log_z_report(job: EvaluationJob, energy, event_shape, support: str, generato
                                  grid_points=job.grid_points)
     return ais_report(energy, event_shape, support, generator, data=x, temperatures=job.temperatures,
                       schedule=job.schedule, runs=job.runs, sampler=job.sampler,
-                      steps_per_temperature=job.steps_per_temperature, base_std=job.base_std, reverse=job.reverse)
+                      steps_per_temperature=job.steps_per_temperature, base_std=job.base_std, reverse=job.reverse,
+                      progress=job.progress)
 
 
 def validate(job: EvaluationJob) -> None:
@@ -193,11 +205,20 @@ def run_evaluation_job(job: EvaluationJob) -> EvaluationReport:
         raise ValueError(f"--log-partition must be one of {', '.join(METHODS)}, got {job.method!r}")
     validate(job)
     device = D.local_device(D.resolve_device(job.device, what="--device"))
-    energy, shape, support = resolve_energy(job.energy, job.event_shape)
+    loaded = []  # the data, read once: for the event shape of an energy that declares none, then for the metrics
+
+    def data_shape():
+        loaded.append(read_data(job))
+        return tuple(loaded[0][0].shape[1:])
+
+    energy, shape, support = resolve_energy(job.energy, job.event_shape, job.support,
+                                            shape_from=data_shape if job.data else None)
     check_sizes(job, shape, device)
+    if job.lean_threads:
+        lean_threads(job.runs if job.method == "ais" else job.metric_samples, energy, shape, device)
     energy = energy.to(device).eval()
     energy.requires_grad_(False)
-    x, true_log_density = load_data(job, shape) if job.data else (None, None)
+    x, true_log_density = load_data(job, shape, loaded[0] if loaded else None) if job.data else (None, None)
     x = None if x is None else _on(energy, x, device)
     generator = torch.Generator(device=device).manual_seed(int(job.seed))
     report = (log_z_report(job, energy, shape, support, generator, x) if job.method is not None
@@ -210,7 +231,9 @@ def run_evaluation_job(job: EvaluationJob) -> EvaluationReport:
         report = with_ksd(report, energy, x, true_log_density=true_log_density, num_examples=job.metric_samples,
                           num_bootstrap=job.ksd_bootstrap, seed=job.seed)
     learned = getattr(energy, "learned_log_z", None)  # NCE runs learn an estimate of log Z
-    return report.replace(energy=job.energy, data=job.data, learned_log_z=None if learned is None else float(learned))
+    exact = known_log_z(energy, shape, support, device) if job.method in ("ais", "quadrature") else None
+    return report.replace(energy=job.energy, data=job.data, learned_log_z=None if learned is None else float(learned),
+                          exact_log_z=exact)
 
 
 #: Where :func:`save_evaluation` keeps a run's evaluation (read by ``ebmlab report``).

@@ -84,6 +84,7 @@ class EvaluationReport:
     energy: str | None = None
     data: str | None = None
     learned_log_z: float | None = None            # NCE runs learn an estimate of log Z
+    exact_log_z: float | None = None              # known without estimating (closed form, enumeration)
     #: ``draw(n) -> (n, *event_shape)`` model samples for the metrics; not part of the report.
     draw: Callable[[int], torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
@@ -109,6 +110,18 @@ class EvaluationReport:
         return out
 
 
+def crossed_bracket(r: EvaluationReport) -> str:
+    """The one sentence for a crossed AIS bracket (lower end above the upper)."""
+    gap = r.log_z - r.log_z_upper
+    if r.upper_bound_source != "exact":
+        return (f"note: the lower end lies {gap:.4f} nats above the upper, but the reverse runs started at the data, "
+                f"not at exact draws, so that end is no bound and the crossing says nothing about log Z.")
+    combined = math.hypot(r.log_z_stderr or 0.0, r.log_z_upper_stderr or 0.0)
+    within = f" ({gap / combined:.1f} combined standard errors)" if combined > 0 else ""
+    return (f"note: the lower end lies {gap:.4f} nats above the upper{within}, which is Monte-Carlo noise: both "
+            f"ends estimate the same log Z.")
+
+
 def format_report(report: EvaluationReport) -> str:
     """The human-readable summary that ``ebmlab evaluate`` prints without ``--json``."""
     r = report
@@ -121,6 +134,11 @@ def format_report(report: EvaluationReport) -> str:
             lines.append(f"warning: {r.warning}")
         if r.log_z_upper is not None:
             lines.append(f"  bracket [{r.log_z:.4f}, {r.log_z_upper:.4f}] (reverse AIS from {r.upper_bound_source})")
+            if r.log_z_upper < r.log_z and (r.reliable is not False or r.upper_bound_source != "exact"):
+                lines.append(f"  {crossed_bracket(r)}")
+    if r.exact_log_z is not None and r.log_z is not None and r.method != "exact":
+        lines.append(f"exact log Z = {r.exact_log_z:.4f} nats (known for this energy); the estimate is "
+                     f"{r.log_z - r.exact_log_z:+.4f} from it")
     if r.model == "rbm":
         how = (f"enumerated its {r.enumerated_layer} layer (2^{r.enumerated_units} states)" if r.method == "exact"
                else f"RBM AIS (Salakhutdinov & Murray 2008) from the {r.base}")
@@ -149,4 +167,4 @@ def format_report(report: EvaluationReport) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EvaluationReport", "format_report"]
+__all__ = ["EvaluationReport", "crossed_bracket", "format_report"]

@@ -11,16 +11,17 @@ from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0,
-                 leave: bool = False) -> Iterator[Callable[..., None] | None]:
+def progress_bar(total: int | None, desc: str, enabled: bool = True, initial: int = 0,
+                 leave: bool = False, unit: str = "step") -> Iterator[Callable[..., None] | None]:
     """A callback ``(*args) -> None`` that advances a tqdm bar by one per call, or ``None`` when
-    ``enabled`` is false or there is nothing to do; the bar is closed on exit."""
-    if not enabled or total <= initial:
+    ``enabled`` is false or there is nothing to do; the bar is closed on exit. ``total=None``: a
+    count without an end (an adaptive schedule's temperatures)."""
+    if not enabled or (total is not None and total <= initial):
         yield None
         return
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=initial, desc=desc, unit="step", leave=leave, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
 
     def advance(*_: Any) -> None:
         bar.update(1)

@@ -16,34 +16,13 @@ A chain whose energy becomes NaN during the run raises
 :class:`~ebmlab.samplers.driver.ChainDivergedError` (naming the step and the chains), and no
 output file is written then.
 
-Output files (``--out``), written atomically. A ``.npz`` (``np.load(path)``) holds, with
-``kept = num_steps // thin`` draws of ``C`` chains and the run's float dtype (float32 unless
-``torch.set_default_dtype`` says otherwise):
-
-* ``samples`` ``(kept, C, *event)`` float: the kept draws, draw-major (ArviZ's order is
-  chain-major: ``samples.swapaxes(0, 1)``);
-* ``energy`` ``(kept, C)`` float: ``E(x)`` of each kept draw (lower is likelier);
-* ``acceptance_rate`` ``(C,)`` float: accepted proposals per step after burn-in;
-* ``divergences`` ``(C,)`` int64: divergent transitions after burn-in;
-* ``step_size`` ``()`` float64: the tuned step size (NaN for kernels without one);
-* ``wall_time`` ``()`` float64: seconds, burn-in included;
-* ``event_shape`` ``(len(event),)`` int64;
-* ``metadata`` ``()`` str: JSON of every option of the job and its results (``ebmlab_version``,
-  ``kernel``, ``step_size``, ``num_kept``, ``divergences``, ...);
-* copies of metadata fields, ``()`` each: ``energy_spec``, ``sampler``, ``init``, ``support``
-  (str) and ``seed``, ``num_chains``, ``num_steps``, ``burn_in``, ``thin`` (int64).
-
-A ``.nc`` is netCDF written through ArviZ (:func:`ebmlab.diagnostics.to_arviz`; ``pip install
-ebmlab[arviz]``): group ``posterior`` with ``x`` ``(chain, draw, *event)``, group
-``sample_stats`` with ``lp = -energy``, ``acceptance_rate``, ``step_size`` (and NUTS's per-draw
-statistics when the record has them), the metadata JSON as the attribute ``ebmlab_metadata``;
-read it with ``arviz.from_netcdf`` (or ``xarray.open_datatree``).
+Output files (``--out``) are written atomically by :func:`~ebmlab.jobs.sample_files.save_record`
+(re-exported here); :mod:`ebmlab.jobs.sample_files` describes the ``.npz`` and ``.nc`` layouts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -55,7 +34,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ebmlab.atomic import atomic_write
 from ebmlab.jobs.guards import (  # noqa: F401 - the guards of every job, re-exported here
     OS_REASONS, STATE_COPIES, StepCounter, check_path_names, check_sizes, energy_errors,
     format_bytes, is_sample_file, memory_available, output_errors,
@@ -65,6 +43,9 @@ from ebmlab.distributed import resolve_device
 from ebmlab.jobs.progress import progress_bar
 from ebmlab.samplers import ChainRecord, Kernel, get_kernel_class, kernel_options, make_kernel, sample
 from ebmlab.jobs.specs import resolve_energy, support_of
+from ebmlab.jobs.sample_files import save_netcdf, save_record  # noqa: F401 - re-exported
+from ebmlab.jobs.sampling_defaults import compiled, default_sampler, default_steps, init_event_shape
+from ebmlab.jobs.threads import lean_threads
 
 INITS = ("noise", "zeros")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
@@ -78,13 +59,17 @@ class SampleJob:
     kernel's default; ``init`` is ``"noise"``, ``"zeros"`` or a path to a ``.npy`` file.
     ``max_tree_depth``: NUTS's; ``metric``: ``"diag"``/``"dense"`` learns a mass matrix during
     burn-in (window adaptation; hmc, mala, nuts); ``base``, ``num_temperatures``,
-    ``max_temperature``: parallel tempering's (``sampler="pt"``; the ladder adapts during burn-in)."""
+    ``max_temperature``: parallel tempering's (``sampler="pt"``; the ladder adapts during burn-in).
+    ``sampler=None``: :func:`default_sampler` of the energy's support; ``num_steps=None``:
+    :func:`default_steps` of the sampler. ``support``: ``binary`` or ``categorical:K`` for an
+    energy that declares none; ``lean_threads``: set torch's thread count from the problem size
+    (:func:`ebmlab.jobs.threads.lean_threads`)."""
 
     energy: str
-    sampler: str
+    sampler: str | None
     out: str
     num_chains: int = 16
-    num_steps: int = 1000
+    num_steps: int | None = None
     burn_in: int = 500
     thin: int = 1
     step_size: float | None = None
@@ -102,6 +87,8 @@ class SampleJob:
     base: str | None = None
     num_temperatures: int | None = None
     max_temperature: float | None = None
+    support: str | None = None
+    lean_threads: bool = False
 
 
 @dataclass
@@ -172,13 +159,15 @@ def check_figure_path(path: str | os.PathLike, option: str = "--plot") -> Path:
 
 
 def validate(job: SampleJob) -> None:
-    """Check the numeric and choice options of ``job`` (raises ``ValueError``)."""
-    get_kernel_class(job.sampler)  # unknown sampler -> ValueError listing the known ones
+    """Check the numeric and choice options of ``job`` (raises ``ValueError``); a ``None``
+    sampler or step count (chosen later, from the energy) is checked once it is chosen."""
+    if job.sampler is not None:
+        get_kernel_class(job.sampler)  # unknown sampler -> ValueError listing the known ones
     for name, value, low in (("--chains", job.num_chains, 1), ("--steps", job.num_steps, 1),
                              ("--burn-in", job.burn_in, 0), ("--thin", job.thin, 1), ("--leapfrog", job.num_leapfrog, 1)):
-        if int(value) < low:
+        if value is not None and int(value) < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
-    if job.thin > job.num_steps:
+    if job.num_steps is not None and job.thin > job.num_steps:
         raise ValueError(f"--thin {job.thin} is larger than --steps {job.num_steps}; no draw would be kept")
     if job.step_size is not None and not (math.isfinite(job.step_size) and job.step_size > 0):
         raise ValueError(f"--step-size must be a finite number > 0, got {job.step_size}")
@@ -189,6 +178,8 @@ def validate(job: SampleJob) -> None:
         raise ValueError(f"--seed must be in [0, 2**64), got {job.seed}")
     if job.target_accept is not None and not (0 < job.target_accept < 1):
         raise ValueError(f"--target-accept must be in (0, 1), got {job.target_accept}")
+    if job.sampler is None:
+        return
     if job.max_tree_depth is not None and job.sampler != "nuts":
         raise ValueError(f"--max-tree-depth applies to --sampler nuts, not {job.sampler}")
     pt_given = [o for o, v in (("--base", job.base), ("--temperatures", job.num_temperatures),
@@ -266,18 +257,25 @@ def prepare(job: SampleJob) -> PreparedJob:
         check_figure_path(job.plot, "--plot")
     device = resolve_device(job.device, what="--device")
 
-    energy, event_shape, support = resolve_energy(job.energy, job.event_shape)
+    extras = {"support": job.support} if job.support is not None else {}  # keyword arguments only where used
+    if Path(job.init).suffix == ".npy":
+        extras["shape_from"] = lambda: init_event_shape(job)
+    energy, event_shape, support = resolve_energy(job.energy, job.event_shape, **extras)
+    if job.sampler is None or job.num_steps is None:  # the defaults of the energy's support and the sampler
+        sampler = job.sampler or default_sampler(support)
+        job = dataclasses.replace(job, sampler=sampler, num_steps=job.num_steps or default_steps(sampler))
+        validate(job)
     check_sizes(job.num_chains, job.num_steps, job.thin, tuple(event_shape), device, job.out)
+    if job.lean_threads:
+        lean_threads(job.num_chains, energy, event_shape, device)
     _, num_states = support_of(energy)
     energy = energy.to(device).eval()
     energy.requires_grad_(False)
     generator = torch.Generator(device=device).manual_seed(int(job.seed))
     x0 = initial_states(job, event_shape, support, num_states, generator, device)
-    if job.compile:
-        from ebmlab.energy import compile_energy
-
-        energy = compile_energy(energy)
     kernel = make_kernel(job.sampler, **kernel_arguments(job))
+    if job.compile:
+        energy = compiled(energy, kernel, x0, support)
     return PreparedJob(job, energy, tuple(event_shape), support, kernel, x0, generator, device)
 
 
@@ -301,49 +299,6 @@ def _version() -> str:
     return version("ebmlab")
 
 
-def save_record(path: str | os.PathLike, record: ChainRecord, meta: dict) -> Path:
-    """Write ``record`` and ``meta`` to ``path`` as ``.npz`` (or netCDF for a ``.nc`` path, see
-    :func:`save_netcdf`), atomically (temp file + ``os.replace``); the layouts are in the module docstring."""
-    path = Path(path)
-    if path.suffix == ".nc":
-        return save_netcdf(path, record, meta)
-    step = record.step_size
-    arrays = {
-        "samples": record.samples.detach().cpu().numpy(),
-        "energy": record.energy.detach().cpu().numpy(),
-        "acceptance_rate": record.acceptance_rate.detach().cpu().numpy(),
-        "divergences": record.divergences.detach().cpu().numpy(),
-        "step_size": np.float64(step if step is not None else np.nan),
-        "wall_time": np.float64(record.wall_time),
-        "event_shape": np.asarray(record.samples.shape[2:], dtype=np.int64),
-        "metadata": np.asarray(json.dumps(meta)),
-    }
-    for key in ("energy_spec", "sampler", "seed", "num_chains", "num_steps", "burn_in", "thin", "init", "support"):
-        value = meta.get("energy" if key == "energy_spec" else key)
-        if value is not None:
-            arrays[key] = np.asarray(value)
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def save_netcdf(path: str | os.PathLike, record: ChainRecord, meta: dict) -> Path:
-    """Write :func:`ebmlab.diagnostics.to_arviz` of ``record`` to ``path`` as netCDF, atomically,
-    with ``meta`` as the JSON attribute ``ebmlab_metadata`` of its groups (needs ArviZ)."""
-    from ebmlab.diagnostics import to_arviz
-
-    data = to_arviz(record)
-    for group in ("posterior", "sample_stats"):
-        data[group].attrs["ebmlab_metadata"] = json.dumps(meta)
-    path = Path(path)
-
-    def write(f) -> None:
-        with tempfile.TemporaryDirectory(dir=path.parent) as folder:
-            written = Path(folder) / "record.nc"
-            data.to_netcdf(str(written))
-            f.write(written.read_bytes())
-
-    return atomic_write(path, write)
-
-
 def run_sampling_job(job: SampleJob) -> SampleResult:
     """Prepare, sample, write ``job.out`` (and ``job.plot``), and return the result.
 
@@ -352,6 +307,7 @@ def run_sampling_job(job: SampleJob) -> SampleResult:
     NaN or infinite; no output file is written in either case.
     """
     prepared = prepare(job)
+    job = prepared.job  # with the sampler and steps chosen for the energy
     steps = StepCounter()
     with progress_bar(job.burn_in + job.num_steps, prepared.kernel.name, job.progress) as advance, \
             energy_errors(prepared.energy, prepared.kernel, steps):

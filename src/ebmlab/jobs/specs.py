@@ -12,7 +12,10 @@ A SPEC is one of
 * a run directory (one holding ``checkpoint.pt``), loaded with :func:`ebmlab.training.loading.load`.
 
 ``resolve_energy(spec, event_shape)`` returns ``(energy, event_shape, support)`` after a trial
-forward pass on a batch of two, so a module that fails or returns the wrong shape is refused
+forward pass on a batch of two; for a module that declares no event shape the shape may come
+from ``shape_from`` (the ``--init`` file or the ``--data`` of a command), and for one that
+declares no support, from ``support`` (``--support binary`` or ``categorical:K``,
+:func:`parse_support`), so a module that fails or returns the wrong shape is refused
 here, with a message naming the SPEC, rather than deep inside a sampler. Every problem is a
 ``ValueError`` (or ``FileNotFoundError``) with a one-line message.
 """
@@ -29,7 +32,7 @@ import torch
 from torch import nn
 
 from ebmlab.energy import Banana, Funnel, Gaussian, Ising, Potts, eight_gaussians
-from ebmlab.energy.base import check_energy_output
+from ebmlab.energy.base import Energy, check_energy_output
 from ebmlab.training.user_models import import_object
 
 SUPPORTS = ("real", "binary", "categorical")
@@ -202,6 +205,45 @@ def support_of(energy: nn.Module) -> tuple[str, int]:
     return support, num_states
 
 
+def parse_support(text: str | None) -> tuple[str, int] | None:
+    """``"binary"`` -> ``("binary", 2)``, ``"categorical:K"`` -> ``("categorical", K)`` (K >= 2);
+    ``None`` -> ``None``. ``ValueError`` naming ``--support`` otherwise."""
+    if text is None:
+        return None
+    name, _, k = str(text).strip().partition(":")
+    if name == "binary" and not k:
+        return "binary", 2
+    if name == "categorical" and k.strip().isdigit() and 2 <= int(k) < 2**31:
+        return "categorical", int(k)
+    raise ValueError(f"--support must be binary or categorical:K with K >= 2 states (e.g. categorical:3), got {text!r}")
+
+
+def declared_support(energy: nn.Module) -> str | None:
+    """The ``support`` an energy declares itself (instance or class attribute), or ``None`` when it
+    declares none (a plain module, or an :class:`~ebmlab.energy.base.Energy` keeping the base's ``real``)."""
+    if "support" in vars(energy):
+        return vars(energy)["support"]
+    for cls in type(energy).__mro__:
+        if "support" in vars(cls):
+            return None if cls is Energy else vars(cls)["support"]
+    return None
+
+
+def apply_support(spec: str, energy: nn.Module, support: tuple[str, int], text: str | None = None) -> None:
+    """Give ``energy`` the ``support`` (and ``num_states``) of ``--support`` when it declares none
+    (sets the attributes on the module); ``ValueError`` when it declares a different one."""
+    name, k = support
+    given = text or (name if name == "binary" else f"{name}:{k}")
+    declared = declared_support(energy)
+    if declared is None:
+        energy.support, energy.num_states = name, k
+        return
+    states = int(getattr(energy, "num_states", 2))
+    if declared != name or (name == "categorical" and states != k):
+        own = declared if declared != "categorical" else f"categorical:{states}"
+        raise ValueError(f"energy {spec!r} declares support {own}, but --support {given} was given; drop --support")
+
+
 def trial_batch(event_shape: Sequence[int], support: str, num_states: int, batch: int = TRIAL_BATCH) -> torch.Tensor:
     """A small deterministic batch ``(batch, *event_shape)`` of valid states for ``support``."""
     generator = torch.Generator().manual_seed(0)
@@ -239,18 +281,23 @@ def parse_event_shape(text: str | None) -> tuple[int, ...] | None:
     return shape
 
 
-def resolve_energy(spec: str, event_shape: Sequence[int] | None = None) -> tuple[nn.Module, tuple[int, ...], str]:
+def resolve_energy(spec: str, event_shape: Sequence[int] | None = None, support: str | None = None,
+                   shape_from: Callable[[], Sequence[int] | None] | None = None) -> tuple[nn.Module, tuple[int, ...], str]:
     """Resolve ``spec`` to ``(energy, event_shape, support)``.
 
     ``event_shape`` is needed only when the energy has no ``event_shape`` attribute; when
-    both are given they must agree. ``support`` is ``"real"``, ``"binary"`` or
-    ``"categorical"`` (from the energy's ``support`` attribute, default ``"real"``). The
+    both are given they must agree. Without either, ``shape_from()`` (e.g. the shape of an
+    ``--init`` file or of ``--data``) gives it. ``support`` is ``"real"``, ``"binary"`` or
+    ``"categorical"`` (from the energy's ``support`` attribute, default ``"real"``); the
+    argument ``support`` (``"binary"`` or ``"categorical:K"``, :func:`parse_support`) declares
+    it for a module that declares none, and must agree with one that does. The
     energy is checked by a forward pass on a batch of two, which must give shape ``(2,)``
     (or ``(2, 1)``). Raises ``ValueError`` / ``FileNotFoundError`` naming ``spec``.
     """
     spec = str(spec).strip()
     if not spec:
         raise ValueError("energy: empty SPEC; use a built-in name, path/to/file.py:NAME, package.module:NAME or a run directory")
+    given_support = parse_support(support)
     declared_by_run = None
     if os.path.isdir(spec):
         energy, declared_by_run = _from_run_dir(spec, Path(spec))
@@ -264,8 +311,14 @@ def resolve_energy(spec: str, event_shape: Sequence[int] | None = None) -> tuple
     if declared is not None and given is not None and declared != given:
         raise ValueError(f"energy {spec!r} has event shape {declared}, but --event-shape {given} was given")
     shape = declared if declared is not None else given
+    if shape is None and shape_from is not None:
+        found = shape_from()
+        shape = tuple(int(s) for s in found) if found is not None else None
     if shape is None:
-        raise ValueError(f"energy {spec!r} does not declare an event_shape; pass --event-shape (e.g. 2 or 1,28,28)")
+        raise ValueError(f"energy {spec!r} does not declare an event_shape; pass --event-shape (e.g. 2 or 1,28,28), "
+                         f"or a start --init FILE.npy (sample) or --data (evaluate) of that shape")
+    if given_support is not None:
+        apply_support(spec, energy, given_support, support)
     support, num_states = support_of(energy)
     if support not in SUPPORTS:
         raise ValueError(f"energy {spec!r}: support must be one of {', '.join(SUPPORTS)}, got {support!r}")
@@ -275,5 +328,5 @@ def resolve_energy(spec: str, event_shape: Sequence[int] | None = None) -> tuple
     return energy, shape, support
 
 
-__all__ = ["describe_builtin", "list_builtin", "load_training_run", "parse_event_shape", "resolve_energy", "support_of",
-           "trial_batch"]
+__all__ = ["apply_support", "declared_support", "describe_builtin", "list_builtin", "load_training_run",
+           "parse_event_shape", "parse_support", "resolve_energy", "support_of", "trial_batch"]

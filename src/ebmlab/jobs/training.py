@@ -52,6 +52,16 @@ class ProgressBar(Callback):
             self.bar = None
 
 
+class LeanThreads(Callback):
+    """At the start of the run, torch's thread count from the batch size and the model
+    (:func:`ebmlab.jobs.threads.lean_threads`: one thread for small problems)."""
+
+    def on_fit_start(self, loop: TrainLoop) -> None:
+        from ebmlab.jobs.threads import lean_threads
+
+        lean_threads(loop.settings.batch_size, loop.model, tuple(loop.x_train.shape[1:]), loop.x_train.device)
+
+
 def show_progress(progress: str) -> bool:
     """``on``, ``off``, or ``auto`` (when standard error is a terminal)."""
     if progress not in PROGRESS:
@@ -61,12 +71,12 @@ def show_progress(progress: str) -> bool:
 
 def run_train_job(config: TrainConfig, out: str | Path, resume: bool = False, progress: str = "auto",
                   plots: bool = True, plot_samples: int = 2000, plot_sampler_steps: int | None = None,
-                  log: str = "none", log_every: int | None = None) -> RunResult:
+                  log: str = "none", log_every: int | None = None, lean_threads: bool = False) -> RunResult:
     """Train (or resume) ``config`` into ``out`` with a progress bar and the run's pictures;
     ``log`` is ``csv`` (``out/metrics.csv``), ``tensorboard`` (``out/tensorboard/``) or ``none``;
     the logger and ``metrics.jsonl`` record every ``log_every`` updates (default: the library's,
-    ``max(1, steps // 2000)``)."""
-    callbacks: list[Callback] = []
+    ``max(1, steps // 2000)``); ``lean_threads``: :class:`LeanThreads`."""
+    callbacks: list[Callback] = [LeanThreads()] if lean_threads else []
     logger = make_logger(log, out, log_every)
     if logger is not None:
         callbacks.append(logger)
@@ -79,7 +89,37 @@ def run_train_job(config: TrainConfig, out: str | Path, resume: bool = False, pr
         callbacks.append(RunPictures(plot_samples, steps))
     check_run_directory(config, out, resume)
     with output_errors("run directory", out):
-        return train(config, resume=resume, out=out, callbacks=callbacks, log_every=log_every)
+        result = train(config, resume=resume, out=out, callbacks=callbacks, log_every=log_every)
+        if plots and getattr(result.objective, "uses_labels", False) and callable(getattr(result.model, "logits", None)):
+            result.classification = classifier_report(config, out)
+            result.pictures.append(Path(result.classification["class_samples"]))
+    return result
+
+
+def classifier_report(config: TrainConfig, out: str | Path) -> dict:
+    """A classifier EBM's held-out accuracy, ECE (15 bins) and NLL, and ``class_samples.png``
+    (SGLD on E(x | y) from noise with the run's sampler), saved as ``RUN/classification.json``."""
+    import json
+
+    import torch
+
+    from ebmlab.jobs.jem_report import jem_report
+    from ebmlab.samplers import make_kernel
+    from ebmlab.training.loading import load_run
+
+    run = load_run(out)
+    labels = run.dataset().labels
+    if labels is None or run.heldout_index.numel() == 0:
+        return {}
+    x_test = run.heldout_data()
+    if run.standardizer is not None:
+        x_test = run.standardizer.transform(x_test)
+    kernel = make_kernel("ula", step_size=config.step_size, noise_scale=config.noise_scale)
+    generator = torch.Generator().manual_seed(int(config.seed))
+    report = jem_report(run.model, x_test, labels[run.heldout_index].long(), out, kernel, generator=generator)
+    figures = {k: (str(v) if isinstance(v, Path) else v) for k, v in report.items() if k != "samples"}
+    (Path(out) / "classification.json").write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    return figures
 
 
 #: Bytes one step adds to ``metrics.jsonl`` at the least (a record is one JSON line of a few figures).
@@ -99,4 +139,4 @@ def check_run_directory(config: TrainConfig, out: str | Path, resume: bool = Fal
                          f"free there; lower --steps")
 
 
-__all__ = ["KEY_FIGURES", "PROGRESS", "ProgressBar", "run_train_job", "show_progress"]
+__all__ = ["KEY_FIGURES", "LeanThreads", "PROGRESS", "ProgressBar", "run_train_job", "show_progress"]

@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -216,7 +216,7 @@ class AnnealPass:
 def _anneal(target: EnergyFn, base: nn.Module, x: torch.Tensor, betas: torch.Tensor | None, kernel: Kernel,
             num_steps: int, generator: torch.Generator | None, step_sizes: list[float] | None,
             adaptation: DualAveraging | None, metrics: list[torch.Tensor] | None = None, adapt_metric: bool = False,
-            target_ess: float = DEFAULT_TARGET_ESS) -> AnnealPass:
+            target_ess: float = DEFAULT_TARGET_ESS, callback: Callable | None = None) -> AnnealPass:
     """Anneal ``x`` (exact draws of ``f_{betas[0]}``) along ``betas``; AIS in either direction.
 
     ``log E[w] = log Z_{β_last} - log Z_{β_first}``. Transitions happen at ``betas[1:-1]``,
@@ -232,7 +232,7 @@ def _anneal(target: EnergyFn, base: nn.Module, x: torch.Tensor, betas: torch.Ten
     (measured: acceptance 0.03 at the second temperature of a 2-D Gaussian with MALA).
     ``metrics`` (one ``(D,)`` per transition) are replayed; otherwise with ``adapt_metric`` the
     kernel's metric at each temperature is :func:`~ebmlab.partition.adaptive.particle_metric`
-    of the runs as they arrive there.
+    of the runs as they arrive there. ``callback(k, beta)`` is called as the runs reach ``β_k``.
     """
     with_grad = kernel.uses_grad
     e, lp, g, glp = split_energy(target, base, x, with_grad)
@@ -257,6 +257,8 @@ def _anneal(target: EnergyFn, base: nn.Module, x: torch.Tensor, betas: torch.Ten
             last = beta >= 1.0
         log_w = log_w + (beta - path_betas[-1]) * u
         path_betas.append(beta)
+        if callback is not None:
+            callback(k, beta)
         if last:
             break
         if step_sizes is not None:
@@ -291,7 +293,8 @@ def ais(energy: EnergyFn, base: nn.Module | None = None, data: torch.Tensor | No
         kernel: str | Kernel = "mala", num_runs: int = 100, num_steps: int | None = None,
         generator: torch.Generator | None = None, reverse_samples: torch.Tensor | None = None,
         adapt: bool | DualAveraging = True, event_shape: Sequence[int] | None = None, device=None,
-        adapt_metric: bool = True, target_ess: float = DEFAULT_TARGET_ESS, min_ess: float | None = None) -> AISResult:
+        adapt_metric: bool = True, target_ess: float = DEFAULT_TARGET_ESS, min_ess: float | None = None,
+        callback: Callable[[int, float], None] | None = None) -> AISResult:
     """Estimate ``log Z = log ∫ exp(-E(x)) dx`` (or the sum) by annealed importance sampling.
 
     Args:
@@ -327,6 +330,8 @@ def ais(energy: EnergyFn, base: nn.Module | None = None, data: torch.Tensor | No
         target_ess: the adaptive schedule's conditional-ESS fraction per step, in (0, 1).
         min_ess: the weight ESS below which the result is flagged unreliable
             (``AISResult.reliable``/``warning``); None: ``max(30, 0.1 N)``, 0: never.
+        callback: ``callback(k, beta)`` as each pass (the adaptive pilot, forward, reverse) reaches
+            its k-th temperature ``beta``, k = 1..K-1 (the last at the pass's end): a progress bar.
 
     Raises:
         ValueError: K < 2, a bad schedule, a kernel that does not fit the energy's support, or
@@ -365,10 +370,11 @@ def ais(energy: EnergyFn, base: nn.Module | None = None, data: torch.Tensor | No
     uses_step = hasattr(kernel, "step_size")
     with_metric = adapt is not False and adapt_metric and not discrete and takes_metric(kernel)
     run = _anneal(energy, base, draw_base(), betas, kernel, int(num_steps), generator, None,
-                  temperature_adaptation(kernel, adapt), adapt_metric=with_metric, target_ess=float(target_ess))
+                  temperature_adaptation(kernel, adapt), adapt_metric=with_metric, target_ess=float(target_ess),
+                  callback=callback)
     if adaptive:  # the pilot chose everything; independent runs with it fixed keep E[Ẑ] = Z
         run = _anneal(energy, base, draw_base(), run.betas, kernel, int(num_steps), generator,
-                      run.step_sizes if uses_step else None, None, metrics=run.metrics)
+                      run.step_sizes if uses_step else None, None, metrics=run.metrics, callback=callback)
     log_z, stderr, ess = log_weight_statistics(run.log_weights)
     result = AISResult(
         log_z=log_z, log_z_stderr=stderr, ess=ess, log_weights=run.log_weights, schedule=run.betas,
@@ -386,7 +392,7 @@ def ais(energy: EnergyFn, base: nn.Module | None = None, data: torch.Tensor | No
         reverse_steps = run.step_sizes[::-1] if uses_step else None
         reverse_metrics = run.metrics[::-1] if run.metrics is not None else None
         back = _anneal(energy, base, xr, run.betas.flip(0), kernel, int(num_steps), generator, reverse_steps, None,
-                       metrics=reverse_metrics)
+                       metrics=reverse_metrics, callback=callback)
         neg_log_mean, upper_stderr, _ = log_weight_statistics(back.log_weights)
         result = replace(result, log_z_upper=-neg_log_mean, log_z_upper_stderr=upper_stderr,
                          reverse_log_weights=back.log_weights)
