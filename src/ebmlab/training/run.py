@@ -65,6 +65,7 @@ class RunResult:
     metrics: list[dict[str, Any]]
     wall_time: float
     pictures: list[Path] = field(default_factory=list)
+    classification: dict[str, Any] = field(default_factory=dict)  # classifier EBMs: held-out figures
 
 
 def build_kernel(config: TrainConfig) -> Kernel:
