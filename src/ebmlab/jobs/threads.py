@@ -7,7 +7,7 @@ AIS runs, or the training batch) times the multiply-adds of one example,
 count; for convolutions their weights times the positions they slide over.
 
 Measured on this project's 2-core development machine (shared, load average 4-5 at the time),
-MALA on ``mlp_energy((D,), hidden=(W, W))``, seconds per transition, best of 3 runs, 1 thread
+MALA on ``mlp_energy((D,), hidden=(W, W))``, time per transition, best of 3 runs, 1 thread
 against 2 threads (``torch.set_num_threads``)::
 
     chains  D    W   work (chains x MACs)   1 thread   2 threads   2/1
@@ -22,10 +22,12 @@ against 2 threads (``torch.set_num_threads``)::
       4096 16  512    1.1e9                   136 ms     233 ms    1.7
       8192 32  512    2.3e9                   212 ms     383 ms    1.8
 
+A second run (load average 3.5) agreed: 2/1 between 3.3 and 54 from 1e6 to 2.8e8, 0.96 at 1.9e4.
 A second thread never paid off at these sizes: below about 1e8 it costs 3-50x (the threads
 wait on each other and on the machine's other processes), and even at 1e9 it is 1.7x slower.
-:data:`LEAN_THRESHOLD` is therefore set at 1e10 multiply-adds per evaluation, past every
-measured size, where the ratio's trend (49 -> 1.7) reaches 1; above it torch's default stands.
+:data:`LEAN_THRESHOLD` is therefore 1e10 multiply-adds per evaluation, beyond every
+measured size (the ratio falls toward 1 as the work grows, so past it two threads may pay on an idle
+machine); above it torch's default stands.
 ``--threads N`` (``0``: torch's default) overrides the choice; CUDA runs are left alone.
 """
 
