@@ -9,7 +9,11 @@ it adds to the update's record, before the record is logged:
 * ``heldout_nll`` — for real-valued data of at most 3 dimensions, the held-out negative
   log-likelihood in nats, ``mean_x E(x) + log Z`` with ``log Z`` by grid quadrature of the
   energy over the original data space (:func:`ebmlab.partition.quadrature_log_z`; the grid spans
-  the held-out range widened by half its width per side, as ``ebmlab evaluate`` does).
+  the held-out range widened by half its width per side, as ``ebmlab evaluate`` does);
+* ``heldout_mmd`` — for images, when the objective keeps model samples (replay buffer,
+  persistent chains), the unbiased MMD² (:func:`ebmlab.metrics.mmd2`, median bandwidth) between
+  them and the held-out images on a fixed feature map: each image average-pooled to at most 4×4
+  cells per channel, so the statistic compares shapes rather than pixel noise.
 
 The first of these that exists (``heldout_nll``, else ``heldout_loss``) decides the best
 evaluation so far; its full state is written atomically to ``RUN_DIR/best.pt`` beside the last
@@ -25,6 +29,8 @@ from typing import Any
 
 import torch
 
+from ebmlab.data import is_image_like
+from ebmlab.metrics import mmd2
 from ebmlab.partition import BoundaryMassWarning, quadrature_log_z
 from ebmlab.training.callbacks import Callback
 from ebmlab.training.checkpoint import save_checkpoint
@@ -80,6 +86,9 @@ class HeldoutEvaluation(Callback):
             nll = self._nll(loop, model, x_raw)
             if nll is not None:
                 record["heldout_nll"] = nll
+            mmd = self._image_mmd(loop, model, x_model)
+            if mmd is not None:
+                record["heldout_mmd"] = mmd
         finally:
             model.train(was_training)
         deciding = record.get("heldout_nll", record["heldout_loss"])
@@ -103,6 +112,15 @@ class HeldoutEvaluation(Callback):
         finally:
             objective.load_state_dict(saved)
 
+    def _image_mmd(self, loop, model, x: torch.Tensor) -> float | None:
+        if not is_image_like(tuple(x.shape[1:])):
+            return None
+        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        samples = loop.objective.model_samples(model, min(x.shape[0], self.max_rows), generator)
+        if samples is None or samples.shape[0] < 2:
+            return None
+        return mmd2(pooled_features(x[: self.max_rows]), pooled_features(samples.detach()))
+
     def _nll(self, loop, model, x_raw: torch.Tensor) -> float | None:
         event = tuple(x_raw.shape[1:])
         if loop.support != "real" or len(event) != 1 or event[0] > MAX_QUADRATURE_DIMS:
@@ -118,4 +136,12 @@ class HeldoutEvaluation(Callback):
         return mean_energy + float(result.log_z)
 
 
-__all__ = ["BEST_NAME", "HeldoutEvaluation", "MAX_QUADRATURE_DIMS"]
+def pooled_features(images: torch.Tensor, cells: int = 4) -> torch.Tensor:
+    """The fixed feature map of ``heldout_mmd``: ``(N, [C,] H, W) -> (N, C·h·w)`` by average pooling
+    to ``h, w = min(H, cells), min(W, cells)`` (float64)."""
+    x = images if images.dim() == 4 else images.unsqueeze(1)
+    x = torch.nn.functional.adaptive_avg_pool2d(x.double(), (min(x.shape[-2], cells), min(x.shape[-1], cells)))
+    return x.flatten(1)
+
+
+__all__ = ["BEST_NAME", "HeldoutEvaluation", "MAX_QUADRATURE_DIMS", "pooled_features"]
