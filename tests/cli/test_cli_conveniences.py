@@ -305,3 +305,15 @@ def test_commands_choose_one_thread_for_small_problems_unless_told(tmp_path, com
     told = invoke(*[a.replace("s.npz", "t.npz").replace("/run", "/run2") for a in args], "--threads", "2")
     assert told.exit_code == 0, told.output
     assert torch.get_num_threads() == 2
+
+
+def test_rbm_ais_shows_a_progress_bar(tmp_path):
+    from ebmlab.cli import main as cli_main
+
+    runner = CliRunner()
+    assert runner.invoke(cli_main, ["train", "--model", "rbm", "--hidden", "6", "--steps", "5", "--no-plots",
+                                    "--out", str(tmp_path / "rbm")]).exit_code == 0
+    result = runner.invoke(cli_main, ["evaluate", "--energy", str(tmp_path / "rbm"), "--log-partition", "ais",
+                                      "--temperatures", "30", "--runs", "20", "--progress"])
+    assert result.exit_code == 0, result.output
+    assert "RBM AIS" in result.output

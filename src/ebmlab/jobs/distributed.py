@@ -182,7 +182,7 @@ def distributed_ais(energy: EnergyFn, base: nn.Module | None = None, data: torch
 
 
 def distributed_rbm_ais(rbm, base_visible_bias: torch.Tensor | None = None, betas: torch.Tensor | int = 14500,
-                        num_runs: int = 100, generator: torch.Generator | None = None):
+                        num_runs: int = 100, generator: torch.Generator | None = None, callback=None):
     """:func:`ebmlab.partition.rbm_ais.rbm_ais` (Salakhutdinov & Murray 2008) with the runs split
     over the ranks.
 
@@ -195,7 +195,7 @@ def distributed_rbm_ais(rbm, base_visible_bias: torch.Tensor | None = None, beta
 
     ctx = D.current_context() if D.is_initialized() else D.init_distributed()
     if not ctx.is_distributed:
-        return rbm_ais(rbm, base_visible_bias, betas=betas, num_runs=num_runs, generator=generator)
+        return rbm_ais(rbm, base_visible_bias, betas=betas, num_runs=num_runs, generator=generator, callback=callback)
     if int(num_runs) < 2 * ctx.world_size:
         raise ValueError(f"RBM AIS needs at least 2 runs per process: use at least {2 * ctx.world_size} runs for "
                          f"{ctx.world_size} processes, got {num_runs}")

@@ -191,13 +191,16 @@ def ais_report(energy, event_shape: Sequence[int], support: str, generator: torc
 def rbm_report(rbm, method: str, generator: torch.Generator, *, support: str = "binary",
                base_data: torch.Tensor | None = None, base_label: str = "the data", temperatures: int | None = None,
                runs: int = 100, sampler: str | None = None,
-               steps_per_temperature: int | None = None) -> EvaluationReport:
+               steps_per_temperature: int | None = None, progress: bool = False) -> EvaluationReport:
     """log Z of a Bernoulli RBM by :func:`ebmlab.jobs.evaluation_rbm.rbm_log_z`: ``exact`` over
     its smaller layer, or RBM AIS (``temperatures`` default 1000) from the base-rate model of
     ``base_data`` ``(N, *event)`` (uniform when ``None``), described as ``base_label``."""
     fields: dict = {"warnings": []}
-    draw = rbm_log_z(rbm, method, base_data, base_label, RBM_TEMPERATURES if temperatures is None else temperatures,
-                     runs, sampler, steps_per_temperature, generator, fields)
+    count = RBM_TEMPERATURES if temperatures is None else temperatures
+    with progress_bar(int(count) - 1, "RBM AIS", progress and method == "ais" and D.is_main_process(),
+                      unit="temperature") as advance:
+        draw = rbm_log_z(rbm, method, base_data, base_label, count, runs, sampler, steps_per_temperature, generator,
+                         fields, callback=advance)
     found = tuple(fields.pop("warnings"))
     return EvaluationReport(method=method, event_shape=tuple(rbm.event_shape), support=support, warnings=found,
                             draw=draw, **fields)

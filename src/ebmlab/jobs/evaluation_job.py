@@ -139,7 +139,8 @@ def log_z_report(job: EvaluationJob, energy, event_shape, support: str, generato
             base_data, label = load_training_run(job.energy).train_data(), "the run's training data"
         return rbm_report(rbm, job.method, generator, support=support, runs=job.runs, sampler=job.sampler,
                           base_data=None if base_data is None else base_data.to(generator.device), base_label=label,
-                          temperatures=job.temperatures, steps_per_temperature=job.steps_per_temperature)
+                          temperatures=job.temperatures, steps_per_temperature=job.steps_per_temperature,
+                          progress=job.progress)
     if job.method == "exact":
         if support == "real":
             raise ValueError("--log-partition exact needs a discrete energy; use quadrature (<= 3 dims) or ais")

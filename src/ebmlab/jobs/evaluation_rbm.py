@@ -36,7 +36,7 @@ def as_rbm(energy):
 
 
 def rbm_log_z(rbm, method, base_data, base_label, temperatures, runs, sampler, steps_per_temperature, generator,
-              report: dict[str, Any]) -> Callable[[int], torch.Tensor]:
+              report: dict[str, Any], callback=None) -> Callable[[int], torch.Tensor]:
     """Fill ``report`` with the log Z fields of a Bernoulli RBM; return a function drawing n model samples.
 
     ``method`` is ``exact`` (enumeration of the smaller layer) or ``ais`` (RBM AIS from the
@@ -62,7 +62,8 @@ def rbm_log_z(rbm, method, base_data, base_label, temperatures, runs, sampler, s
                                       "temperature")
         base = None if base_data is None else base_rate_visible_bias(base_data)
         # = rbm_ais(...) in one process; under torchrun the runs are split over the ranks and pooled
-        result = distributed_rbm_ais(rbm, base, betas=int(temperatures), num_runs=runs, generator=generator)
+        result = distributed_rbm_ais(rbm, base, betas=int(temperatures), num_runs=runs, generator=generator,
+                                     callback=callback)
         report.update(log_z=result.log_z, log_z_stderr=result.log_z_stderr, ess=result.ess,
                       num_temperatures=int(temperatures), num_runs=int(runs), sampler="block_gibbs",
                       schedule="salakhutdinov-murray", log_z_base=result.log_z_base,

@@ -136,7 +136,7 @@ def base_rate_visible_bias(data: torch.Tensor, pseudo_count: float = 1.0) -> tor
 
 def rbm_ais(rbm: BernoulliRBM, base_visible_bias: torch.Tensor | None = None,
             betas: torch.Tensor | int = 14500, num_runs: int = 100,
-            generator: torch.Generator | None = None) -> RBMAISResult:
+            generator: torch.Generator | None = None, callback=None) -> RBMAISResult:
     """Estimate ``log Z`` of ``rbm`` by AIS from the base-rate RBM (Salakhutdinov & Murray 2008).
 
     Args:
@@ -147,6 +147,7 @@ def rbm_ais(rbm: BernoulliRBM, base_visible_bias: torch.Tensor | None = None,
             :func:`salakhutdinov_murray_betas`.
         num_runs: M, the number of independent annealing runs (done in parallel).
         generator: source of every random draw.
+        callback: ``callback(k, beta_k)`` after each temperature (a progress bar; the library prints nothing).
 
     Returns:
         An :class:`AISResult` (:class:`RBMAISResult`): ``log_z = log_z_base + log mean w``,
@@ -193,6 +194,8 @@ def rbm_ais(rbm: BernoulliRBM, base_visible_bias: torch.Tensor | None = None,
             run = run_kernel(kernel, path, ChainState(x=state.x, energy=free_energy, step=state.step), 1, generator)
             state = run.state
             acceptance.append(run.mean_accept_prob)
+        if callback is not None:
+            callback(k, beta_list[k])
 
     log_z_base = num_hidden * math.log(2.0) + float(softplus(base).sum())
     log_mean_w, stderr, ess = log_weight_statistics(log_w)
