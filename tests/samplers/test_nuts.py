@@ -143,9 +143,9 @@ class ReferenceTree:
     same distribution, and the draw order of the batched kernel. Forward iff ``u < 0.5``.
     """
 
-    def __init__(self, energy, kernel: NUTS, x, p, e, g, inv_mass):
+    def __init__(self, energy, kernel: NUTS, x, p, e, g, inv_mass, eps: float):
         self.energy, self.inv_mass = energy, inv_mass
-        self.eps, self.max_error = kernel.step_size, kernel.max_energy_error
+        self.eps, self.max_error = eps, kernel.max_energy_error
         self.h0 = float(e) + self.kinetic(p)
         self.z = self.z_fwd = self.z_bck = (x, p, g, float(e))
         sharp = inv_mass * p
@@ -247,7 +247,13 @@ def reference_step(energy, kernel: NUTS, state: ChainState, generator: torch.Gen
     metric = kernel.metric or Metric()
     inv_mass = torch.ones(x.shape[1], dtype=dtype) if metric.inverse_mass_matrix is None else metric.inverse_mass_matrix
     p = metric.sample_momentum(x, generator)
-    trees = [ReferenceTree(energy, kernel, x[i], p[i], state.energy[i], state.grad[i], inv_mass) for i in range(c)]
+    step = kernel.step_size  # a float, or one per chain
+
+    def chain(values, i):
+        return values[i] if isinstance(values, torch.Tensor) and values.dim() == 2 else values
+
+    trees = [ReferenceTree(energy, kernel, x[i], p[i], state.energy[i], state.grad[i], chain(inv_mass, i),
+                           float(step[i]) if isinstance(step, torch.Tensor) else step) for i in range(c)]
     for _ in range(kernel.max_tree_depth):
         building = [t.active for t in trees]
         if not any(building):
@@ -277,6 +283,14 @@ REFERENCE_CASES = {
     "eight-gaussians": (ring, NUTS(step_size=0.2)),
     "gaussian-10d-diagonal-metric": (scaled_10d, NUTS(step_size=0.8, metric=Metric(SCALES**2))),
     "gaussian-10d-depth-limit": (scaled_10d, NUTS(step_size=0.1, max_tree_depth=5)),
+    # one ε per chain (0.05 … 3.0: short trees, long trees and divergent ones in one batch)
+    "gaussian-10d-per-chain-step": (scaled_10d, NUTS(step_size=torch.tensor([0.05, 0.1, 0.3, 0.6, 0.8, 1.0, 1.5, 3.0],
+                                                                           dtype=torch.float64),
+                                                      metric=Metric(SCALES**2))),
+    # one ε and one diagonal metric per chain ((C, D), per_chain=True)
+    "gaussian-10d-per-chain-metric": (scaled_10d, NUTS(step_size=torch.linspace(0.2, 1.2, 8, dtype=torch.float64),
+                                                        metric=Metric(SCALES**2 * torch.linspace(0.5, 2.0, 8,
+                                                                      dtype=torch.float64)[:, None], per_chain=True))),
 }
 
 
@@ -437,8 +451,11 @@ def test_driver_adapts_the_step_size_of_nuts():
 def test_validation_messages():
     for bad, match in [({"step_size": 0.0}, "step_size"), ({"max_tree_depth": 0}, "max_tree_depth"),
                        ({"max_tree_depth": 2.5}, "max_tree_depth"), ({"max_energy_error": -1.0}, "max_energy_error"),
-                       ({"metric": torch.ones(2)}, "metric")]:
+                       ({"metric": torch.ones(2)}, "metric"), ({"step_size": torch.tensor([0.1, -0.1])}, "step_size"),
+                       ({"step_size": torch.ones(2, 2)}, "step_size")]:
         with pytest.raises(ValueError, match=match):
             NUTS(**bad)
     with pytest.raises(ValueError, match="inverse_mass_matrix"):
         NUTS(metric=Metric(torch.ones(3))).init(correlated(), torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"does not fit 4 chains"):
+        NUTS(step_size=torch.ones(3)).init(correlated(), torch.zeros(4, 2, dtype=torch.float64))

@@ -47,9 +47,10 @@ from dataclasses import dataclass
 import torch
 
 from ebmlab.energy.base import EnergyFn
+from ebmlab.samplers.adaptation import TensorStepSize, check_step_size, step_size_value
 from ebmlab.samplers.base import ChainState, Kernel, StepInfo, uniform_log
 from ebmlab.samplers.metric import IDENTITY, Metric
-from ebmlab.samplers.nuts_tree import Checkpoints, Edge, build_subtree, turning
+from ebmlab.samplers.nuts_tree import Checkpoints, Edge, build_subtree, persists
 
 
 @dataclass(frozen=True)
@@ -75,23 +76,27 @@ def _mask(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return flags.view(flags.shape + (1,) * (like.dim() - 1))
 
 
-def _pick(flags: torch.Tensor, a: Edge, b: Edge) -> Edge:
-    """Per chain, edge ``a`` where ``flags`` ``(C,)`` else ``b``."""
-    return Edge(*(torch.where(_mask(flags, u), u, v) for u, v in
-                  ((a.x, b.x), (a.p, b.p), (a.sharp, b.sharp), (a.grad, b.grad))))
+def _pick(flags: torch.Tensor, flags_x: torch.Tensor, a: Edge, b: Edge) -> Edge:
+    """Per chain, edge ``a`` where ``flags`` ``(C, 1)`` (``flags_x``: viewed for ``x``) else ``b``."""
+    return Edge(torch.where(flags_x, a.x, b.x), torch.where(flags, a.p, b.p), torch.where(flags, a.sharp, b.sharp),
+                torch.where(flags_x, a.grad, b.grad))
 
 
 @dataclass(frozen=True)
-class NUTS(Kernel):
+class NUTS(TensorStepSize, Kernel):
     """NUTS with leapfrog step ``step_size``, at most ``max_tree_depth`` doublings, a divergence
     when ``H - H₀ > max_energy_error``, and inverse mass matrix ``metric`` (``None``: identity).
 
     ``state, info = NUTS(step_size=0.2).step(energy, state, generator)`` with ``info`` a
     :class:`NUTSInfo`. Step size adaptation (``sample(..., burn_in=...)``) tunes ε toward a
     mean acceptance statistic of 0.8.
+
+    ``step_size`` is a float or a ``(C,)`` tensor, one ε per chain (as per-chain adaptation,
+    ``adapt_per_chain=True``, tunes it): chain c leapfrogs with ``±ε_c``. The metric may be
+    per chain too (:class:`Metric` with ``per_chain=True``, ``(C, D)``).
     """
 
-    step_size: float = 0.1
+    step_size: float | torch.Tensor = 0.1
     max_tree_depth: int = 10
     max_energy_error: float = 1000.0
     metric: Metric | None = None
@@ -101,8 +106,14 @@ class NUTS(Kernel):
     default_target_accept = 0.8
     _take_last = False  # tests only: keep the trajectory's last leaf instead of the multinomial draw
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.step_size, torch.Tensor):
+            check_step_size("NUTS", self.step_size)
+        object.__setattr__(self, "step_size", step_size_value(self.step_size))
+        super().__post_init__()
+
     def validate(self) -> None:
-        super().validate()
+        check_step_size("NUTS", self.step_size)
         if isinstance(self.max_tree_depth, bool) or int(self.max_tree_depth) != self.max_tree_depth \
                 or not 1 <= int(self.max_tree_depth) <= 30:
             raise ValueError(f"NUTS: max_tree_depth must be an integer in 1..30, got {self.max_tree_depth}")
@@ -114,7 +125,7 @@ class NUTS(Kernel):
 
     def init(self, energy: EnergyFn, x: torch.Tensor) -> ChainState:
         state = super().init(energy, x)
-        (self.metric or IDENTITY).check(state.x, "NUTS")
+        self.check_chains(state.x)
         return state
 
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, NUTSInfo]:
@@ -131,14 +142,20 @@ class NUTS(Kernel):
         depth = torch.zeros(c, dtype=torch.long, device=x0.device)
         num_leaves = torch.zeros_like(depth)
         sum_accept = torch.zeros_like(energy0)
-        checkpoints = Checkpoints(int(self.max_tree_depth), p0)
+        checkpoints = Checkpoints(int(self.max_tree_depth))
+        step = self.step_size
+        magnitude = step.to(energy0) if isinstance(step, torch.Tensor) else None
         for j in range(int(self.max_tree_depth)):
             if j > 0 and not bool(active.any()):
                 break
             forward = torch.rand((c,), generator=generator, dtype=energy0.dtype, device=energy0.device) < 0.5
-            eps = torch.where(forward, 1.0, -1.0).to(energy0.dtype) * float(self.step_size)
-            near = _pick(forward, right, left)  # the end the subtree grows from
-            far_sharp = torch.where(_mask(forward, p0), left.sharp, right.sharp)  # the other end
+            if magnitude is None:
+                eps = torch.where(forward, 1.0, -1.0).to(energy0.dtype) * float(step)
+            else:
+                eps = torch.where(forward, magnitude, -magnitude)
+            fwd, fwd_x = forward.view(c, 1), _mask(forward, x0)
+            near = _pick(fwd, fwd_x, right, left)  # the end the subtree grows from
+            far_sharp = torch.where(fwd, left.sharp, right.sharp)  # the other end
             sub = build_subtree(energy, metric, near, eps, j, active, energy0, kinetic0,
                                 float(self.max_energy_error), checkpoints, generator, take_last=self._take_last)
             sum_accept, num_leaves = sum_accept + sub.sum_accept, num_leaves + sub.num_leaves
@@ -152,14 +169,16 @@ class NUTS(Kernel):
             moved |= take
             log_weight = torch.where(sub.valid, torch.logaddexp(log_weight, sub.log_weight), log_weight)
             rho_new = rho + sub.rho
-            bad = turning(far_sharp, sub.far.sharp, rho_new)
-            bad |= turning(far_sharp, sub.near_sharp, rho + sub.near_p)
-            bad |= turning(near.sharp, sub.far.sharp, sub.rho + near.p)
-            rho = torch.where(_mask(sub.valid, p0), rho_new, rho)
-            right = _pick(sub.valid & forward, sub.far, right)
-            left = _pick(sub.valid & ~forward, sub.far, left)
+            ok = persists(far_sharp, sub.far.sharp, rho_new)
+            ok &= persists(far_sharp, sub.near_sharp, rho + sub.near_p)
+            ok &= persists(near.sharp, sub.far.sharp, sub.rho + near.p)
+            valid = sub.valid.view(c, 1)
+            rho = torch.where(valid, rho_new, rho)
+            grow_right, grow_left = valid & fwd, valid > fwd  # valid and forward / valid and backward
+            right = _pick(grow_right, _mask(grow_right.view(c), x0), sub.far, right)
+            left = _pick(grow_left, _mask(grow_left.view(c), x0), sub.far, left)
             depth = depth + sub.valid
-            active = sub.valid & ~bad
+            active = sub.valid & ok
         new = ChainState(x=x, energy=e, grad=g, step=state.step + 1)
         info = NUTSInfo(accept_prob=sum_accept / num_leaves.clamp(min=1).to(sum_accept.dtype), accepted=moved,
                         diverged=diverged, tree_depth=depth, num_grad_evals=num_leaves, energy_error=error)

@@ -48,9 +48,15 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vecdot(a, b)
 
 
+def persists(sharp_a: torch.Tensor, sharp_b: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """``a♯·ρ > 0 and b♯·ρ > 0`` (no U-turn), ``(C,)`` bool; NaN counts as a U-turn
+    (``minimum`` propagates it and ``NaN > 0`` is false)."""
+    return torch.minimum(dot(sharp_a, rho), dot(sharp_b, rho)) > 0
+
+
 def turning(sharp_a: torch.Tensor, sharp_b: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     """``not (a♯·ρ > 0 and b♯·ρ > 0)``, ``(C,)`` bool; NaN counts as turning."""
-    return ~((dot(sharp_a, rho) > 0) & (dot(sharp_b, rho) > 0))
+    return ~persists(sharp_a, sharp_b, rho)
 
 
 @dataclass
@@ -92,30 +98,28 @@ class Subtree:
 
 
 class Checkpoints:
-    """The fixed-size slot arrays (module docstring), ``(L, C, D)`` each, reused by every doubling."""
+    """The slots of the module docstring: slot ``l`` holds the leaf tensors
+    ``(p♯_s, p♯_{s-1}, R_s, R_{s-1}, R_{s-2})`` of the start leaf ``s`` of the current level-``l``
+    node, by reference (each ``(C, D)``)."""
 
-    def __init__(self, num_levels: int, like: torch.Tensor):
-        shape = (num_levels, *like.shape)
-        # uninitialised: a node's slots are written by the leaf that starts it before any check reads
-        # them (zero-filling five (L, C, D) arrays per transition was 58% of a transition's time)
-        self.sharp, self.sharp_prev = like.new_empty(shape), like.new_empty(shape)
-        self.cum, self.cum_prev, self.cum_prev2 = like.new_empty(shape), like.new_empty(shape), like.new_empty(shape)
+    def __init__(self, num_levels: int):
+        self.slots: list[tuple[torch.Tensor, ...] | None] = [None] * num_levels
 
-    def write(self, top: int, sharp, sharp_prev, cum, cum_prev, cum_prev2) -> None:
-        """Leaf values into slots ``1 … top`` (the leaf starts the nodes of those levels; slot 0,
-        a single leaf, is never read)."""
-        for slot, value in ((self.sharp, sharp), (self.sharp_prev, sharp_prev), (self.cum, cum),
-                            (self.cum_prev, cum_prev), (self.cum_prev2, cum_prev2)):
-            slot[1: top + 1] = value
+    def write(self, top: int, values: tuple[torch.Tensor, ...]) -> None:
+        """The leaf's values into slots ``1 … top`` (the leaf starts the nodes of those levels;
+        slot 0, a single leaf, is never read)."""
+        for level in range(1, top + 1):
+            self.slots[level] = values
 
-    def node_turning(self, level: int, sharp_end: torch.Tensor, cum_end: torch.Tensor) -> torch.Tensor:
-        """The three checks of the level-``level`` node ending at the current leaf, ``(C,)`` bool."""
-        start, mid = level, level - 1
-        bad = turning(self.sharp[start], sharp_end, cum_end - self.cum_prev[start])
+    def node_persists(self, level: int, sharp_end: torch.Tensor, cum_end: torch.Tensor) -> torch.Tensor:
+        """The three checks of the level-``level`` node ending at the current leaf passed, ``(C,)`` bool."""
+        sharp_s, _, _, cum_prev_s, _ = self.slots[level]
+        ok = persists(sharp_s, sharp_end, cum_end - cum_prev_s)
         if level > 1:  # for two leaves the three checks coincide (and slot 0 is not kept)
-            bad |= turning(self.sharp[start], self.sharp[mid], self.cum[mid] - self.cum_prev[start])
-            bad |= turning(self.sharp_prev[mid], sharp_end, cum_end - self.cum_prev2[mid])
-        return bad
+            sharp_m, sharp_prev_m, cum_m, _, cum_prev2_m = self.slots[level - 1]
+            ok &= persists(sharp_s, sharp_m, cum_m - cum_prev_s)
+            ok &= persists(sharp_prev_m, sharp_end, cum_end - cum_prev2_m)
+        return ok
 
 
 def trailing_zeros(n: int) -> int:
@@ -123,18 +127,21 @@ def trailing_zeros(n: int) -> int:
     return (n & -n).bit_length() - 1
 
 
-def leapfrog_leaf(energy: EnergyFn, metric: Metric, edge: Edge, eps: torch.Tensor, building: torch.Tensor,
-                  num_building: int) -> tuple[Edge, torch.Tensor]:
-    """One leapfrog step of signed per-chain size ``eps`` ``(C,)`` from ``edge``; returns the new
-    edge and ``E(x')`` ``(C,)``.
+def leapfrog_leaf(energy: EnergyFn, metric: Metric, edge: Edge, eps_col: torch.Tensor, half_col: torch.Tensor,
+                  building: torch.Tensor, num_building: int) -> tuple[Edge, torch.Tensor]:
+    """One leapfrog step of signed per-chain size ε from ``edge``; returns the new edge and
+    ``E(x')`` ``(C,)``. ``eps_col`` is ε and ``half_col`` ε/2, each ``(C, 1)``.
 
     ``p½ = p - ε/2 ∇E(x);  x' = x + ε M⁻¹p½;  p' = p½ - ε/2 ∇E(x')``. ``E`` and ``∇E`` are
     evaluated once, on the chains still ``building`` only (others get zeros, never used).
     """
     x = edge.x
-    col, half = eps.view(-1, 1), (0.5 * eps).view(-1, 1)
-    p_half = torch.addcmul(edge.p, half, edge.grad.flatten(1), value=-1.0)
-    x_new = torch.addcmul(x.flatten(1), col, metric.velocity(p_half)).view(x.shape)
+    flat = x.dim() == 2
+    p_half = torch.addcmul(edge.p, half_col, edge.grad if flat else edge.grad.flatten(1), value=-1.0)
+    if flat:
+        x_new = torch.addcmul(x, eps_col, metric.velocity(p_half))
+    else:
+        x_new = torch.addcmul(x.flatten(1), eps_col, metric.velocity(p_half)).view(x.shape)
     if num_building == x.shape[0]:
         e, g = value_and_grad(energy, x_new)
     else:
@@ -142,59 +149,67 @@ def leapfrog_leaf(energy: EnergyFn, metric: Metric, edge: Edge, eps: torch.Tenso
         e_sub, g_sub = value_and_grad(energy, x_new.index_select(0, idx))
         e = x.new_zeros(x.shape[0]).index_copy_(0, idx, e_sub.to(x.dtype))
         g = torch.zeros_like(x).index_copy_(0, idx, g_sub.to(x.dtype))
-    p_new = torch.addcmul(p_half, half, g.flatten(1), value=-1.0)
+    p_new = torch.addcmul(p_half, half_col, g if flat else g.flatten(1), value=-1.0)
     return Edge(x_new, p_new, metric.velocity(p_new), g), e
 
 
 def build_subtree(energy: EnergyFn, metric: Metric, start: Edge, eps: torch.Tensor, depth: int,
                   active: torch.Tensor, energy0: torch.Tensor, kinetic0: torch.Tensor, max_energy_error: float,
                   checkpoints: Checkpoints, generator: torch.Generator | None, take_last: bool = False) -> Subtree:
-    """Build ``2^depth`` leaves from ``start`` for the ``active`` chains ``(C,)``.
+    """Build ``2^depth`` leaves from ``start`` for the ``active`` chains ``(C,)``, with signed
+    per-chain step sizes ``eps`` ``(C,)``.
 
     A chain stops building at a leaf whose energy error ``ΔH = H - H₀`` (with
     ``H₀ = energy0 + kinetic0``) exceeds ``max_energy_error`` or is NaN (a divergence), or at
     which a sub-tree turns; its subtree is then invalid. The loop ends early once no chain
     builds. Random draws: one ``U(0, 1)`` of shape ``(C,)`` per leaf built (by any chain), for
     the progressive multinomial choice. ``take_last`` (tests only) keeps the newest leaf instead.
+
+    A chain that is not building gets ``log w = -∞`` at every later leaf, so its weight, its
+    candidate and its acceptance sum stay as they are without a mask of their own.
     """
     c = active.shape[0]
     building = active.clone()
     diverged = torch.zeros_like(active)
-    zeros_c = energy0.new_zeros(c)
+    eps_col, half_col = eps.view(-1, 1), (0.5 * eps).view(-1, 1)
+    mask_shape = (c,) + (1,) * (start.x.dim() - 1)
     log_weight = torch.full_like(energy0, -torch.inf)
-    sum_accept, num_leaves = zeros_c.clone(), torch.zeros(c, dtype=torch.long, device=active.device)
-    cand_x, cand_e, cand_g, cand_err = start.x, energy0, start.grad, zeros_c
+    sum_accept, num_leaves = energy0.new_zeros(c), torch.zeros(c, dtype=torch.long, device=active.device)
+    cand_x, cand_e, cand_g, cand_err = start.x, energy0, start.grad, energy0.new_zeros(c)
     cum = torch.zeros_like(start.p)
     cum_prev, sharp_prev = cum, cum
     edge, near_p, near_sharp = start, start.p, start.sharp
+    num_building = int(building.sum())
     for n in range(2**depth):
-        num_building = int(building.sum())
         if num_building == 0:
             break
-        edge, e = leapfrog_leaf(energy, metric, edge, eps, building, num_building)
-        error = (e - energy0) + (metric.kinetic_energy(edge.p) - kinetic0)
-        log_w = torch.where(torch.isnan(error), -torch.inf, -error)
-        div = ~(error <= max_energy_error)  # NaN is a divergence
+        edge, e = leapfrog_leaf(energy, metric, edge, eps_col, half_col, building, num_building)
+        kinetic = 0.5 * dot(edge.p, edge.sharp)  # = metric.kinetic_energy(edge.p)
+        error = (e - energy0) + (kinetic - kinetic0)
+        log_w = torch.where(building, error.neg(), -torch.inf).nan_to_num_(nan=-torch.inf, posinf=torch.inf,
+                                                                           neginf=-torch.inf)
+        fine = error <= max_energy_error  # False for NaN: a divergence
         log_weight_new = torch.logaddexp(log_weight, log_w)
         log_u = uniform_log((c,), generator, e)
-        take = building if take_last else building & (log_u < log_w - log_weight_new)
-        mask = take.view((c,) + (1,) * (start.x.dim() - 1))
+        # leaf n replaces the candidate with probability w_n / Σ_{i≤n} w_i (never where log w = -∞)
+        take = building if take_last else log_u < log_w - log_weight_new
+        mask = take.view(mask_shape)
         cand_x, cand_g = torch.where(mask, edge.x, cand_x), torch.where(mask, edge.grad, cand_g)
         cand_e, cand_err = torch.where(take, e, cand_e), torch.where(take, error, cand_err)
         log_weight = log_weight_new
-        sum_accept = sum_accept + torch.where(building, log_w.clamp(max=0.0).exp(), zeros_c)
-        num_leaves = num_leaves + building
+        sum_accept += log_w.clamp(max=0.0).exp_()
+        num_leaves += building
         cum_prev2, cum_prev, cum = cum_prev, cum, cum + edge.p
         if n == 0:
             near_p, near_sharp = edge.p, edge.sharp
         top = depth if n == 0 else min(trailing_zeros(n), depth)
         if top > 0:
-            checkpoints.write(top, edge.sharp, sharp_prev, cum, cum_prev, cum_prev2)
-        turned = torch.zeros_like(building)
+            checkpoints.write(top, (edge.sharp, sharp_prev, cum, cum_prev, cum_prev2))
+        diverged |= building > fine  # building and not fine
+        building = building & fine
         for level in range(1, min(trailing_zeros(n + 1), depth) + 1):
-            turned |= checkpoints.node_turning(level, edge.sharp, cum)
-        diverged |= building & div
-        building = building & ~div & ~turned
+            building &= checkpoints.node_persists(level, edge.sharp, cum)
         sharp_prev = edge.sharp
+        num_building = int(building.sum())
     return Subtree(building, diverged, edge, near_p, near_sharp, cum, log_weight, cand_x, cand_e, cand_g,
                    cand_err, sum_accept, num_leaves)
