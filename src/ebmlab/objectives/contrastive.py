@@ -82,14 +82,21 @@ class ContrastiveDivergence(Objective):
         num_steps: transitions per update (k).
         alpha: weight of the energy-magnitude penalty ``α(E(x⁺)² + E(x⁻)²)``.
         clamp: clip negatives to the training data's range (set up by :meth:`setup`).
+        lean: let the trainer run a :class:`~ebmlab.energy.rbm.BernoulliRBM` with the block-Gibbs
+            kernel by the closed-form gradient of :mod:`ebmlab.objectives.rbm_lean` (same
+            update, no autograd; the default). ``False`` keeps this general autograd loss, the
+            reference; other energies and kernels always use it.
     """
 
     name = "cd"
     uses_sampler = True
 
     def __init__(self, kernel: Kernel | str | dict | None = None, num_steps: int = 20, alpha: float = 0.0,
-                 clamp: bool = False):
+                 clamp: bool = False, lean: bool = True):
         self.kernel = _as_kernel(kernel)
+        if not isinstance(lean, bool):
+            raise ValueError(f"{self.name}: lean must be true or false, got {lean!r}")
+        self.lean = lean
         if int(num_steps) < 1:
             raise ValueError(f"{self.name}: num_steps must be >= 1, got {num_steps}")
         self.num_steps = int(num_steps)
@@ -144,8 +151,9 @@ class PersistentCD(ContrastiveDivergence):
     sharded_options = ("num_chains",)
 
     def __init__(self, kernel: Kernel | str | dict | None = None, num_steps: int = 20, alpha: float = 0.0,
-                 clamp: bool = False, num_chains: int = 0, init: str = "noise", noise: str = "uniform"):
-        super().__init__(kernel, num_steps, alpha, clamp)
+                 clamp: bool = False, num_chains: int = 0, init: str = "noise", noise: str = "uniform",
+                 lean: bool = True):
+        super().__init__(kernel, num_steps, alpha, clamp, lean)
         if init not in ("noise", "data"):
             raise ValueError(f"pcd: init must be 'noise' or 'data', got {init!r}")
         if int(num_chains) < 0:

@@ -1,8 +1,18 @@
-"""A run's per-update records, ``RUN_DIR/metrics.jsonl``: one JSON object per line.
+"""A run's logged records, ``RUN_DIR/metrics.jsonl``: one JSON object per line, and their window.
 
-The loop appends one record per update (``step``, the objective's metrics, ``lr``,
-``grad_norm``, ``time``); on resume the file is cut back to the checkpoint's step, so each step
-appears exactly once however often a run was stopped.
+The loop appends one record every ``log_every`` updates and at the last (``step``, the
+objective's metrics, ``lr``, ``grad_norm``, ``time``); on resume the file is cut back to the
+checkpoint's step, so each step appears exactly once however often a run was stopped.
+
+The logging window of a record at step ``t`` is the updates since the previous logged step
+``t₀`` (or the run's start), ``(t₀, t]``. Each metric of the record, ``grad_norm`` included, is
+its mean over the window,
+
+    m̄(t) = (1 / |window|) Σ_{u ∈ (t₀, t]} m(u),
+
+summed in update order in double precision (:class:`MetricWindow`); ``lr`` and ``time`` are
+those of update ``t``. With ``log_every = 1`` a record holds the update's own values. The
+window's partial sums are part of the checkpoint, so a resumed run logs the same records.
 """
 
 from __future__ import annotations
@@ -42,4 +52,39 @@ def truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["METRICS_NAME", "read_metrics", "truncate_metrics"]
+class MetricWindow:
+    """Running sums of per-update metrics since the last logged step (see the module docstring).
+
+    ``add({name: value})`` once per update; ``mean()`` the window's averages (a metric missing
+    from some updates is averaged over those that report it); ``reset()`` after logging.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, float]) -> None:
+        sums, counts = self.sums, self.counts
+        for k, v in values.items():
+            if k in sums:
+                sums[k] += v
+                counts[k] += 1
+            else:
+                sums[k], counts[k] = 0.0 + v, 1
+
+    def mean(self) -> dict[str, float]:
+        return {k: s / self.counts[k] for k, s in self.sums.items()}
+
+    def reset(self) -> None:
+        self.sums, self.counts = {}, {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        state = state or {}
+        self.sums = {k: float(v) for k, v in state.get("sums", {}).items()}
+        self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
+
+
+__all__ = ["METRICS_NAME", "MetricWindow", "read_metrics", "truncate_metrics"]

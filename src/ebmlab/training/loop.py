@@ -13,12 +13,22 @@ Reproducibility: every random draw comes from two generators (``batches``: epoch
 ``objective``: sampler noise, buffer restarts, projections, noise draws) whose states, with the
 model, optimiser, EMA weights, objective state (replay buffer, persistent chains, ``log Z``)
 and the batch order, make up the checkpoint. With a ``run_dir`` the checkpoint is written
-atomically every ``checkpoint_every`` updates and at the end, one JSON record per update goes
-to ``metrics.jsonl``, and ``resume=True`` continues a stopped run bit for bit on one device.
+atomically every ``checkpoint_every`` updates and at the end, one JSON record every
+``log_every`` updates goes to ``metrics.jsonl`` (each metric averaged over the updates since
+the previous record: :mod:`ebmlab.training.history`; flushed before every checkpoint), and
+``resume=True`` continues a stopped run bit for bit on one device.
+
+Per update the loop does only the update: records are built at logged steps and at the steps
+callbacks ask for (:attr:`Callback.record_every`), so between them it never returns to
+Python bookkeeping. A Bernoulli RBM under CD/PCD with block Gibbs takes the lean path of
+:mod:`ebmlab.training.rbm_lean` (closed-form gradient, flat optimiser, many updates per call);
+when a setting rules it out, the reason goes once to every callback's ``on_notice``.
 
 Divergence guard: a NaN or infinite loss, metric or gradient norm stops the run with
-:class:`TrainingDivergedError` naming the step, before the optimiser applies it; a state with
-non-finite values is never written, so the last checkpoint stays the last good one.
+:class:`TrainingDivergedError` naming the step, before the optimiser applies it (the lean path
+checks once per call and replays the call update by update when one failed, to the same
+effect); a state with non-finite values is never written, so the last checkpoint stays the
+last good one.
 
 The loop prints nothing and draws nothing: progress bars, pictures and loggers are callbacks
 (:class:`Callback`), passed by the CLI's jobs or by anyone.
@@ -31,9 +41,8 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -41,69 +50,15 @@ from torch import nn
 from ebmlab import distributed as D
 from ebmlab.objectives import Objective
 from ebmlab.training.batches import BatchStream
-from ebmlab.training.callbacks import Callback, as_callbacks
+from ebmlab.objectives.rbm_lean import row_metrics
+from ebmlab.training.callbacks import Callback, as_callbacks, record_interval
 from ebmlab.training.checkpoint import CHECKPOINT_NAME, all_finite, remove_stale_temporaries, save_checkpoint, to_device
-from ebmlab.training.history import METRICS_NAME, read_metrics, truncate_metrics
+from ebmlab.training.history import METRICS_NAME, MetricWindow, read_metrics, truncate_metrics
 from ebmlab.training.interrupts import TrainingInterrupted, deferred_signals
 from ebmlab.training.lock import RunLock
-from ebmlab.training.schedules import OPTIMIZERS, learning_rate_at
+from ebmlab.training.schedules import learning_rate_at
+from ebmlab.training.settings import FitResult, OptimSettings, TrainingDivergedError, derive_seed
 from ebmlab.training.sharding import TrainSharding
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss, an energy or a gradient became NaN or infinite at ``step``."""
-
-    def __init__(self, step: int, what: str):
-        self.step, self.what = step, what
-        super().__init__(f"training diverged at step {step}: {what} is NaN or infinite; the last checkpoint "
-                         f"is kept; lower the learning rate or the sampler's step size, or set grad_clip")
-
-
-@dataclass
-class FitResult:
-    """What :func:`fit` returns: the trained ``model`` (EMA weights when kept, eval mode), the
-    per-update ``history`` records, the ``objective`` (its state: buffer, chains, ``log Z``),
-    the number of updates done and the run directory, if any."""
-
-    model: nn.Module
-    history: list[dict[str, Any]]
-    objective: Objective
-    step: int
-    wall_time: float
-    run_dir: Path | None = None
-
-
-@dataclass
-class OptimSettings:
-    """How :class:`TrainLoop` optimises (see :func:`fit` for each value's meaning)."""
-
-    steps: int
-    batch_size: int = 256
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    betas: Sequence[float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    lr_decay_steps: int = 0
-    grad_clip: float = 0.0
-    ema_decay: float = 0.0
-    checkpoint_every: int = 500
-
-    def validate(self) -> "OptimSettings":
-        def need(ok: bool, name: str, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"fit: {name} must be {expected}, got {getattr(self, name)!r}")
-
-        need(isinstance(self.steps, int) and self.steps >= 0, "steps", "an integer >= 0")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "an integer >= 1")
-        need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
-        need(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0")
-        need(0.0 <= self.ema_decay < 1.0, "ema_decay", "in [0, 1)")
-        need(self.grad_clip >= 0, "grad_clip", ">= 0 (0 = off)")
-        need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1, "checkpoint_every", ">= 1")
-        return self
 
 
 class TrainLoop:
@@ -153,6 +108,16 @@ class TrainLoop:
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
         self.lock: RunLock | None = None  # the run directory's lock, held while the run writes
+        self.window = MetricWindow()  # the metrics since the last logged step
+        self._group_lr: float | None = None
+        if self.ema is not None:
+            self._ema_params, self._model_params = list(self.ema.parameters()), list(model.parameters())
+        from ebmlab.training.rbm_lean import lean_rbm_updates
+
+        #: the lean RBM path (closed-form CD/PCD, flat optimiser) when it applies, else None
+        self.lean, reason = lean_rbm_updates(self)
+        #: notes on how the run is trained, passed once to each callback's ``on_notice``
+        self.notes: list[str] = [reason] if reason else []
 
     # ------------------------------------------------------------------ state
 
@@ -178,6 +143,7 @@ class TrainLoop:
             "rng": {"batches": self.batch_generator.get_state(), "objective": self.objective_generator.get_state()},
             "batches": self.batches.state_dict(),
             "elapsed": self.elapsed,
+            "metrics_window": self.window.state_dict(),
         }
         if layout is not None:
             state["distributed"] = layout
@@ -216,6 +182,7 @@ class TrainLoop:
         else:
             self.objective_generator.set_state(generator_state)
         self.batches.load_state_dict(state["batches"])
+        self.window.load_state_dict(state.get("metrics_window"))
         if self.run_dir is not None and self.sharding.is_main:
             truncate_metrics(self.run_dir / METRICS_NAME, self.step)
             self.history = read_metrics(self.run_dir)
@@ -245,13 +212,15 @@ class TrainLoop:
         s = self.settings
         return learning_rate_at(step, s.lr, s.lr_schedule, s.warmup_steps, s.lr_decay_steps or s.steps)
 
-    def update(self) -> dict[str, Any]:
-        """One optimisation step; returns the step's metrics record."""
+    def _step(self) -> tuple[dict[str, float], float]:
+        """One optimisation step of the general path; returns ``(metrics with grad_norm, lr)``."""
         s, step = self.settings, self.step + 1
         lr = self.learning_rate(step)
-        index = self.sharding.shard_batch(self.batches.next())
-        batch = self.x_train[index] if self.labels is None else (self.x_train[index], self.labels[index])
-        self.model.train()
+        if self.labels is None and not self.sharding.is_distributed:
+            batch = self.batches.next_rows(self.x_train)  # the same rows as x_train[batches.next()]
+        else:
+            index = self.sharding.shard_batch(self.batches.next())
+            batch = self.x_train[index] if self.labels is None else (self.x_train[index], self.labels[index])
         try:
             loss, metrics = self.loss_function(batch, self.objective_generator)
         except Exception as err:  # a user's energy failing mid-run: name it and the step
@@ -266,20 +235,67 @@ class TrainLoop:
             raise TrainingDivergedError(step, "the loss" if not bad else f"the metric(s) {', '.join(bad)}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip if s.grad_clip > 0 else math.inf))
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if s.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip))
+        else:
+            grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
         if not math.isfinite(grad_norm):
             raise TrainingDivergedError(step, "the gradient")
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        if lr != self._group_lr:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self._group_lr = lr
         self.optimizer.step()
         if self.ema is not None:
             with torch.no_grad():
-                for p_ema, p in zip(self.ema.parameters(), self.model.parameters()):
-                    p_ema.lerp_(p, 1.0 - s.ema_decay)
+                torch._foreach_lerp_(self._ema_params, self._model_params, 1.0 - s.ema_decay)
                 for b_ema, b in zip(self.ema.buffers(), self.model.buffers()):
                     b_ema.copy_(b)
         self.step = step
-        return {"step": step, **{k: float(v) for k, v in metrics.items()}, "lr": lr, "grad_norm": grad_norm}
+        return {**{k: float(v) for k, v in metrics.items()}, "grad_norm": grad_norm}, lr
+
+    def update(self) -> dict[str, Any]:
+        """One optimisation step (general path); returns the step's metrics record."""
+        self.model.train()
+        metrics, lr = self._step()
+        grad_norm = metrics.pop("grad_norm")
+        return {"step": self.step, **metrics, "lr": lr, "grad_norm": grad_norm}
+
+    def _chunk_length(self, intervals: list[int]) -> int:
+        """Updates until the next step that needs the loop: a checkpoint, a callback's record, the end."""
+        s, step = self.settings, self.step
+        n = min(s.steps - step, s.checkpoint_every - step % s.checkpoint_every)
+        for k in intervals:
+            if k:
+                n = min(n, k - step % k)
+        return n
+
+    def _after_update(self, metrics: dict[str, float], lr: float, elapsed: float, log, callbacks: list) -> None:
+        """Fold one update into the window; at logged, callback and checkpoint steps do their work."""
+        s, step = self.settings, self.step
+        self.window.add(metrics)
+        self.elapsed = elapsed
+        logged = step % self.log_every == 0 or step == s.steps
+        due = [c for c, k in callbacks if k and (step % k == 0 or step == s.steps)]
+        record = None
+        if logged or due:
+            means = self.window.mean()
+            grad_norm = means.pop("grad_norm", 0.0)
+            record = {"step": step, **means, "lr": lr, "grad_norm": grad_norm, "time": round(elapsed, 4)}
+            for callback in due:
+                callback.on_record(self, record)
+        if logged:
+            self.history.append(record)
+            self.window.reset()
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+        if step % s.checkpoint_every == 0 or step == s.steps:
+            if log is not None:
+                log.flush()  # the log reaches the checkpoint's step before the checkpoint does
+            self.save()
+        for callback in due:
+            callback.on_step(self, record)
 
     def run(self) -> FitResult:
         """Train to ``settings.steps`` (from the current step); returns a :class:`FitResult`.
@@ -300,23 +316,30 @@ class TrainLoop:
             start = time.perf_counter() - self.elapsed
             for callback in self.callbacks:
                 callback.on_fit_start(self)
+            for note in self.notes:
+                for callback in self.callbacks:
+                    callback.on_notice(self, note)
+            callbacks = [(c, record_interval(c)) for c in self.callbacks]
+            intervals = sorted({k for _, k in callbacks if k})
             with (metrics_path.open("a", encoding="utf-8") if writing else contextlib.nullcontext()) as log, \
                     deferred_signals(self.run_dir is not None) as signals:
                 while self.step < s.steps and not self._stop_requested(signals):
-                    record = self.update()
-                    self.elapsed = time.perf_counter() - start
-                    record["time"] = round(self.elapsed, 4)
-                    for callback in self.callbacks:
-                        callback.on_record(self, record)
-                    if self.step % self.log_every == 0 or self.step == s.steps:
-                        self.history.append(record)
-                        if log is not None:
-                            log.write(json.dumps(record) + "\n")
-                            log.flush()
-                    if self.step % s.checkpoint_every == 0 or self.step == s.steps:
-                        self.save()
-                    for callback in self.callbacks:
-                        callback.on_step(self, record)
+                    n = self._chunk_length(intervals)
+                    if self.lean is not None:
+                        rows, lrs, times, bad = self.lean.run(self.step + 1, n, self.learning_rate,
+                                                              lambda: signals.received)
+                        for row, lr, t in zip(rows.tolist(), lrs, times):
+                            self.step += 1
+                            self._after_update(row_metrics(row), lr, t - start, log, callbacks)
+                        if bad is not None:
+                            raise TrainingDivergedError(*bad)
+                        continue
+                    self.model.train()
+                    for i in range(n):
+                        if i and self._stop_requested(signals):
+                            break
+                        metrics, lr = self._step()
+                        self._after_update(metrics, lr, time.perf_counter() - start, log, callbacks)
                 if signals.received or self._stop_requested(signals):
                     if self.saved_step != self.step:
                         self.save()
@@ -327,6 +350,8 @@ class TrainLoop:
             for callback in self.callbacks:
                 callback.on_fit_end(self)
         finally:
+            if self.lean is not None:
+                self.lean.release()
             if self.lock is not None:
                 self.lock.release()
                 self.lock = None
@@ -338,14 +363,6 @@ class TrainLoop:
         if not self.sharding.is_distributed:
             return signals.received
         return D.all_reduce_mean({"stop": 1.0 if signals.received else 0.0})["stop"] > 0
-
-
-def derive_seed(seed: int, stream: str) -> int:
-    """A seed for one named random stream of a run (data, split, model, batches, objective...)."""
-    value = int(seed) & 0xFFFFFFFF
-    for ch in stream:
-        value = (value * 1_000_003 + ord(ch)) % (2**61 - 1)
-    return value
 
 
 __all__ = ["BatchStream", "Callback", "FitResult", "OptimSettings", "TrainLoop", "TrainingDivergedError",

@@ -1,0 +1,85 @@
+"""What a training run is given and gives back: :class:`OptimSettings`, :class:`FitResult`,
+:class:`TrainingDivergedError`, and :func:`derive_seed` for the run's named random streams.
+
+Shared by the loop (:mod:`ebmlab.training.loop`, which re-exports them), :func:`ebmlab.fit`
+and the config-driven trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from ebmlab.objectives import Objective
+from ebmlab.training.schedules import OPTIMIZERS
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss, an energy or a gradient became NaN or infinite at ``step``."""
+
+    def __init__(self, step: int, what: str):
+        self.step, self.what = step, what
+        super().__init__(f"training diverged at step {step}: {what} is NaN or infinite; the last checkpoint "
+                         f"is kept; lower the learning rate or the sampler's step size, or set grad_clip")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained ``model`` (EMA weights when kept, eval mode), the
+    per-update ``history`` records, the ``objective`` (its state: buffer, chains, ``log Z``),
+    the number of updates done and the run directory, if any."""
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    objective: Objective
+    step: int
+    wall_time: float
+    run_dir: Path | None = None
+
+
+@dataclass
+class OptimSettings:
+    """How :class:`TrainLoop` optimises (see :func:`fit` for each value's meaning)."""
+
+    steps: int
+    batch_size: int = 256
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    betas: Sequence[float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    lr_decay_steps: int = 0
+    grad_clip: float = 0.0
+    ema_decay: float = 0.0
+    checkpoint_every: int = 500
+
+    def validate(self) -> "OptimSettings":
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"fit: {name} must be {expected}, got {getattr(self, name)!r}")
+
+        need(isinstance(self.steps, int) and self.steps >= 0, "steps", "an integer >= 0")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "an integer >= 1")
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
+        need(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0")
+        need(0.0 <= self.ema_decay < 1.0, "ema_decay", "in [0, 1)")
+        need(self.grad_clip >= 0, "grad_clip", ">= 0 (0 = off)")
+        need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1, "checkpoint_every", ">= 1")
+        return self
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """A seed for one named random stream of a run (data, split, model, batches, objective...)."""
+    value = int(seed) & 0xFFFFFFFF
+    for ch in stream:
+        value = (value * 1_000_003 + ord(ch)) % (2**61 - 1)
+    return value
+
+
+__all__ = ["FitResult", "OptimSettings", "TrainingDivergedError", "derive_seed"]
