@@ -143,19 +143,22 @@ def retemper(replicas: ChainState, rows: torch.Tensor | None, old_beta: torch.Te
     ``x`` of row ``rows[r]`` (``rows`` ``(R,)`` long, or ``None`` for the identity) at ``new_beta``/
     ``new_scale``. Nothing is re-evaluated. Other fields of the state are kept as they are.
     """
-    x = replicas.x if old_scale is None else replicas.x / _trailing(old_scale, replicas.x)
-    e = replicas.energy / old_beta
-    g = replicas.grad
-    if g is not None:
-        g = g / _trailing(old_beta if old_scale is None else old_beta / old_scale, g)
+    # one factor per row, so that each (R, *event) array is gathered and scaled in two passes:
+    # x' = x[src] · s'/s[src],  E' = E[src] · β'/β[src],  ∇' = ∇[src] · (β'/s')/(β[src]/s[src])
+    old_grad = old_beta if old_scale is None else old_beta / old_scale
+    new_grad = new_beta if new_scale is None else new_beta / new_scale
+    x, e, g = replicas.x, replicas.energy, replicas.grad
     if rows is not None:
         x, e = x.index_select(0, rows), e.index_select(0, rows)
         g = None if g is None else g.index_select(0, rows)
-    if new_scale is not None:
-        x = x * _trailing(new_scale, x)
+        old_beta, old_grad = old_beta.index_select(0, rows), old_grad.index_select(0, rows)
+        old_scale = None if old_scale is None else old_scale.index_select(0, rows)
+    if old_scale is not None or new_scale is not None:
+        ratio = (1.0 if new_scale is None else new_scale) / (1.0 if old_scale is None else old_scale)
+        x = x * _trailing(ratio, x)
     if g is not None:
-        g = g * _trailing(new_beta if new_scale is None else new_beta / new_scale, g)
-    return dataclasses.replace(replicas, x=x, energy=e * new_beta, grad=g)
+        g = g * _trailing(new_grad / old_grad, g)
+    return dataclasses.replace(replicas, x=x, energy=e * (new_beta / old_beta), grad=g)
 
 
 def per_temperature_rows(per_temperature: torch.Tensor | None, num_chains: int) -> torch.Tensor | None:
