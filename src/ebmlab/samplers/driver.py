@@ -23,7 +23,8 @@ import torch
 from ebmlab.energy.base import EnergyFn
 from ebmlab.samplers.base import ChainState, Kernel, StepInfo, check_start
 from ebmlab.samplers.loop import (  # noqa: F401 — run_kernel and friends are re-exported from here
-    Callback, ChainDivergedError, KernelRun, check_generator, check_start_energy, initial_step_sizes, run_kernel,
+    Callback, ChainDivergedError, KernelRun, check_generator, check_start_energy, compiled_steps, initial_step_sizes,
+    run_kernel,
 )
 from ebmlab.samplers.window_adaptation import WindowAdaptationInfo, step_size_adaptation, window_adaptation
 
@@ -49,6 +50,8 @@ class ChainRecord:
             ``energy_error``).
         num_grad_evals: gradient evaluations per chain after burn-in ``(C,)`` when the kernel
             reports them (NUTS), else ``None``.
+        compile_time: with ``compile=``, seconds spent on the first call of each new compiled
+            graph (compilation, or an inductor-cache load, and one call), part of ``wall_time``.
     """
 
     samples: torch.Tensor
@@ -64,6 +67,7 @@ class ChainRecord:
     adaptation: WindowAdaptationInfo | None = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     num_grad_evals: torch.Tensor | None = None
+    compile_time: float | None = None
 
     @property
     def num_chains(self) -> int:
@@ -115,6 +119,7 @@ def sample(
     keep_samples: bool = True,
     adapt_per_chain: bool = False,
     metric: str | None = "diag",
+    compile=False,
 ) -> ChainRecord:
     """Run every chain of ``x0`` (shape ``(C, *event)``) with ``kernel``.
 
@@ -140,6 +145,12 @@ def sample(
             (``step`` counts from 1 over burn-in and sampling together, continuing the
             count of a state passed in).
         keep_samples: set False to keep only the final state (saves memory).
+        compile: ``True`` or a :class:`~ebmlab.samplers.compiled_loop.StepCompiler` (its mode,
+            ``unroll``, ``on_compile`` callback): ULA, MALA and HMC transitions, burn-in
+            adaptation included, run as ``torch.compile`` graphs of the whole transition, the
+            same chains as eager to floating-point rounding (``record.compile_time`` says how
+            long compiling took). NUTS stays eager with its energy's value and gradient compiled
+            (:func:`~ebmlab.energy.compile_energy`); other kernels raise ``ValueError``.
 
     Raises:
         TypeError: ``x0`` is not a floating :class:`torch.Tensor`.
@@ -164,7 +175,41 @@ def sample(
                          f"got {type(kernel).__name__}")
     if isinstance(x0, torch.Tensor):
         check_generator(generator, x0, name)
+    compiler = _compiler(compile, kernel, name)
+    if compiler is not None and not compiler.handles(kernel):  # NUTS: the energy's gradient compiled
+        from ebmlab.energy.compiled import CompiledEnergy, compile_energy
 
+        energy = energy if isinstance(energy, CompiledEnergy) else compile_energy(energy)
+        compiler = None
+
+    start = time.perf_counter()
+    with compiled_steps(compiler):
+        record = _run(energy, kernel, x0, num_steps, burn_in, thin, generator, adapt, target_accept, callback,
+                      keep_samples, adapt_per_chain, metric, name)
+    record.wall_time = time.perf_counter() - start
+    record.compile_time = None if compiler is None else compiler.compile_time
+    return record
+
+
+def _compiler(compile, kernel: Kernel, name: str):
+    """The :class:`~ebmlab.samplers.compiled_loop.StepCompiler` of ``sample(compile=...)``, or
+    ``None``; NUTS gets one that handles nothing (its energy is compiled instead)."""
+    if compile is None or compile is False:
+        return None
+    from ebmlab.samplers.compiled_loop import COMPILED_KERNELS, StepCompiler
+
+    if compile is True:
+        compile = StepCompiler()
+    if not isinstance(compile, StepCompiler):
+        raise ValueError(f"{name}: compile must be True, False or a StepCompiler, got {type(compile).__name__}")
+    if not (type(kernel) in COMPILED_KERNELS or kernel.name == "nuts"):
+        raise ValueError(f"{name}: compile=True compiles the transitions of ula, mala and hmc (nuts: its energy's "
+                         f"gradient), got {type(kernel).__name__}; sample it without compile")
+    return compile
+
+
+def _run(energy, kernel, x0, num_steps, burn_in, thin, generator, adapt, target_accept, callback, keep_samples,
+         adapt_per_chain, metric, name) -> ChainRecord:
     start = time.perf_counter()
     state = _start(energy, kernel, x0, name)
     check_start_energy(state, name, energy)

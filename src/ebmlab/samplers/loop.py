@@ -9,8 +9,10 @@ thinning, records), window adaptation, contrastive divergence and AIS are built 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -90,6 +92,22 @@ class KernelRun:
         return float(self.accept_prob.mean()) / self.num_steps if self.num_steps else 1.0
 
 
+#: the compiled-step runner of the enclosing :func:`compiled_steps`, if any
+_STEP_RUNNER: contextvars.ContextVar = contextvars.ContextVar("ebmlab_step_runner", default=None)
+
+
+@contextlib.contextmanager
+def compiled_steps(runner) -> Iterator[None]:
+    """Route every :func:`run_kernel` inside the block whose kernel ``runner.handles`` through
+    ``runner.run`` (a :class:`~ebmlab.samplers.compiled_loop.StepCompiler`), burn-in
+    adaptation included; ``runner=None`` changes nothing."""
+    token = _STEP_RUNNER.set(runner)
+    try:
+        yield
+    finally:
+        _STEP_RUNNER.reset(token)
+
+
 def initial_step_sizes(kernel: Kernel, state: ChainState, per_chain: bool):
     """The step size dual averaging starts from: the kernel's (a float), or with ``per_chain``
     a ``(C,)`` float64 tensor on the chains' device (the kernel's float repeated, or its tensor)."""
@@ -118,7 +136,15 @@ def run_kernel(kernel: Kernel, energy: EnergyFn, state: ChainState, num_steps: i
     * ``callback(step, state, info)`` after each step, with ``step`` counted from ``first_step``;
     * ``check_finite`` raises :class:`ChainDivergedError` naming the step and the chains as
       soon as a chain's energy is NaN or infinite.
+
+    Inside :func:`compiled_steps` (``sample(..., compile=True)``), ULA, MALA and HMC runs go
+    through the compiled loop instead (:mod:`ebmlab.samplers.compiled_loop`): same arguments,
+    same result, the same chains to floating-point rounding.
     """
+    runner = _STEP_RUNNER.get()
+    if runner is not None and num_steps > 0 and runner.handles(kernel):
+        return runner.run(kernel, energy, state, num_steps, generator, every=every, adaptation=adaptation,
+                          per_chain=per_chain, callback=callback, first_step=first_step, check_finite=check_finite)
     name = kernel.name or type(kernel).__name__
     check_generator(generator, state.x, name)
     num_chains = state.num_chains
