@@ -50,7 +50,7 @@ from ebmlab.energy.base import EnergyFn
 from ebmlab.samplers.adaptation import TensorStepSize, check_step_size, step_size_value
 from ebmlab.samplers.base import ChainState, Kernel, StepInfo, uniform_log
 from ebmlab.samplers.metric import IDENTITY, Metric
-from ebmlab.samplers.nuts_tree import Checkpoints, Edge, build_subtree, persists
+from ebmlab.samplers.nuts_tree import Checkpoints, Edge, build_subtree, persists, select_rows
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,10 @@ class NUTSInfo(StepInfo):
     energy_error: torch.Tensor
 
 
-def _mask(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return flags.view(flags.shape + (1,) * (like.dim() - 1))
-
-
-def _pick(flags: torch.Tensor, flags_x: torch.Tensor, a: Edge, b: Edge) -> Edge:
-    """Per chain, edge ``a`` where ``flags`` ``(C, 1)`` (``flags_x``: viewed for ``x``) else ``b``."""
-    return Edge(torch.where(flags_x, a.x, b.x), torch.where(flags, a.p, b.p), torch.where(flags, a.sharp, b.sharp),
-                torch.where(flags_x, a.grad, b.grad))
+def _pick(flags: torch.Tensor, a: Edge, b: Edge) -> Edge:
+    """Per chain, edge ``a`` where ``flags`` ``(C,)`` else ``b``."""
+    return Edge(select_rows(flags, a.x, b.x), select_rows(flags, a.p, b.p), select_rows(flags, a.sharp, b.sharp),
+                select_rows(flags, a.grad, b.grad))
 
 
 @dataclass(frozen=True)
@@ -153,9 +149,8 @@ class NUTS(TensorStepSize, Kernel):
                 eps = torch.where(forward, 1.0, -1.0).to(energy0.dtype) * float(step)
             else:
                 eps = torch.where(forward, magnitude, -magnitude)
-            fwd, fwd_x = forward.view(c, 1), _mask(forward, x0)
-            near = _pick(fwd, fwd_x, right, left)  # the end the subtree grows from
-            far_sharp = torch.where(fwd, left.sharp, right.sharp)  # the other end
+            near = _pick(forward, right, left)  # the end the subtree grows from
+            far_sharp = select_rows(forward, left.sharp, right.sharp)  # the other end
             sub = build_subtree(energy, metric, near, eps, j, active, energy0, kinetic0,
                                 float(self.max_energy_error), checkpoints, generator, take_last=self._take_last)
             sum_accept, num_leaves = sum_accept + sub.sum_accept, num_leaves + sub.num_leaves
@@ -163,8 +158,7 @@ class NUTS(TensorStepSize, Kernel):
             # biased progressive sampling between the trajectory and the new subtree
             log_u = uniform_log((c,), generator, energy0)
             take = sub.valid if self._take_last else sub.valid & (log_u < sub.log_weight - log_weight)
-            tx = _mask(take, x0)
-            x, g = torch.where(tx, sub.x, x), torch.where(tx, sub.grad, g)
+            x, g = select_rows(take, sub.x, x), select_rows(take, sub.grad, g)
             e, error = torch.where(take, sub.energy, e), torch.where(take, sub.energy_error, error)
             moved |= take
             log_weight = torch.where(sub.valid, torch.logaddexp(log_weight, sub.log_weight), log_weight)
@@ -172,11 +166,9 @@ class NUTS(TensorStepSize, Kernel):
             ok = persists(far_sharp, sub.far.sharp, rho_new)
             ok &= persists(far_sharp, sub.near_sharp, rho + sub.near_p)
             ok &= persists(near.sharp, sub.far.sharp, sub.rho + near.p)
-            valid = sub.valid.view(c, 1)
-            rho = torch.where(valid, rho_new, rho)
-            grow_right, grow_left = valid & fwd, valid > fwd  # valid and forward / valid and backward
-            right = _pick(grow_right, _mask(grow_right.view(c), x0), sub.far, right)
-            left = _pick(grow_left, _mask(grow_left.view(c), x0), sub.far, left)
+            rho = select_rows(sub.valid, rho_new, rho)
+            right = _pick(sub.valid & forward, sub.far, right)
+            left = _pick(sub.valid > forward, sub.far, left)  # valid and backward
             depth = depth + sub.valid
             active = sub.valid & ok
         new = ChainState(x=x, energy=e, grad=g, step=state.step + 1)
