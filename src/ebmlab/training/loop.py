@@ -15,7 +15,8 @@ model, optimiser, EMA weights, objective state (replay buffer, persistent chains
 and the batch order, make up the checkpoint. With a ``run_dir`` the checkpoint is written
 atomically every ``checkpoint_every`` updates and at the end, one JSON record every
 ``log_every`` updates goes to ``metrics.jsonl`` (each metric averaged over the updates since
-the previous record: :mod:`ebmlab.training.history`; flushed before every checkpoint), and
+the previous record: :mod:`ebmlab.training.history`; flushed before every checkpoint and at
+least once a second), and
 ``resume=True`` continues a stopped run bit for bit on one device.
 
 Per update the loop does only the update: records are built at logged steps and at the steps
@@ -59,6 +60,9 @@ from ebmlab.training.lock import RunLock
 from ebmlab.training.schedules import learning_rate_at
 from ebmlab.training.settings import FitResult, OptimSettings, TrainingDivergedError, derive_seed
 from ebmlab.training.sharding import TrainSharding
+
+#: ``metrics.jsonl`` is flushed before every checkpoint and at least this often (seconds).
+FLUSH_SECONDS = 1.0
 
 
 class TrainLoop:
@@ -110,6 +114,7 @@ class TrainLoop:
         self.lock: RunLock | None = None  # the run directory's lock, held while the run writes
         self.window = MetricWindow()  # the metrics since the last logged step
         self._group_lr: float | None = None
+        self._flushed_at = 0.0  # run time of the last flush of metrics.jsonl
         if self.ema is not None:
             self._ema_params, self._model_params = list(self.ema.parameters()), list(model.parameters())
         from ebmlab.training.rbm_lean import lean_rbm_updates
@@ -290,6 +295,9 @@ class TrainLoop:
             self.window.reset()
             if log is not None:
                 log.write(json.dumps(record) + "\n")
+                if elapsed - self._flushed_at >= FLUSH_SECONDS:  # readable while the run goes on
+                    log.flush()
+                    self._flushed_at = elapsed
         if step % s.checkpoint_every == 0 or step == s.steps:
             if log is not None:
                 log.flush()  # the log reaches the checkpoint's step before the checkpoint does
