@@ -4,7 +4,10 @@ For each objective (contrastive divergence with a replay buffer, exact / sliced 
 score matching, noise-contrastive estimation) and each 2-D toy set (8 gaussians, 2 spirals,
 checkerboard) this script
 
-1. trains an MLP energy with :func:`ebmlab.training.run.train` for ``--steps`` updates;
+1. trains an MLP energy with :func:`ebmlab.training.run.train`: by default with the settings
+   ``ebmlab train --data DATA --objective OBJECTIVE`` uses (the defaults, then the recommended
+   settings of :mod:`ebmlab.training.presets`), or with ``--fixed`` the same brief setting for
+   every objective (MLP (64, 64), Adam at 2e-3, ``--steps`` updates);
 2. computes ``log Z`` of the trained energy (over the raw data space) by grid quadrature on
    the held-out points' range widened by half its width per side (``missing`` is the
    quadrature's estimated mass beyond that box; ``inf`` means the density does not decay
@@ -24,9 +27,11 @@ shown in the ``NCE log Z`` column for comparison.
 
 Usage::
 
-    python benchmarks/likelihood.py            # 2000 updates per model, a few minutes on 2 cores
-    python benchmarks/likelihood.py --quick    # 200 updates, small AIS: a smoke run (1-2 minutes)
-    python benchmarks/likelihood.py --objectives dsm,nce --datasets 8gaussians --device cuda
+    python benchmarks/likelihood.py --threads 1          # the recommended setting of every objective
+    python benchmarks/likelihood.py --fixed --steps 2000 # the same brief setting for all (the old table)
+    python benchmarks/likelihood.py --quick              # 200 updates, small AIS: a smoke run
+    python benchmarks/likelihood.py --objectives dsm --datasets 8gaussians --set objective_kwargs.sigma=0.05
+    python benchmarks/likelihood.py --no-ais             # skip the AIS cross-check
 """
 
 from __future__ import annotations
@@ -49,14 +54,14 @@ except ImportError:  # run as ``python benchmarks/likelihood.py``
 
 from ebmlab.training.config import TrainConfig
 from ebmlab.data import load_dataset
-from ebmlab.partition.likelihood import held_out_nll
+from ebmlab.partition.likelihood import held_out_nll, log_likelihood
 from ebmlab.metrics import grid_kl
 from ebmlab.partition import BoundaryMassWarning, GaussianBase, ais, quadrature_log_z
 from ebmlab.training.run import train
 
-OBJECTIVES = ("replay", "sm", "ssm", "dsm", "nce")
+OBJECTIVES = ("pcd", "replay", "sm", "ssm", "dsm", "nce")
 DATASETS = ("8gaussians", "2spirals", "checkerboard")
-LABELS = {"replay": "cd/replay", "cd": "cd"}
+LABELS: dict[str, str] = {}
 
 
 @dataclass
@@ -68,11 +73,13 @@ class Row:
     missing_mass: float
     nll: float
     true_ce: float
+    excess_stderr: float
     grid_kl: float
     log_z_ais: float
     ais_stderr: float
     ais_ess: float
     nce_log_z: float | None
+    steps: int = 0
     error: str = ""
 
     @property
@@ -85,7 +92,10 @@ class Row:
 
 
 def train_config(objective: str, dataset: str, args, out: Path) -> TrainConfig:
-    """Settings for a brief run: MLP (64, 64), Adam, cosine schedule; ULA negatives for CD."""
+    """The run's settings: those of ``ebmlab train`` (defaults < recommended < ``--set``), or with
+    ``--fixed`` a brief run for every objective: MLP (64, 64), Adam, cosine schedule, ULA negatives."""
+    if not args.fixed:
+        return preset_config(objective, dataset, args)
     kwargs: dict = {}
     if objective == "dsm":
         kwargs["sigma"] = 0.1
@@ -95,6 +105,19 @@ def train_config(objective: str, dataset: str, args, out: Path) -> TrainConfig:
         steps=args.steps, batch_size=256, lr=2e-3, seed=args.seed, device=str(args.device),
         checkpoint_every=max(args.steps, 1), heldout_fraction=0.0,
     )
+
+
+def preset_config(objective: str, dataset: str, args) -> TrainConfig:
+    """``ebmlab train --data DATASET --objective OBJECTIVE [--steps N] [--set ...]`` as a config."""
+    from ebmlab.training.presets import recommend
+
+    given = {"data": dataset, "objective": objective, "seed": args.seed, "device": str(args.device)}
+    if args.steps is not None:
+        given["steps"] = args.steps
+    config = TrainConfig.from_dict({**TrainConfig().to_dict(), **given}).with_overrides(args.set)
+    explicit = set(given) | {item.partition("=")[0].strip() for item in args.set}
+    values, _ = recommend(config.to_dict(), explicit)
+    return TrainConfig.from_dict(values)
 
 
 def evaluate_model(objective: str, dataset: str, args, workdir: Path) -> Row:
@@ -112,20 +135,34 @@ def evaluate_model(objective: str, dataset: str, args, workdir: Path) -> Row:
         warnings.simplefilter("ignore", BoundaryMassWarning)  # reported in the table instead
         quad = quadrature_log_z(energy, data=x, num_points=args.grid_points)
     nll = held_out_nll(energy, x, quad.log_z)
-    true_ce = float(-eval_set.true_log_density(eval_set.x.double()).mean())
+    true_log_p = eval_set.true_log_density(eval_set.x.double()).double().cpu()
+    true_ce = float(-true_log_p.mean())
+    excess_stderr = float((true_log_p - log_likelihood(energy, x, quad.log_z)).std() / math.sqrt(x.shape[0]))
     kl = grid_kl(lambda z: -eval_set.true_log_density(z.double()).to(z.dtype), energy, bounds=quad.bounds,
                  num_points=args.grid_points)
 
-    base = GaussianBase.fit(_training_data(result).to(args.device))
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    estimate = ais(energy, base=base, num_temperatures=args.ais_temperatures, num_runs=args.ais_runs,
-                   kernel="mala", generator=generator)
+    if args.no_ais:
+        log_z_ais, ais_stderr, ais_ess = math.nan, math.nan, math.nan
+    else:
+        base = GaussianBase.fit(_training_data(result).to(args.device))
+        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+        estimate = ais(energy, base=base, num_temperatures=args.ais_temperatures, num_runs=args.ais_runs,
+                       kernel="mala", generator=generator)
+        log_z_ais, ais_stderr, ais_ess = estimate.log_z, estimate.log_z_stderr, estimate.ess
     nce_log_z = getattr(energy, "learned_log_z", None)
     if nce_log_z is None and objective == "nce":
         state = result.objective.state_dict() if hasattr(result.objective, "state_dict") else {}
         nce_log_z = float(state["log_z"]) if "log_z" in state else None
-    return Row(objective, dataset, seconds, quad.log_z, quad.missing_mass, nll, true_ce, kl, estimate.log_z,
-               estimate.log_z_stderr, estimate.ess, nce_log_z)
+    return Row(objective, dataset, seconds, quad.log_z, quad.missing_mass, nll, true_ce, excess_stderr, kl,
+               log_z_ais, ais_stderr, ais_ess, nce_log_z, steps=result.step)
+
+
+def _setting_summary(config: TrainConfig) -> str:
+    hidden = config.model_kwargs.get("hidden", [128, 128])
+    options = ", ".join(f"{k}={v}" for k, v in config.objective_kwargs.items())
+    return (f"{config.model} {hidden}, {config.steps} updates of {config.batch_size}, {config.optimizer} lr {config.lr:g} "
+            f"{config.lr_schedule}" + (f", EMA {config.ema_decay:g}" if config.ema_decay else "")
+            + (f", {options}" if options else ""))
 
 
 def _training_data(result) -> torch.Tensor:
@@ -146,16 +183,17 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    header = ("| objective | data | train s | log Z (quad) | missing | NLL | true CE | NLL − CE | grid KL "
-              "| log Z (AIS) ± SE | AIS − quad (z) | ESS | NCE log Z |")
-    lines = [header, "|" + "|".join(["---"] * 13) + "|"]
+    header = ("| objective | data | updates | train s | log Z (quad) | missing | NLL | true CE | NLL − CE ± SE "
+              "| grid KL | log Z (AIS) ± SE | AIS − quad (z) | ESS | NCE log Z |")
+    lines = [header, "|" + "|".join(["---"] * 14) + "|"]
     for r in rows:
         if r.error:
-            lines.append(f"| {LABELS.get(r.objective, r.objective)} | {r.dataset} | failed: {r.error} |" + " |" * 10)
+            lines.append(f"| {LABELS.get(r.objective, r.objective)} | {r.dataset} | failed: {r.error} |" + " |" * 11)
             continue
         lines.append(
-            f"| {LABELS.get(r.objective, r.objective)} | {r.dataset} | {r.train_seconds:.1f} | {_fmt(r.log_z_quad)} "
-            f"| {r.missing_mass:.1e} | {_fmt(r.nll)} | {_fmt(r.true_ce)} | {_fmt(r.excess)} | {_fmt(r.grid_kl)} "
+            f"| {LABELS.get(r.objective, r.objective)} | {r.dataset} | {r.steps} | {r.train_seconds:.1f} "
+            f"| {_fmt(r.log_z_quad)} | {r.missing_mass:.1e} | {_fmt(r.nll)} | {_fmt(r.true_ce)} "
+            f"| {_fmt(r.excess)} ± {_fmt(r.excess_stderr)} | {_fmt(r.grid_kl)} "
             f"| {_fmt(r.log_z_ais)} ± {_fmt(r.ais_stderr)} | {_fmt(r.log_z_ais - r.log_z_quad)} ({_fmt(r.ais_z, 1)}) "
             f"| {r.ais_ess:.0f} | {_fmt(r.nce_log_z)} |"
         )
@@ -165,7 +203,13 @@ def markdown_table(rows: list[Row]) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 updates, small AIS and grid")
-    parser.add_argument("--steps", type=int, default=None, help="training updates per model (default 2000, quick 200)")
+    parser.add_argument("--fixed", action="store_true",
+                        help="the same brief setting for every objective instead of its recommended one")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training updates per model (default: the recommended number; --fixed 2000; quick 200)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of every run, as ebmlab train --set (repeatable)")
+    parser.add_argument("--no-ais", action="store_true", help="skip the AIS estimate of log Z")
     parser.add_argument("--objectives", default=",".join(OBJECTIVES), help="comma-separated objective names")
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated toy sets")
     parser.add_argument("--train-points", type=int, default=10_000)
@@ -178,7 +222,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     quick = args.quick
-    args.steps = args.steps if args.steps is not None else (200 if quick else 2000)
+    if args.steps is None and (quick or args.fixed):
+        args.steps = 200 if quick else 2000
     args.eval_points = args.eval_points or (2000 if quick else 5000)
     args.grid_points = args.grid_points or (257 if quick else 513)
     args.ais_temperatures = args.ais_temperatures or (100 if quick else 500)
@@ -192,7 +237,9 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    print(f"# Held-out NLL and AIS vs quadrature ({args.steps} updates per model)\n")
+    setting = f"{args.steps} updates per model" if args.fixed else "recommended settings"
+    extra = f"; --set {' '.join(args.set)}" if args.set else ""
+    print(f"# Held-out NLL and AIS vs quadrature ({setting}{extra})\n")
     print(machine_description(args.device) + "\n")
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="ebmlab-likelihood-") as tmp:
@@ -202,9 +249,14 @@ def main(argv=None) -> int:
                     rows.append(evaluate_model(objective, dataset, args, Path(tmp)))
                 except Exception as err:  # one failed model should not hide the others' figures
                     message = str(err).splitlines()[0] if str(err) else type(err).__name__
-                    rows.append(Row(objective, dataset, 0, *([math.nan] * 8), None, error=message[:80]))
-                print(f"done: {dataset} / {objective}", file=sys.stderr, flush=True)
+                    rows.append(Row(objective, dataset, 0, *([math.nan] * 9), None, error=message[:80]))
+                r = rows[-1]
+                print(f"done: {dataset} / {objective}: {r.steps} updates in {r.train_seconds:.1f} s, NLL - CE "
+                      f"{_fmt(r.excess)} ± {_fmt(r.excess_stderr)}", file=sys.stderr, flush=True)
     print(markdown_table(rows))
+    if not args.fixed:
+        summaries = {f"{o}: {_setting_summary(preset_config(o, d, args))}" for d in datasets for o in objectives}
+        print("\nSettings (ebmlab train --data DATA --objective OBJECTIVE):\n" + "\n".join(f"- {s}" for s in sorted(summaries)))
     print(f"\nAIS: K = {args.ais_temperatures} sigmoid temperatures, {args.ais_runs} runs, MALA; quadrature: "
           f"{args.grid_points}² points; NLL on {args.eval_points} fresh draws, in nats per example.")
     return 1 if any(r.error for r in rows) else 0

@@ -9,7 +9,14 @@ The model is ``log p_θ(x) = -E_θ(x) - c`` with ``c`` (= log Z) a learned scala
 
 (the negative of G&H's objective). Its minimiser makes ``p_θ`` self-normalised, so the learned
 ``c`` estimates the model's log-partition function. By default ``q`` is the Gaussian with the
-data's mean and full covariance (plus ``jitter·I``), fitted in :meth:`setup`.
+data's mean and full covariance (plus ``jitter·I``), fitted in :meth:`setup`; with
+``noise="mixture"`` the defensive mixture ``q = (1 - λ) q_EM + λ N(mean, cov)``: a
+``num_components``-component Gaussian mixture fitted by EM (:mod:`ebmlab.objectives.mixture_noise`),
+close to multimodal data, so fewer noise draws fall where the classification is trivial, plus
+the data Gaussian with weight λ = ``broad_weight``. The broad part matters: NCE constrains the
+model only where ``q`` has mass, and a mixture hugging the data leaves the space between and
+around the modes free (measured on the 2-D toy sets: λ = 0 gave a model with 0.5–0.7 nats of
+mass spilt there, worse than the Gaussian alone).
 Shapes: ``batch (B, *event_shape)``; the Gaussian acts on the flattened events.
 """
 
@@ -24,24 +31,37 @@ from torch import nn
 
 from ebmlab.energy.base import EnergyFn, check_energy_output
 from ebmlab.objectives.base import Metrics, Objective, check_positive
+from ebmlab.objectives.mixture_noise import GaussianMixture, fit_gaussian_mixture
 
 
 class NoiseContrastiveEstimation(Objective):
-    """NCE with a Gaussian noise law fitted to the data and a learned ``log_z``.
+    """NCE with a noise law fitted to the data (a Gaussian or a Gaussian mixture) and a learned ``log_z``.
 
     Args:
         noise_ratio: ν, noise draws per data point (``round(ν·B)`` per batch, at least 1).
         jitter: added to the covariance's diagonal (times its mean variance) before Cholesky.
         init_log_z: starting value of ``c``.
+        noise: ``"gaussian"`` or ``"mixture"``.
+        num_components: the EM mixture's components (``noise="mixture"``).
+        broad_weight: λ, the weight of the data Gaussian in the mixture noise law.
     """
 
     name = "nce"
     learns_log_z = True
     supports = ("real",)
 
-    def __init__(self, noise_ratio: float = 1.0, jitter: float = 1e-6, init_log_z: float = 0.0):
+    def __init__(self, noise_ratio: float = 1.0, jitter: float = 1e-6, init_log_z: float = 0.0,
+                 noise: str = "gaussian", num_components: int = 16, broad_weight: float = 0.5):
         self.noise_ratio = check_positive("nce", "noise_ratio", noise_ratio)
         self.jitter = check_positive("nce", "jitter", jitter, allow_zero=True)
+        if noise not in ("gaussian", "mixture"):
+            raise ValueError(f"nce: noise must be 'gaussian' or 'mixture', got {noise!r}")
+        if isinstance(num_components, bool) or int(num_components) != num_components or num_components < 1:
+            raise ValueError(f"nce: num_components must be an integer >= 1, got {num_components!r}")
+        if not 0.0 <= float(broad_weight) < 1.0:
+            raise ValueError(f"nce: broad_weight must be in [0, 1), got {broad_weight!r}")
+        self.noise, self.num_components, self.broad_weight = noise, int(num_components), float(broad_weight)
+        self.mixture: GaussianMixture | None = None
         self.log_z = nn.Parameter(torch.tensor(float(init_log_z)))
         self.noise_mean: torch.Tensor | None = None
         self.noise_scale_tril: torch.Tensor | None = None
@@ -61,11 +81,21 @@ class NoiseContrastiveEstimation(Objective):
             raise ValueError("nce: the data covariance is singular; raise 'jitter'")
         self.noise_mean, self.noise_scale_tril = flat.mean(0).to(data.dtype), chol.to(data.dtype)
         self.event_shape = tuple(data.shape[1:])
+        if self.noise == "mixture":
+            fitted = fit_gaussian_mixture(flat, self.num_components, generator, jitter=max(self.jitter, 1e-3))
+            if self.broad_weight > 0:
+                fitted = GaussianMixture(
+                    torch.cat([fitted.log_weights + math.log1p(-self.broad_weight),
+                               torch.tensor([math.log(self.broad_weight)], dtype=flat.dtype, device=flat.device)]),
+                    torch.cat([fitted.means, flat.mean(0, keepdim=True)]), torch.cat([fitted.scale_trils, chol[None]]))
+            self.mixture = fitted.to(dtype=data.dtype)
         with torch.no_grad():
             self.log_z.data = self.log_z.data.to(device=data.device, dtype=data.dtype)
 
     def noise_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log q(x)`` of the Gaussian noise law, shape ``(B,)``."""
+        """``log q(x)`` of the noise law, shape ``(B,)``."""
+        if self.mixture is not None:
+            return self.mixture.log_prob(x.flatten(1))
         diff = (x.flatten(1) - self.noise_mean).T  # (D, B)
         z = torch.linalg.solve_triangular(self.noise_scale_tril, diff, upper=False)
         dim = diff.shape[0]
@@ -74,6 +104,8 @@ class NoiseContrastiveEstimation(Objective):
 
     def noise_sample(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         """``n`` draws of the noise law, shape ``(n, *event_shape)``."""
+        if self.mixture is not None:
+            return self.mixture.sample(n, generator).view(n, *self.event_shape)
         mean = self.noise_mean
         z = torch.randn((n, mean.shape[0]), generator=generator, dtype=mean.dtype, device=mean.device)
         return (mean + z @ self.noise_scale_tril.T).view(n, *self.event_shape)
@@ -101,10 +133,13 @@ class NoiseContrastiveEstimation(Objective):
         if self.noise_mean is not None:
             state.update(noise_mean=self.noise_mean, noise_scale_tril=self.noise_scale_tril,
                          event_shape=list(self.event_shape))
+        if self.mixture is not None:
+            m = self.mixture
+            state.update(mixture_log_weights=m.log_weights, mixture_means=m.means, mixture_scale_trils=m.scale_trils)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        extra = set(state) - {"log_z", "noise_mean", "noise_scale_tril", "event_shape"}
+        extra = set(state) - {"log_z", "noise_mean", "noise_scale_tril", "event_shape", *_MIXTURE_KEYS}
         if extra:
             raise ValueError(f"nce: unexpected objective state keys {sorted(extra)}")
         with torch.no_grad():
@@ -112,3 +147,8 @@ class NoiseContrastiveEstimation(Objective):
         if "noise_mean" in state:
             self.noise_mean, self.noise_scale_tril = state["noise_mean"], state["noise_scale_tril"]
             self.event_shape = tuple(state["event_shape"])
+        if "mixture_means" in state:
+            self.mixture = GaussianMixture(*(state[k] for k in _MIXTURE_KEYS))
+
+
+_MIXTURE_KEYS = ("mixture_log_weights", "mixture_means", "mixture_scale_trils")
