@@ -78,6 +78,8 @@ class RBMContrastiveStep:
         self.hidden = torch.empty(C, H, **like)
         self.visible_pre = torch.empty(C, V, **like)
         self.row = torch.zeros(len(ROW), **like)
+        self.ones_hidden = torch.ones(H, **like)  # row sums as matrix-vector products (cheaper than sum)
+        self.ones_rows = torch.ones(B + C, **like)
 
     def gibbs(self) -> None:
         """``sweeps`` block-Gibbs sweeps of :attr:`chains` in place (after :attr:`data` holds the batch)."""
@@ -93,18 +95,22 @@ class RBMContrastiveStep:
     def gradient(self, row: torch.Tensor | None = None) -> torch.Tensor:
         """``∇L`` into :attr:`grad` at the current chains; the metric row into ``row`` (default :attr:`row`)."""
         row = self.row if row is None else row
+        self.write_gradient(row[:2], row[2])
+        return self.grad
+
+    def write_gradient(self, energies: torch.Tensor, norm: torch.Tensor) -> None:
+        """:meth:`gradient` with the metric row's two parts given as views: ``energies`` (2,) and ``norm`` ()."""
         D = self.rows
         torch.addmm(self.c, D, self.WT, out=self.pre)
         torch.sigmoid(self.pre, out=self.probs)
         torch.mul(self.probs, self.scale_col, out=self.scaled)
         torch.mm(self.scaled.T, D, out=self.gW)
         torch.mv(D.T, self.scale, out=self.gb)
-        torch.sum(self.scaled, 0, out=self.gc)
-        torch.sum(softplus(self.pre), 1, out=self.free)
+        torch.mv(self.scaled.T, self.ones_rows, out=self.gc)
+        torch.mv(softplus(self.pre), self.ones_hidden, out=self.free)
         self.free.addmv_(D, self.b)                  # -F(v) = b·v + Σ_j softplus(c_j + W_j·v)
-        torch.mv(self.means, self.free, out=row[:2])
-        torch.linalg.vector_norm(self.grad, out=row[2])
-        return self.grad
+        torch.mv(self.means, self.free, out=energies)
+        torch.linalg.vector_norm(self.grad, out=norm)
 
     def step(self, row: torch.Tensor | None = None) -> torch.Tensor:
         """Gibbs sweeps, then the gradient (see :meth:`gibbs` and :meth:`gradient`)."""

@@ -52,6 +52,31 @@ def truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+_PLAIN_KEYS: set[str] = set()  # keys that JSON writes as they are (no escapes)
+
+
+def record_line(record: dict[str, Any]) -> str:
+    """``json.dumps(record)``, written directly when every value is a finite float or an int.
+
+    Same text as :func:`json.dumps` (floats by ``repr``); about three times faster for the
+    loop's records, which are all numbers. Anything else goes to :func:`json.dumps`.
+    """
+    parts = []
+    for k, v in record.items():
+        if k not in _PLAIN_KEYS:
+            if not isinstance(k, str) or json.dumps(k) != f'"{k}"':
+                return json.dumps(record)
+            _PLAIN_KEYS.add(k)
+        kind = type(v)
+        if kind is float and v - v == 0.0:  # finite (NaN and ±inf give NaN)
+            parts.append(f'"{k}": {v!r}')
+        elif kind is int:
+            parts.append(f'"{k}": {v}')
+        else:
+            return json.dumps(record)
+    return "{" + ", ".join(parts) + "}"
+
+
 class MetricWindow:
     """Running sums of per-update metrics since the last logged step (see the module docstring).
 
@@ -87,4 +112,4 @@ class MetricWindow:
         self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
 
 
-__all__ = ["METRICS_NAME", "MetricWindow", "read_metrics", "truncate_metrics"]
+__all__ = ["METRICS_NAME", "MetricWindow", "read_metrics", "record_line", "truncate_metrics"]

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import time
 from pathlib import Path
@@ -54,7 +53,7 @@ from ebmlab.training.batches import BatchStream
 from ebmlab.objectives.rbm_lean import row_metrics
 from ebmlab.training.callbacks import Callback, as_callbacks, record_interval
 from ebmlab.training.checkpoint import CHECKPOINT_NAME, all_finite, remove_stale_temporaries, save_checkpoint, to_device
-from ebmlab.training.history import METRICS_NAME, MetricWindow, read_metrics, truncate_metrics
+from ebmlab.training.history import METRICS_NAME, MetricWindow, read_metrics, record_line, truncate_metrics
 from ebmlab.training.interrupts import TrainingInterrupted, deferred_signals
 from ebmlab.training.lock import RunLock
 from ebmlab.training.schedules import learning_rate_at
@@ -279,13 +278,16 @@ class TrainLoop:
     def _after_update(self, metrics: dict[str, float], lr: float, elapsed: float, log, callbacks: list) -> None:
         """Fold one update into the window; at logged, callback and checkpoint steps do their work."""
         s, step = self.settings, self.step
-        self.window.add(metrics)
         self.elapsed = elapsed
         logged = step % self.log_every == 0 or step == s.steps
-        due = [c for c, k in callbacks if k and (step % k == 0 or step == s.steps)]
+        due = [c for c, k in callbacks if k and (step % k == 0 or step == s.steps)] if callbacks else callbacks
+        if logged and not self.window.sums:
+            means = metrics  # a window of one update: its own values
+        else:
+            self.window.add(metrics)
+            means = self.window.mean() if logged or due else None
         record = None
         if logged or due:
-            means = self.window.mean()
             grad_norm = means.pop("grad_norm", 0.0)
             record = {"step": step, **means, "lr": lr, "grad_norm": grad_norm, "time": round(elapsed, 4)}
             for callback in due:
@@ -294,7 +296,7 @@ class TrainLoop:
             self.history.append(record)
             self.window.reset()
             if log is not None:
-                log.write(json.dumps(record) + "\n")
+                log.write(record_line(record) + "\n")
                 if elapsed - self._flushed_at >= FLUSH_SECONDS:  # readable while the run goes on
                     log.flush()
                     self._flushed_at = elapsed

@@ -100,8 +100,10 @@ class LeanRBMUpdates:
         self.ema_theta = torch.zeros(n, **like) if loop.ema is not None else None
         self.denom = torch.zeros(n, **like) if self.adam else None
         self.rows = torch.zeros(max_chunk, len(ROW), **like)
+        # per-update views of the metric rows, made once (indexing a tensor costs an op)
+        self.row_views = list(zip(self.rows[:, :2].unbind(0), self.rows[:, 2].unbind(0)))
         self.max_chunk = int(max_chunk)
-        self.chains_ready = False
+        self.chains_ready = not self.persistent  # CD chains start at each batch
         self.params = [model.W, model.b, model.c]
         self.adopt()
 
@@ -155,6 +157,7 @@ class LeanRBMUpdates:
                     state[p][k] = state[p][k].clone()
         if self.persistent and getattr(self.objective, "chains", None) is not None:
             self.objective.chains = self.objective.chains.clone()
+            self.chains_ready = False  # adopt() takes them back
 
     def publish(self, lr: float) -> None:
         """Leave the optimiser's state as its own step would (the state entries, the group lr)."""
@@ -210,25 +213,26 @@ class LeanRBMUpdates:
 
     def _updates(self, first_step: int, count: int, lr_at: Callable[[int], float], stop: Callable[[], bool],
                  checked: bool) -> tuple[list[float], list[float], tuple[int, str] | None]:
-        loop, math_, rows = self.loop, self.math, self.rows
+        math_, rows, views = self.math, self.rows, self.row_views
         lrs, times = [], []
-        next_rows, x, data = loop.batches.next_rows, self.x_flat, math_.data
+        next_rows, x, copy_batch = self.loop.batches.next_rows, self.x_flat, math_.data.copy_
+        gibbs, gradient, apply, clock = math_.gibbs, math_.write_gradient, self._apply, time.perf_counter
         for i in range(count):
             if i and stop():
                 break
             step = first_step + i
             lr = lr_at(step)
-            data.copy_(next_rows(x))
-            if self.persistent and not self.chains_ready:
+            copy_batch(next_rows(x))
+            if not self.chains_ready:
                 self._init_chains()
-            row = rows[i]
-            math_.step(row)
-            self._norm = row[2]
-            if checked and not bool(torch.isfinite(row).all()):
-                return lrs, times, (step, "the gradient" if bool(torch.isfinite(row[:2]).all()) else "the loss")
-            self._apply(lr)
+            energies, self._norm = views[i]
+            gibbs()
+            gradient(energies, self._norm)
+            if checked and not bool(torch.isfinite(rows[i]).all()):
+                return lrs, times, (step, "the gradient" if bool(torch.isfinite(energies).all()) else "the loss")
+            apply(lr)
             lrs.append(lr)
-            times.append(time.perf_counter())
+            times.append(clock())
         return lrs, times, None
 
     def _buffers(self) -> list[torch.Tensor]:
