@@ -63,6 +63,7 @@ class HeldoutEvaluation(Callback):
         if x_heldout.shape[0] < 1:
             raise ValueError("held-out evaluation: no held-out rows")
         self.x_raw, self.every, self.standardizer = x_heldout, int(every), standardizer
+        self.record_every = self.every  # the loop stops for this callback only at these steps (and the last)
         self.max_rows, self.keep_best, self.seed = int(max_rows), bool(keep_best), int(seed)
         self.labels = labels  # (N,) class indices for objectives that train on (x, y) batches
         self.best: float = math.inf
