@@ -58,7 +58,12 @@ _ENERGY_HELP = (
 @click.option("--threads", type=int, default=None, help=LEAN_THREADS_HELP.format(size="chains"))
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile the energy's value and gradient (says so on stderr, with the time it took).")
+              help="torch.compile whole transitions of ula, mala and hmc (proposal, gradient, accept/reject and "
+                   "step-size adaptation in one graph; the same chains as without), the energy for other samplers; "
+                   "says so on stderr with the time it took. Graphs are cached on disk, so later runs compile faster.")
+@click.option("--compile-mode", type=click.Choice(["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]),
+              default=None, help="torch.compile mode of --compile (implies it); reduce-overhead replays CUDA graphs "
+                                 "(small problems on a GPU; needs --device cuda).")
 @click.option("--event-shape", default=None, metavar="D[,D...]",
               help="Event shape, e.g. 2 or 1,28,28, for energies that do not declare one [default: from an "
                    "--init FILE.npy].")
@@ -87,7 +92,7 @@ _ENERGY_HELP = (
                    "otherwise trace plots.")
 @user_errors(terms=in_option_terms)
 def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_size, num_leapfrog, seed, init,
-            device, threads, progress, compile_, event_shape, support, target_accept, max_tree_depth, metric, base,
+            device, threads, progress, compile_, compile_mode, event_shape, support, target_accept, max_tree_depth, metric, base,
             num_temperatures, max_temperature, out, plot, plot_chains) -> None:
     if threads is not None:
         set_threads(threads)
@@ -95,7 +100,7 @@ def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_siz
     job = SampleJob(
         energy=energy_spec, sampler=sampler, out=out, num_chains=num_chains, num_steps=num_steps, burn_in=burn_in,
         thin=thin, step_size=step_size, num_leapfrog=num_leapfrog, seed=seed, init=init,
-        device=device, compile=compile_, event_shape=parse_event_shape(event_shape),
+        device=device, compile=compile_ or compile_mode is not None, compile_mode=compile_mode, event_shape=parse_event_shape(event_shape),
         target_accept=target_accept, plot=plot, progress=progress, max_tree_depth=max_tree_depth,
         metric=metric, base=base, num_temperatures=num_temperatures, max_temperature=max_temperature,
         support=support, lean_threads=threads is None,

@@ -1,5 +1,5 @@
 """What a sampling job chooses when it is not told: the sampler, the number of steps, the event
-shape of an ``--init`` file, and the compiled energy (:mod:`ebmlab.jobs.sampling` uses them).
+shape of an ``--init`` file, the compiled sampler step or energy (:mod:`ebmlab.jobs.sampling` uses them).
 
 The sampler follows the energy's support as ``ebmlab evaluate``'s AIS transitions do (mala for
 real, gibbs for binary or categorical; noise-conditional runs: annealed Langevin, see
@@ -50,9 +50,33 @@ def init_event_shape(job) -> tuple[int, ...] | None:
     return tuple(shape[1:]) if len(shape) >= 2 and shape[0] == job.num_chains else tuple(shape)
 
 
+def step_compiler(kernel: Kernel, support: str, mode: str | None = None):
+    """The :class:`~ebmlab.samplers.compiled_loop.StepCompiler` of ``--compile`` for ula, mala and
+    hmc on a real energy (their whole transition is compiled), else ``None`` (:func:`compiled`
+    compiles the energy instead); ``mode`` is ``--compile-mode``."""
+    from ebmlab.samplers.compiled_loop import StepCompiler
+
+    if support != "real" or not StepCompiler.handles(kernel):
+        if mode is not None:
+            raise ValueError(f"--compile-mode {mode} compiles whole transitions of ula, mala or hmc; "
+                             f"--sampler {kernel.name} compiles only its energy")
+        return None
+    return StepCompiler(mode=mode)
+
+
+def compile_note(compiler) -> str | None:
+    """The one line ``--compile`` prints after a run whose transitions were compiled: how long
+    the graphs took (torch's inductor cache on disk makes a second run's much shorter)."""
+    if compiler is None:
+        return None
+    graphs = f"{compiler.graphs} graph{'s' if compiler.graphs != 1 else ''}"
+    return f"ebmlab: compiling the sampler step with torch.compile ({graphs}) done in {compiler.compile_time:.1f} s"
+
+
 def compiled(energy: nn.Module, kernel: Kernel, x0: torch.Tensor, support: str) -> nn.Module:
-    """``torch.compile`` of ``energy`` (:func:`ebmlab.energy.compile_energy`), compiled now on
-    ``x0`` rather than inside the first transition, saying so on standard error (rank 0), with the
+    """``torch.compile`` of ``energy`` (:func:`ebmlab.energy.compile_energy`) for the kernels
+    whose transitions are not compiled (nuts, rwmh, discrete kernels), compiled now on ``x0``
+    rather than inside the first transition, saying so on standard error (rank 0), with the
     time it took once done."""
     from ebmlab.energy import compile_energy
 
@@ -75,5 +99,5 @@ def compiled(energy: nn.Module, kernel: Kernel, x0: torch.Tensor, support: str) 
     return energy
 
 
-__all__ = ["DEFAULT_STEPS", "MCMC_STEPS", "compiled", "default_sampler", "default_steps", "init_event_shape"]
+__all__ = ["DEFAULT_STEPS", "MCMC_STEPS", "compile_note", "compiled", "step_compiler", "default_sampler", "default_steps", "init_event_shape"]
 

@@ -150,10 +150,13 @@ class StepCompiler:
         return StepSpec("hmc", num_leapfrog=num, fewest_leapfrog=min(fewest, num), jitter=float(kernel.jitter),
                         max_energy_error=float(kernel.max_energy_error), **common)
 
-    def _function(self, spec: StepSpec, energy: EnergyFn) -> tuple[Callable, bool]:
+    def _function(self, spec: StepSpec, energy: EnergyFn) -> tuple[Callable, float | None]:
+        """The compiled function of ``spec`` on ``energy`` and, when it is new, the seconds its
+        set-up took (``torch.compile`` imports its compiler stack on first use), else ``None``."""
         key = (spec, id(energy))
         if key in self._compiled:
-            return self._compiled[key][1], False
+            return self._compiled[key][1], None
+        start = time.perf_counter()
         vg = energy_value_and_grad(energy)
 
         def call(carry, draws, metric):
@@ -166,21 +169,22 @@ class StepCompiler:
                                   None, call.__closure__)
         fn = torch.compile(call, mode=self.mode, backend=self.backend, fullgraph=self.fullgraph, dynamic=self.dynamic)
         self._compiled[key] = (energy, fn)  # the energy is held so its id is not reused
-        return fn, True
+        return fn, time.perf_counter() - start
 
-    def _call(self, fn, carry, draws, metric, spec: StepSpec, first: bool):
+    def _call(self, fn, carry, draws, metric, spec: StepSpec, setup: float | None):
+        """One compiled call; the first of a new function is timed as its compilation."""
         graphs = self.mode in CUDA_GRAPH_MODES
-        start = time.perf_counter() if first else 0.0
+        start = time.perf_counter() if setup is not None else 0.0
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.no_grad():
             carry, out = fn(carry, draws, metric)
         if graphs:  # replay outputs live in static buffers that the next replay overwrites
             carry, out = torch.utils._pytree.tree_map(torch.clone, (carry, out))
-        if first:
+        if setup is not None:
             if carry["x"].is_cuda:
                 torch.cuda.synchronize(carry["x"].device)
-            seconds = time.perf_counter() - start
+            seconds = setup + time.perf_counter() - start
             self.compile_time += seconds
             self.graphs += 1
             if self.on_compile is not None:
@@ -198,7 +202,7 @@ class StepCompiler:
         x, c, device = state.x, state.num_chains, state.x.device
         kind, metric = metric_tensors(kernel)
         spec = self.spec(kernel, state, num_steps, every, adaptation, per_chain, callback, kind)
-        fn, first = self._function(spec, energy)
+        fn, setup = self._function(spec, energy)
         eps0 = initial_step_sizes(kernel, state, per_chain)
         eps = torch.as_tensor(eps0, dtype=torch.float64, device=device)
         carry = {"x": x, "e": state.energy, "g": state.grad, "eps": eps,
@@ -222,8 +226,8 @@ class StepCompiler:
                 draws = {key: torch.cat([v, v[-1:].expand(k - n, *v.shape[1:])]) for key, v in draws.items()}
             if spec.masked:
                 draws["active"] = torch.arange(k, device=device) < n
-            carry, out = self._call(fn, carry, draws, metric, spec, first)
-            first = False
+            carry, out = self._call(fn, carry, draws, metric, spec, setup)
+            setup = None
             if check_finite and bool(out["nonfinite"][:n].any()):
                 j = int(out["nonfinite"][:n].any(dim=1).nonzero()[0])
                 raise ChainDivergedError(first_step + done + j, out["nonfinite"][j].nonzero().flatten().tolist(), name)
