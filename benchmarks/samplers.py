@@ -9,10 +9,17 @@ in the same run and interleaved round by round (so drifting machine load hits al
 * one ``kernel.step`` of rwmh, ula, mala and hmc (``L`` leapfrog steps), eager;
 * the same with ``ebmlab.energy.compile_energy(energy)`` (``torch.compile`` of
   ``torch.func.grad_and_value``), one compiled energy per (model, chains) so every graph is
-  specialised to its shapes.
+  specialised to its shapes;
+* "compiled step": ula, mala and hmc through ``sample(..., compile=True)``'s runner
+  (:class:`ebmlab.samplers.compiled_loop.StepCompiler`: the whole transition as one graph,
+  ``--unroll`` transitions per call), timed over runs of :data:`STEPS_PER_CALL` transitions;
+* "BlackJAX" (mlp only, when JAX and BlackJAX import): ``blackjax.mala`` and ``blackjax.hmc``
+  on the same weights ported to JAX, vmapped over the chains and jit-compiled with a
+  ``lax.scan`` over :data:`STEPS_PER_CALL` transitions (benchmarks/blackjax_mlp.py).
 
 Ratios are to the *eager* floor. Goals: ULA and MALA ≤ 1.15× floor; HMC ≤ 1.15·L× floor;
-RWMH ≤ 1.15× the forward-only time.
+RWMH ≤ 1.15× the forward-only time. Goals of the compiled step (:func:`step_goal`): ULA ≤ 0.45×,
+MALA ≤ 0.5× at up to 1,024 chains and ≤ 0.6× above, HMC (L = 5) ≤ 2.5×.
 
 Energies (parameters frozen, as when sampling a trained model):
 ``mlp`` = ``MLPEnergy(2, (128, 128))`` on x of shape (C, 2);
@@ -52,17 +59,35 @@ from typing import Callable, Sequence
 import torch
 
 try:  # run as ``python -m benchmarks.samplers`` or imported as part of the package
+    from .blackjax_mlp import blackjax_available, blackjax_stepper, limit_xla_threads
     from .common import Timing, machine_description, resolve_device, set_threads, synchronize
 except ImportError:  # run as ``python benchmarks/samplers.py``
+    from blackjax_mlp import blackjax_available, blackjax_stepper, limit_xla_threads
     from common import Timing, machine_description, resolve_device, set_threads, synchronize
 
 from ebmlab.energy import ConvEnergy, MLPEnergy, compile_energy
 from ebmlab.samplers import make_kernel
+from ebmlab.samplers.compiled_loop import StepCompiler
 
 SAMPLERS = ("rwmh", "ula", "mala", "hmc")
 MODELS = ("mlp", "conv")
 GOAL = 1.15
 STEP_SIZES = {"rwmh": 0.05, "ula": 1e-3, "mala": 1e-3, "hmc": 1e-3}
+STEPS_PER_CALL = 8  # transitions per timed call of the compiled-step and BlackJAX candidates
+COMPILED_STEP = ("ula", "mala", "hmc")
+BLACKJAX = ("mala", "hmc")
+
+
+def step_goal(sampler: str, num_chains: int, num_leapfrog: int) -> float | None:
+    """The compiled step's goal, as a ratio to the eager floor (module docstring); HMC's 2.5×
+    is for L = 5 and scales with L."""
+    if sampler == "ula":
+        return 0.45
+    if sampler == "mala":
+        return 0.5 if num_chains <= 1024 else 0.6
+    if sampler == "hmc":
+        return 0.5 * num_leapfrog
+    return None
 
 
 @dataclass(frozen=True)
@@ -78,6 +103,9 @@ class Row:
     compiled: float | None
     goal: float
     rounds: int
+    compiled_step: float | None = None
+    blackjax: float | None = None
+    step_goal: float | None = None
 
     @property
     def eager_ratio(self) -> float:
@@ -86,6 +114,14 @@ class Row:
     @property
     def compiled_ratio(self) -> float | None:
         return None if self.compiled is None else self.compiled / self.baseline_time
+
+    @property
+    def compiled_step_ratio(self) -> float | None:
+        return None if self.compiled_step is None else self.compiled_step / self.baseline_time
+
+    @property
+    def blackjax_ratio(self) -> float | None:
+        return None if self.blackjax is None else self.blackjax / self.baseline_time
 
 
 def build_energy(model: str, device: torch.device, conv_width: int, seed: int = 0) -> tuple[torch.nn.Module, tuple[int, ...]]:
@@ -134,6 +170,19 @@ def step_call(kernel, energy: Callable, x: torch.Tensor, generator: torch.Genera
     return call
 
 
+def compiled_step_call(kernel, energy: Callable, x: torch.Tensor, generator: torch.Generator,
+                       compiler: StepCompiler) -> Callable[[], object]:
+    """:data:`STEPS_PER_CALL` compiled transitions (``compiler.run``, the loop of
+    ``sample(compile=compiler)``); the state carries over from call to call."""
+    state = [kernel.init(energy, x)]
+
+    def call():
+        state[0] = compiler.run(kernel, energy, state[0], STEPS_PER_CALL, generator).state
+        return state[0]
+
+    return call
+
+
 def measure(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int,
             budget: float, max_inner: int = 200, slow_round: float = 10.0, slow_repeats: int = 3) -> dict[str, Timing]:
     """Interleaved timing of several calls (see the module docstring); seconds per call.
@@ -178,7 +227,8 @@ def measure(calls: dict[str, Callable[[], object]], device: torch.device, repeat
 
 def bench_config(model: str, num_chains: int, device: torch.device, samplers: Sequence[str], num_leapfrog: int,
                  conv_width: int, repeats: int, warmup: int, budget: float, compiled: bool,
-                 log: Callable[[str], None], compile_mode: str | None = None) -> list[Row]:
+                 log: Callable[[str], None], compile_mode: str | None = None, unroll: int = 4,
+                 blackjax: bool = True) -> list[Row]:
     """All rows for one (model, num_chains)."""
     energy, event = build_energy(model, device, conv_width)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -204,6 +254,16 @@ def bench_config(model: str, num_chains: int, device: torch.device, samplers: Se
         calls["floor/compiled"] = lambda: energy_c.value_and_grad(x)
         for name, kernel in kernels.items():
             calls[f"{name}/compiled"] = step_call(kernel, energy_c, x, generator)
+        for name in (n for n in COMPILED_STEP if n in kernels):
+            compiler = StepCompiler(mode=compile_mode, unroll=unroll)
+            calls[f"{name}/step"] = compiled_step_call(kernels[name], energy, x, generator, compiler)
+            calls[f"{name}/step"]()
+            log(f"  {model}/{num_chains}: compiling the {name} step took {compiler.compile_time:.1f} s")
+    with_blackjax = compiled and blackjax and model == "mlp" and device.type == "cpu" and blackjax_available()
+    for name in (n for n in BLACKJAX if n in kernels and with_blackjax):
+        start = time.perf_counter()
+        calls[f"{name}/blackjax"] = blackjax_stepper(energy, x, name, STEP_SIZES[name], num_leapfrog, STEPS_PER_CALL)
+        log(f"  {model}/{num_chains}: jit-compiling BlackJAX {name} took {time.perf_counter() - start:.1f} s")
     timings = measure(calls, device, repeats, warmup, budget)
 
     floor, forward = timings["floor"].median, timings["forward"].median
@@ -212,21 +272,28 @@ def bench_config(model: str, num_chains: int, device: torch.device, samplers: Se
     def comp(name: str) -> float | None:
         return timings[f"{name}/compiled"].median if compiled else None
 
+    def per_step(key: str) -> float | None:
+        return timings[key].median / STEPS_PER_CALL if key in timings else None
+
     rows = [Row(model, num_chains, "floor", "fwd+bwd", floor, floor, comp("floor"), 1.0, rounds)]
     for name in samplers:
         if name == "rwmh":
             rows.append(Row(model, num_chains, name, "fwd", forward, timings[name].median, comp(name), GOAL, rounds))
         else:
             goal = GOAL * (num_leapfrog if name == "hmc" else 1)
-            rows.append(Row(model, num_chains, name, "fwd+bwd", floor, timings[name].median, comp(name), goal, rounds))
+            rows.append(Row(model, num_chains, name, "fwd+bwd", floor, timings[name].median, comp(name), goal, rounds,
+                            per_step(f"{name}/step"), per_step(f"{name}/blackjax"),
+                            step_goal(name, num_chains, num_leapfrog)))
     return rows
 
 
 def format_table(rows: Sequence[Row], num_leapfrog: int) -> str:
     """The markdown table of step times and ratios."""
     lines = [
-        "| model | chains | sampler | baseline (ms) | eager (ms/step) | eager ratio | compiled (ms/step) | compiled ratio | goal | eager meets goal | rounds |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|:---:|---:|",
+        "| model | chains | sampler | baseline (ms) | eager (ms/step) | eager ratio | compiled (ms/step) | compiled ratio "
+        "| goal | eager meets goal | compiled step (ms/step) | compiled step ratio | step goal | step meets goal "
+        "| BlackJAX (ms/step) | BlackJAX ratio | rounds |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|:---:|---:|---:|---:|",
     ]
     for r in rows:
         label = f"hmc (L={num_leapfrog})" if r.sampler == "hmc" else r.sampler
@@ -234,11 +301,23 @@ def format_table(rows: Sequence[Row], num_leapfrog: int) -> str:
         comp_ratio = "—" if r.compiled_ratio is None else f"{r.compiled_ratio:.2f}×"
         meets = "" if r.sampler == "floor" else ("yes" if r.eager_ratio <= r.goal else "no")
         goal = "" if r.sampler == "floor" else f"≤ {r.goal:.2f}×"
+        step_ms, step_ratio = _cell(r.compiled_step, r.compiled_step_ratio)
+        bj_ms, bj_ratio = _cell(r.blackjax, r.blackjax_ratio)
+        step_goal_text = "" if r.step_goal is None else f"≤ {r.step_goal:.2f}×"
+        step_meets = "" if r.step_goal is None or r.compiled_step_ratio is None else \
+            ("yes" if r.compiled_step_ratio <= r.step_goal else "no")
         lines.append(
             f"| {r.model} | {r.num_chains} | {label} | {r.baseline} {1e3 * r.baseline_time:.3g} | "
-            f"{1e3 * r.eager:.3g} | {r.eager_ratio:.2f}× | {comp_ms} | {comp_ratio} | {goal} | {meets} | {r.rounds} |"
+            f"{1e3 * r.eager:.3g} | {r.eager_ratio:.2f}× | {comp_ms} | {comp_ratio} | {goal} | {meets} | "
+            f"{step_ms} | {step_ratio} | {step_goal_text} | {step_meets} | {bj_ms} | {bj_ratio} | {r.rounds} |"
         )
     return "\n".join(lines)
+
+
+def _cell(seconds: float | None, ratio: float | None) -> tuple[str, str]:
+    if seconds is None:
+        return "—", "—"
+    return f"{1e3 * seconds:.3g}", f"{ratio:.2f}×"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -255,7 +334,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=None,
                    help="target seconds per timing, sets calls per timing (default 0.25; 0.01 with --quick)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile column")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="skip the torch.compile columns (compiled energy, compiled step) and BlackJAX's")
+    p.add_argument("--unroll", type=int, default=4, help="transitions per compiled-step call (default 4)")
+    p.add_argument("--no-blackjax", dest="blackjax", action="store_false", help="skip the BlackJAX columns")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode for the compiled column (default: torch's default)")
     p.add_argument("--markdown", default=None, help="also write the table (with the machine line) to this file")
     args = p.parse_args(argv)
@@ -263,8 +345,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.conv_width = args.conv_width or (4 if args.quick else 8)
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.budget = args.budget if args.budget is not None else (0.01 if args.quick else 0.25)
-    if min(args.chains) < 1 or min(args.num_leapfrog, args.repeats, args.warmup) < 1 or args.budget < 0:
-        p.error("--chains, --num-leapfrog, --repeats and --warmup must be >= 1 and --budget >= 0")
+    if min(args.chains) < 1 or min(args.num_leapfrog, args.repeats, args.warmup, args.unroll) < 1 or args.budget < 0:
+        p.error("--chains, --num-leapfrog, --repeats, --warmup and --unroll must be >= 1 and --budget >= 0")
     return args
 
 
@@ -274,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     try:
         device = resolve_device(args.device)
         set_threads(args.threads)
+        limit_xla_threads(args.threads)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
 
@@ -288,14 +371,17 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         for num_chains in args.chains:
             log(f"  timing {model} with {num_chains} chains ...")
             config_rows = bench_config(model, num_chains, device, args.samplers, args.num_leapfrog, args.conv_width,
-                                       args.repeats, args.warmup, args.budget, args.compile, log, args.compile_mode)
+                                       args.repeats, args.warmup, args.budget, args.compile, log, args.compile_mode,
+                                       args.unroll, args.blackjax)
             log("\n".join(format_table(config_rows, args.num_leapfrog).splitlines()[2:]))
             rows += config_rows
     table = format_table(rows, args.num_leapfrog)
     header = (f"Sampler step time vs. one forward+backward of the energy w.r.t. x ({device.type}).\n"
               f"Machine: {machine}.\n"
               f"conv = ConvEnergy(1, 28, 28, base_width={args.conv_width}); mlp = MLPEnergy(2, (128, 128)); "
-              f"HMC with L = {args.num_leapfrog}; compile mode {args.compile_mode or 'default'}; "
+              f"HMC with L = {args.num_leapfrog}; compile mode {args.compile_mode or 'default'}; compiled step with "
+              f"--unroll {args.unroll}, timed over {STEPS_PER_CALL} transitions per call; "
+              f"{blackjax_available() or 'BlackJAX not installed'}; "
               f"medians over interleaved rounds; total {time.perf_counter() - start:.0f} s.\n")
     print(header)
     print(table, flush=True)

@@ -12,6 +12,7 @@ from ebmlab.samplers.random_walk import RandomWalkMetropolis
 from ebmlab.samplers.tempering import ParallelTempering
 from ebmlab.samplers.registry import available, get_kernel_class, kernel_options, make_kernel, register
 from ebmlab.samplers.driver import ChainDivergedError, ChainRecord, sample
+from ebmlab.samplers.compiled_loop import StepCompiler
 from ebmlab.samplers.window_adaptation import WindowAdaptationInfo, window_adaptation
 
 for _cls in (RandomWalkMetropolis, ULA, MALA, HMC, SingleSiteMetropolis, Gibbs, BlockGibbs, GibbsWithGradients, ParallelTempering, NUTS):
@@ -19,7 +20,7 @@ for _cls in (RandomWalkMetropolis, ULA, MALA, HMC, SingleSiteMetropolis, Gibbs, 
 
 __all__ = [
     "BlockGibbs", "GibbsWithGradients", "ChainDivergedError", "ChainRecord", "ChainState", "DualAveraging", "DualAveragingState", "Gibbs",
-    "HMC", "Kernel", "MALA", "ParallelTempering", "RandomWalkMetropolis", "SingleSiteMetropolis", "StepInfo", "ULA",
+    "HMC", "Kernel", "MALA", "ParallelTempering", "RandomWalkMetropolis", "SingleSiteMetropolis", "StepCompiler", "StepInfo", "ULA",
     "available", "get_kernel_class", "kernel_options", "leapfrog", "make_kernel", "metropolis_accept", "register", "sample",
     "WindowAdaptationInfo", "window_adaptation",
 ]
