@@ -75,6 +75,7 @@ class Row:
     true_ce: float
     excess_stderr: float
     grid_kl: float
+    weight_kl: float
     log_z_ais: float
     ais_stderr: float
     ais_ess: float
@@ -140,6 +141,7 @@ def evaluate_model(objective: str, dataset: str, args, workdir: Path) -> Row:
     excess_stderr = float((true_log_p - log_likelihood(energy, x, quad.log_z)).std() / math.sqrt(x.shape[0]))
     kl = grid_kl(lambda z: -eval_set.true_log_density(z.double()).to(z.dtype), energy, bounds=quad.bounds,
                  num_points=args.grid_points)
+    weight_kl = mode_weight_kl(energy, quad.bounds, args.grid_points) if dataset == "8gaussians" else math.nan
 
     if args.no_ais:
         log_z_ais, ais_stderr, ais_ess = math.nan, math.nan, math.nan
@@ -153,8 +155,22 @@ def evaluate_model(objective: str, dataset: str, args, workdir: Path) -> Row:
     if nce_log_z is None and objective == "nce":
         state = result.objective.state_dict() if hasattr(result.objective, "state_dict") else {}
         nce_log_z = float(state["log_z"]) if "log_z" in state else None
-    return Row(objective, dataset, seconds, quad.log_z, quad.missing_mass, nll, true_ce, excess_stderr, kl,
+    return Row(objective, dataset, seconds, quad.log_z, quad.missing_mass, nll, true_ce, excess_stderr, kl, weight_kl,
                log_z_ais, ais_stderr, ais_ess, nce_log_z, steps=result.step)
+
+
+def mode_weight_kl(energy, bounds, num_points: int) -> float:
+    """``Σ_k ⅛ log(⅛ / w_k)``: the part of ``KL(p_true ‖ p_model)`` on 8 gaussians due to the mode
+    weights alone, ``w_k`` the model's mass nearer to mean k than to the others (grid quadrature)."""
+    from ebmlab.data.toy2d import _EIGHT
+
+    axes = [torch.linspace(lo, hi, num_points, dtype=torch.float64) for lo, hi in bounds]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        log_q = torch.cat([-energy(chunk.to(torch.get_default_dtype())).double() for chunk in grid.split(65536)])
+    nearest = torch.cdist(grid, _EIGHT.means.double()).argmin(1)
+    mass = torch.zeros(8, dtype=torch.float64).index_add_(0, nearest, torch.softmax(log_q, 0))
+    return float((math.log(1 / 8) - torch.log(mass)).mean())
 
 
 def _setting_summary(config: TrainConfig) -> str:
@@ -184,16 +200,16 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def markdown_table(rows: list[Row]) -> str:
     header = ("| objective | data | updates | train s | log Z (quad) | missing | NLL | true CE | NLL − CE ± SE "
-              "| grid KL | log Z (AIS) ± SE | AIS − quad (z) | ESS | NCE log Z |")
-    lines = [header, "|" + "|".join(["---"] * 14) + "|"]
+              "| grid KL | weight KL | log Z (AIS) ± SE | AIS − quad (z) | ESS | NCE log Z |")
+    lines = [header, "|" + "|".join(["---"] * 15) + "|"]
     for r in rows:
         if r.error:
-            lines.append(f"| {LABELS.get(r.objective, r.objective)} | {r.dataset} | failed: {r.error} |" + " |" * 11)
+            lines.append(f"| {LABELS.get(r.objective, r.objective)} | {r.dataset} | failed: {r.error} |" + " |" * 12)
             continue
         lines.append(
             f"| {LABELS.get(r.objective, r.objective)} | {r.dataset} | {r.steps} | {r.train_seconds:.1f} "
             f"| {_fmt(r.log_z_quad)} | {r.missing_mass:.1e} | {_fmt(r.nll)} | {_fmt(r.true_ce)} "
-            f"| {_fmt(r.excess)} ± {_fmt(r.excess_stderr)} | {_fmt(r.grid_kl)} "
+            f"| {_fmt(r.excess)} ± {_fmt(r.excess_stderr)} | {_fmt(r.grid_kl)} | {_fmt(r.weight_kl)} "
             f"| {_fmt(r.log_z_ais)} ± {_fmt(r.ais_stderr)} | {_fmt(r.log_z_ais - r.log_z_quad)} ({_fmt(r.ais_z, 1)}) "
             f"| {r.ais_ess:.0f} | {_fmt(r.nce_log_z)} |"
         )
@@ -249,15 +265,15 @@ def main(argv=None) -> int:
                     rows.append(evaluate_model(objective, dataset, args, Path(tmp)))
                 except Exception as err:  # one failed model should not hide the others' figures
                     message = str(err).splitlines()[0] if str(err) else type(err).__name__
-                    rows.append(Row(objective, dataset, 0, *([math.nan] * 9), None, error=message[:80]))
+                    rows.append(Row(objective, dataset, 0, *([math.nan] * 10), None, error=message[:80]))
                 r = rows[-1]
                 print(f"done: {dataset} / {objective}: {r.steps} updates in {r.train_seconds:.1f} s, NLL - CE "
-                      f"{_fmt(r.excess)} ± {_fmt(r.excess_stderr)}", file=sys.stderr, flush=True)
+                      f"{_fmt(r.excess)} ± {_fmt(r.excess_stderr)}, weight KL {_fmt(r.weight_kl)}", file=sys.stderr, flush=True)
     print(markdown_table(rows))
     if not args.fixed:
         summaries = {f"{o}: {_setting_summary(preset_config(o, d, args))}" for d in datasets for o in objectives}
         print("\nSettings (ebmlab train --data DATA --objective OBJECTIVE):\n" + "\n".join(f"- {s}" for s in sorted(summaries)))
-    print(f"\nAIS: K = {args.ais_temperatures} sigmoid temperatures, {args.ais_runs} runs, MALA; quadrature: "
+    print(f"\n'weight KL' (8 gaussians): the part of the KL due to the mode weights alone. AIS: K = {args.ais_temperatures} sigmoid temperatures, {args.ais_runs} runs, MALA; quadrature: "
           f"{args.grid_points}² points; NLL on {args.eval_points} fresh draws, in nats per example.")
     return 1 if any(r.error for r in rows) else 0
 

@@ -61,8 +61,8 @@ def test_langevin_on_images_settings_and_tables():
 
 
 @pytest.mark.parametrize("model, objective, data", [
-    ("mlp", "dsm", "digits"), ("conv", "dsm", "digits"), ("mlp", "dsm", "8gaussians"),
-    ("conv", "pcd", "digits-binary"), ("mlp", "nce", "digits-flat"),
+    ("mlp", "dsm", "digits"), ("conv", "dsm", "digits"), ("mlp", "sm", "8gaussians"),
+    ("conv", "pcd", "digits-binary"), ("mlp", "nce", "digits-flat"), ("mlp", "nce", "data.npy"),
 ])
 def test_no_recommendation_elsewhere(model, objective, data):
     assert recommended_settings(model, objective, data) == {}
@@ -71,7 +71,7 @@ def test_no_recommendation_elsewhere(model, objective, data):
 @pytest.mark.parametrize("objective", ["cd", "pcd", "replay"])
 @pytest.mark.parametrize("data", ["8gaussians", "2spirals", "digits-flat", "data.npy"])
 def test_contrastive_on_vectors_gets_the_energy_penalty(objective, data):
-    assert recommended_settings("mlp", objective, data) == {"objective_kwargs.alpha": 0.1}
+    assert recommended_settings("mlp", objective, data)["objective_kwargs.alpha"] == 0.1
 
 
 def test_small_conv_on_digits():
