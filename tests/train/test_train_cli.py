@@ -63,7 +63,9 @@ def test_resume_continues_to_more_steps(tmp_path):
 
 
 def test_defaults_match_the_config_defaults():
-    assert build_config(None, None, {}, ()) == TrainConfig()
+    # the 2-D toy sets' recommended objective and its settings (ebmlab.training.presets) fill the unset ones
+    assert build_config(None, None, {}, ()) == TrainConfig(objective="nce", objective_kwargs={"noise_ratio": 4.0},
+                                                            steps=10000)
     config = build_config(None, None, {"objective": "cd", "hidden": "4,5", "lr": None}, ("ema_decay=0.9",))
     assert (config.objective, config.model_kwargs, config.ema_decay, config.lr) == ("cd", {"hidden": [4, 5]}, 0.9, 0.002)
 
@@ -77,7 +79,7 @@ def test_defaults_match_the_config_defaults():
     (["--lr", "-1"], "lr must be > 0"),
     (["--hidden", "8,x"], "--hidden expects"),
     (["--set", "colour=red"], "unknown setting 'colour'"),
-    (["--set", "objective_kwargs.nosuch=1"], "objective 'dsm': unknown option(s) 'nosuch'; it accepts sigma, weighting"),
+    (["--set", "objective_kwargs.nosuch=1"], "objective 'nce': unknown option(s) 'nosuch'; it accepts noise_ratio"),
     (["--data", "missing.npy"], "missing.npy"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
     (["--objective", "sm", "--data", "digits-binary"], "needs real data"),
