@@ -94,7 +94,7 @@ def run_sampling_job_distributed(job: SampleJob) -> SampleResult:
                 energy_errors(prepared.energy, prepared.kernel, steps):
             return sample(prepared.energy, prepared.kernel, x0, num_steps=job.num_steps, burn_in=job.burn_in,
                           thin=job.thin, generator=prepared.generator, adapt=True, target_accept=job.target_accept,
-                          callback=steps.track(advance))
+                          callback=steps.track(advance), compile=prepared.compiler or False)
 
     local = D.collectively(run)
     step_sizes = D.all_gather_objects(local.step_size)
