@@ -11,7 +11,9 @@ tuning"; Hoffman & Gelman 2014 for the step size), run through
   50; when ``num_steps < 150`` the three are 15 %, 75 % and 10 % of it (Stan's rule);
 * at the end of each slow window the inverse mass matrix ``M⁻¹`` becomes the regularised
   covariance of that window's draws, pooled over the C chains and the window's T steps
-  (n = C·T draws): ``(n/(n+5)) Σ̂ + 1e-3 (5/(n+5)) I`` (its diagonal for ``"diag"``);
+  (n = C·T draws): ``(n/(n+5)) Σ̂ + 1e-3 (5/(n+5)) I`` (its diagonal for ``"diag"``); with
+  ``"diag_per_chain"`` every chain gets its own diagonal from its own T draws (n = T), the same
+  regularisation — what Stan and BlackJAX do for one chain;
 * after each metric update the step size is re-initialised (doubling or halving until one
   transition's mean acceptance crosses the target, Hoffman & Gelman 2014, Alg. 4, over the
   pooled chains) and dual averaging restarts; its ε̄ at the end of the terminal window is the
@@ -21,7 +23,8 @@ With many chains the covariance comes from C draws per step, so even short slow 
 a precise metric. :func:`step_size_adaptation` is the step-size-only burn-in that
 :func:`~ebmlab.samplers.driver.sample` runs by default.
 
-Shapes: ``x0`` ``(C, *event)``; ``D = prod(event)``; diagonal metrics ``(D,)``, dense ``(D, D)``.
+Shapes: ``x0`` ``(C, *event)``; ``D = prod(event)``; diagonal metrics ``(D,)``, dense ``(D, D)``,
+per-chain diagonal ``(C, D)``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ebmlab.samplers.base import ChainState, Kernel, StepInfo
 from ebmlab.samplers.loop import Callback, KernelRun, check_start_energy, initial_step_sizes, run_kernel
 from ebmlab.samplers.metric import Metric
 
-METRICS = ("diag", "dense", None)
+METRICS = ("diag", "dense", "diag_per_chain", None)
 
 
 def step_size_dual_averaging(target_accept: float, per_chain: bool, restart: bool = False) -> DualAveraging:
@@ -109,28 +112,36 @@ def window_schedule(num_steps: int, init_buffer: int = 75, term_buffer: int = 50
 
 
 class _PooledMoments:
-    """Mean and covariance (or variance) of draws pooled over chains and steps, in float64.
+    """Mean and covariance (or variance) of draws pooled over chains and steps, in float64;
+    with ``per_chain`` each chain's own variance over the steps, ``(C, D)`` (n = T).
 
-    Sums are shifted by the first batch's mean so that a target far from the origin loses no
-    precision.
+    Sums are shifted by the first batch's mean (per chain: its first draw) so that a target far
+    from the origin loses no precision.
     """
 
-    def __init__(self, dense: bool):
-        self.dense, self.n, self.shift, self.s1, self.s2 = dense, 0, None, None, None
+    def __init__(self, dense: bool, per_chain: bool = False):
+        self.dense, self.per_chain, self.n, self.shift, self.s1, self.s2 = dense, per_chain, 0, None, None, None
 
     def add(self, x: torch.Tensor) -> None:
         flat = x.detach().flatten(1).to(torch.float64)
         if self.shift is None:
-            self.shift = flat.mean(0)
+            self.shift = flat.clone() if self.per_chain else flat.mean(0)
             self.s1 = torch.zeros_like(self.shift)
-            self.s2 = flat.new_zeros((flat.shape[1],) * (2 if self.dense else 1))
+            self.s2 = torch.zeros_like(self.shift) if self.per_chain else \
+                flat.new_zeros((flat.shape[1],) * (2 if self.dense else 1))
         centred = flat - self.shift
+        if self.per_chain:
+            self.n += 1
+            self.s1 += centred
+            self.s2 += centred.square()
+            return
         self.n += flat.shape[0]
         self.s1 += centred.sum(0)
         self.s2 += centred.T @ centred if self.dense else centred.square().sum(0)
 
     def regularised(self) -> torch.Tensor:
-        """Stan's ``(n/(n+5)) Σ̂ + 1e-3 (5/(n+5)) I`` (diagonal: ``Var̂`` and ``1e-3·5/(n+5)``)."""
+        """Stan's ``(n/(n+5)) Σ̂ + 1e-3 (5/(n+5)) I`` (diagonal: ``Var̂`` and ``1e-3·5/(n+5)``;
+        per chain: row c from chain c's n = T draws)."""
         n = self.n
         mean = self.s1 / n
         cov = (self.s2 - n * (torch.outer(mean, mean) if self.dense else mean.square())) / (n - 1)
@@ -173,7 +184,7 @@ def rescaled_step_size(kernel: Kernel, energy: EnergyFn, state: ChainState, gene
 
     Pooled: :func:`reasonable_step_size`. Per chain: every chain's ε̄ times one common factor,
     the one that takes their median to where the pooled acceptance crosses the target — the
-    metric is shared, so it moves every chain's scale alike, and one transition's acceptance
+    metric is shared (or, per chain, estimated alike), so it moves every chain's scale alike, and one transition's acceptance
     of one chain is too noisy to search on (searched per chain, chains that drew a low
     statistic were halved into 10–30× smaller steps and deep trees that the whole batch waited
     on; measured on the banana, 128 chains: warm-up 3.3× longer).
@@ -193,7 +204,7 @@ class WindowAdaptationInfo:
     Attributes:
         schedule: ``(initial fast, [slow windows], terminal fast)`` step counts.
         inverse_mass_matrices: the metric estimated at the end of each slow window.
-        num_draws: the pooled draws (C·T) behind each estimate.
+        num_draws: the draws behind each estimate (pooled: C·T; per chain: T).
         step_sizes: the step size at the end of each dual-averaging segment.
         accept_prob: the mean acceptance probability of each segment.
         divergences: divergent transitions per chain over the whole warm-up, ``(C,)``.
@@ -216,8 +227,10 @@ def window_adaptation(kernel: Kernel, energy: EnergyFn, x0: torch.Tensor | Chain
     Args:
         kernel: an adaptive kernel with a ``metric`` field (HMC, MALA, NUTS).
         x0: starting states ``(C, *event)`` or a :class:`ChainState` to continue from.
-        metric: ``"diag"``, ``"dense"``, or ``None`` (keep the kernel's metric; step size only,
-            one dual averaging over all the steps).
+        metric: ``"diag"``, ``"dense"`` (pooled over chains), ``"diag_per_chain"`` (one diagonal
+            per chain from its own draws, a ``(C, D)`` :class:`Metric` with ``per_chain=True``;
+            needs at least 2 draws per slow window), or ``None`` (keep the kernel's metric; step
+            size only, one dual averaging over all the steps).
         target_accept: δ; the kernel's ``default_target_accept`` when ``None``.
         per_chain: tune one step size per chain (the metric is still pooled); after a metric
             update the chains' step sizes move by one common factor (:func:`rescaled_step_size`).
@@ -227,7 +240,8 @@ def window_adaptation(kernel: Kernel, energy: EnergyFn, x0: torch.Tensor | Chain
     """
     name = type(kernel).__name__
     if metric not in METRICS:
-        raise ValueError(f"window_adaptation: metric must be 'diag', 'dense' or None, got {metric!r}")
+        raise ValueError(f"window_adaptation: metric must be 'diag', 'dense', 'diag_per_chain' or None, "
+                         f"got {metric!r}")
     if not kernel.adaptive or (metric is not None and "metric" not in {f.name for f in dataclasses.fields(kernel)}):
         raise ValueError(f"window_adaptation: {name} has no step size and metric to adapt; use HMC, MALA or NUTS")
     if per_chain and not getattr(kernel, "per_chain_adaptive", False):
@@ -250,7 +264,7 @@ def window_adaptation(kernel: Kernel, energy: EnergyFn, x0: torch.Tensor | Chain
         if k > 0:  # the metric (or nothing, for the terminal window's restart) changed: re-initialise ε
             kernel = kernel.with_step_size(rescaled_step_size(kernel, energy, state, generator, delta, per_chain))
         adaptation = step_size_dual_averaging(delta, per_chain, restart=k > 0 and not per_chain)
-        moments = _PooledMoments(dense=metric == "dense")
+        moments = _PooledMoments(dense=metric == "dense", per_chain=metric == "diag_per_chain")
         total = fast_steps + slow_steps
 
         def observe(t: int, s: ChainState, i: StepInfo, start=step, moments=moments, fast=fast_steps) -> None:
@@ -267,7 +281,7 @@ def window_adaptation(kernel: Kernel, energy: EnergyFn, x0: torch.Tensor | Chain
         info.accept_prob.append(run.mean_accept_prob)
         if slow_steps:
             inv = moments.regularised().to(state.x.dtype)
-            kernel = dataclasses.replace(kernel, metric=Metric(inv))
+            kernel = dataclasses.replace(kernel, metric=Metric(inv, per_chain=moments.per_chain))
             info.inverse_mass_matrices.append(inv)
             info.num_draws.append(moments.n)
     info.divergences = divergences
