@@ -59,7 +59,8 @@ _ENERGY_HELP = (
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile whole transitions of ula, mala and hmc (proposal, gradient, accept/reject and "
-                   "step-size adaptation in one graph; the same chains as without), the energy for other samplers; "
+                   "step-size adaptation in one graph; the same chains as without, up to rounding), the energy for "
+                   "other samplers; "
                    "says so on stderr with the time it took. Graphs are cached on disk, so later runs compile faster.")
 @click.option("--compile-mode", type=click.Choice(["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]),
               default=None, help="torch.compile mode of --compile (implies it); reduce-overhead replays CUDA graphs "
