@@ -133,8 +133,8 @@ class StepCompiler:
         return type(kernel) in COMPILED_KERNELS
 
     def check(self, x: torch.Tensor, where: str) -> None:
-        """``ValueError`` for a CUDA-graph mode on chains that are not on CUDA."""
-        if self.mode in CUDA_GRAPH_MODES and x.device.type != "cuda":
+        """``ValueError`` for ``mode="reduce-overhead"`` (CUDA graphs) on chains not on CUDA."""
+        if self.mode == "reduce-overhead" and x.device.type != "cuda":
             raise ValueError(f"{where}: compile mode {self.mode!r} replays CUDA graphs and needs chains on a CUDA "
                              f"device, got {x.device}; use the default mode on {x.device.type}")
 
@@ -178,7 +178,7 @@ class StepCompiler:
 
     def _call(self, fn, carry, draws, metric, spec: StepSpec, setup: float | None):
         """One compiled call; the first of a new function is timed as its compilation."""
-        graphs = self.mode in CUDA_GRAPH_MODES
+        graphs = self.mode in CUDA_GRAPH_MODES and carry["x"].is_cuda  # max-autotune replays them on CUDA too
         start = time.perf_counter() if setup is not None else 0.0
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
