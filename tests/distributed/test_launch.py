@@ -23,7 +23,7 @@ def test_a_bad_input_on_two_ranks_is_one_line_and_exit_2(tmp_path):
 
 def test_a_two_rank_run_trains(tmp_path):
     done = subprocess.run([str(EXE), "launch", "--standalone", "--nproc-per-node", "2", "train", "--steps", "4",
-                           "--batch-size", "64", "--no-plots", "--out", str(tmp_path / "run")],
+                           "--objective", "dsm", "--batch-size", "64", "--no-plots", "--out", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     assert "trained dsm on 8gaussians for 4 steps" in done.stdout and (tmp_path / "run" / "checkpoint.pt").is_file()
