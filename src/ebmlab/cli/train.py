@@ -3,7 +3,8 @@
 Thin: options -> :class:`ebmlab.training.config.TrainConfig` -> :func:`ebmlab.jobs.training.run_train_job`
 (the library's ``train`` with a progress bar and pictures as callbacks) -> a summary.
 Settings are layered: the defaults, then the settings recommended for the model and data
-(:mod:`ebmlab.training.presets`: RBMs, Langevin on images) where nothing later names them, then
+(:mod:`ebmlab.training.presets`: RBMs, Langevin on images, each objective on the 2-D toy sets, where
+NCE is the objective when none is named) where nothing later names them, then
 ``--config FILE.toml`` (or the run's own ``config.toml`` with ``--resume RUN_DIR``), then the
 explicit options, then ``--set key=value``.
 RUN_DIR receives ``checkpoint.pt``, ``metrics.jsonl``, ``config.toml`` (every setting of the
@@ -130,7 +131,9 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
                                         "config.toml and pictures. Settings left unset take the values recommended "
                                         "for the model and data where there are some (--model rbm: PCD with block "
                                         "Gibbs and SGD on binary data; cd/pcd/replay on images: short-run Langevin "
-                                        "in [0, 1]); config.toml records every value used.",
+                                        "in [0, 1]; the 2-D toy sets: nce with 4 noise draws per point unless "
+                                        "another objective is named, dsm with an annealed noise level); "
+                                        "config.toml records every value used.",
                epilog="Exit status: 0 ok; 2 bad input or a diverged run; 130 on SIGINT, 143 on SIGTERM (checkpointed first; continue with --resume).")
 @click.option("--data", default=None, metavar="NAME|FILE",
               help=f"Data set [default: {_D.data}]: {', '.join(available_datasets())}, or a .npy/.npz/.csv file.")
@@ -140,8 +143,9 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
 @click.option("--model-kwargs", "model_kwargs", default=None, metavar="TOML",
               help="Options of the model as a TOML inline table, e.g. '{ hidden = [64, 64] }'.")
 @click.option("--objective", default=None, metavar="NAME",
-              help=f"Objective [default: {_D.objective}]: {', '.join(available_objectives())}.")
-@click.option("--steps", type=int, default=None, help=f"Optimisation steps [default: {_D.steps}].")
+              help=f"Objective [default: nce on the 2-D toy sets, else {_D.objective}]: {', '.join(available_objectives())}.")
+@click.option("--steps", type=int, default=None,
+              help=f"Optimisation steps [default: {_D.steps}, or the recommended number, e.g. 10,000 for nce on the toy sets].")
 @click.option("--batch-size", type=int, default=None, help=f"Batch size [default: {_D.batch_size}].")
 @click.option("--lr", type=float, default=None, help=f"Learning rate [default: {_D.lr}, {_D.lr_schedule} schedule].")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help=f"Optimiser [default: {_D.optimizer}].")

@@ -13,6 +13,10 @@ recommendation can be overridden, and the run's ``config.toml`` holds the values
   variant (``digits``, ``mnist:DIR``, ``fashion-mnist:DIR``) are replaced by it (pixels
   thresholded at ½), and the data default to ``digits-binary``.
 * Contrastive objectives on real-valued vectors: the energy-magnitude penalty α = 0.1.
+* ``--model mlp`` on the built-in 2-D toy sets (:data:`TOY_SETTINGS`): NCE with 4 noise draws per
+  data point over 10,000 updates, also the objective when none is named (0.010 nats above the
+  true cross-entropy on 8 gaussians); DSM with σ annealed geometrically from 1 to 0.03; CD-20
+  from the data with α = 0.1 over 6,000 updates. Measurements and causes: docs/likelihood.md.
 * Contrastive objectives (``cd``, ``pcd``, ``replay``) on real-valued image data: short-run
   Langevin in the pixel range [0, 1] as in Du & Mordatch (2019) — no standardisation,
   unadjusted Langevin with a large step on the gradient and small tempered noise,
