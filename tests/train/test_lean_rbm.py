@@ -202,3 +202,20 @@ def test_lean_pcd_learns_a_known_rbm_and_matches_the_general_path():
     assert abs(ll_lean - ll_general) < 1e-3, (ll_lean, ll_general)
     (_, _), (ll_flipped, se_flipped) = trained(True, flip=True)
     assert not ll_flipped - ll0 > 4.5 * math.hypot(se0, se_flipped), (ll0, ll_flipped)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_fast_bernoulli_draws_are_torch_bernoullis(dtype):
+    """``rand < p`` gives torch.bernoulli's values and leaves the generator in the same state;
+    negative control: another seed gives other values."""
+    from ebmlab.energy.rbm import bernoulli
+
+    for shape in [(7, 3), (10, 64), (100, 256)]:
+        p = torch.rand(shape, generator=torch.Generator().manual_seed(9), dtype=dtype)
+        g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        expected = torch.bernoulli(p, generator=g1)
+        assert torch.equal(bernoulli(p, g2), expected) and torch.equal(g1.get_state(), g2.get_state())
+        out = torch.empty_like(p)
+        bernoulli(p, torch.Generator().manual_seed(5), out=out)
+        assert torch.equal(out, expected)
+        assert not torch.equal(bernoulli(p, torch.Generator().manual_seed(6)), expected)

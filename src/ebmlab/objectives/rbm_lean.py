@@ -15,7 +15,9 @@ means (Hinton 2010, "A practical guide to training RBMs", §3; scikit-learn's ``
 uses the same statistics). The negatives ``v⁻`` come from ``k`` block-Gibbs sweeps
 ``h ~ Bernoulli(σ(c + Wv))``, ``v ~ Bernoulli(σ(b + Wᵀh))`` (Hinton 2002; persistent chains:
 Tieleman 2008), drawn in the same order from the same generator as
-:class:`~ebmlab.samplers.block_gibbs.BlockGibbs`, so the chains are those of the general path.
+:class:`~ebmlab.samplers.block_gibbs.BlockGibbs` (on the CPU as ``rand < p``, which gives
+``torch.bernoulli``'s values: :func:`ebmlab.energy.rbm.bernoulli`), so the chains are those of
+the general path.
 
 :class:`RBMContrastiveStep` computes one update's gradient into a flat buffer laid out
 ``[W (H·V), b (V), c (H)]`` with every intermediate preallocated (``out=`` and in-place ops):
@@ -77,6 +79,9 @@ class RBMContrastiveStep:
         self.hidden_pre = torch.empty(C, H, **like)
         self.hidden = torch.empty(C, H, **like)
         self.visible_pre = torch.empty(C, V, **like)
+        self.fast_draws = theta.device.type == "cpu" and theta.dtype in (torch.float32, torch.float64)
+        self.hidden_uniform = torch.empty(C, H, **like)  # rand < p: torch.bernoulli's draws, faster
+        self.visible_uniform = torch.empty(C, V, **like)
         self.row = torch.zeros(len(ROW), **like)
         self.ones_hidden = torch.ones(H, **like)  # row sums as matrix-vector products (cheaper than sum)
         self.ones_rows = torch.ones(B + C, **like)
@@ -88,9 +93,16 @@ class RBMContrastiveStep:
             v.copy_(self.data)
         for _ in range(self.sweeps):
             torch.addmm(self.c, v, self.WT, out=self.hidden_pre).sigmoid_()
-            torch.bernoulli(self.hidden_pre, generator=g, out=self.hidden)
+            self._draw(self.hidden_pre, self.hidden_uniform, self.hidden)
             torch.addmm(self.b, self.hidden, self.W, out=self.visible_pre).sigmoid_()
-            torch.bernoulli(self.visible_pre, generator=g, out=v)
+            self._draw(self.visible_pre, self.visible_uniform, v)
+
+    def _draw(self, probs: torch.Tensor, uniform: torch.Tensor, out: torch.Tensor) -> None:
+        """``out ~ Bernoulli(probs)`` with torch.bernoulli's values (see :func:`ebmlab.energy.rbm.bernoulli`)."""
+        if self.fast_draws:
+            torch.lt(torch.rand(uniform.shape, generator=self.generator, out=uniform), probs, out=out)
+        else:
+            torch.bernoulli(probs, generator=self.generator, out=out)
 
     def gradient(self, row: torch.Tensor | None = None) -> torch.Tensor:
         """``∇L`` into :attr:`grad` at the current chains; the metric row into ``row`` (default :attr:`row`)."""

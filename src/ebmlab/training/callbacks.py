@@ -33,11 +33,12 @@ class Callback:
         """Before the first update of this call (``loop.step`` > 0 when resuming)."""
 
     def on_record(self, loop: "TrainLoop", record: dict[str, Any]) -> None:
-        """After every update, before the record is logged or checkpointed: add entries to
-        ``record`` here (held-out metrics); they then reach ``metrics.jsonl`` and :meth:`on_step`."""
+        """After every ``record_every``-th update, before the record is logged or checkpointed: add
+        entries to ``record`` here (held-out metrics); they then reach ``metrics.jsonl`` (when the
+        step is logged) and :meth:`on_step`."""
 
     def on_step(self, loop: "TrainLoop", record: dict[str, Any]) -> None:
-        """After every update (after any checkpoint), with the update's metrics record."""
+        """After every ``record_every``-th update (after any checkpoint), with the step's record."""
 
     def on_fit_end(self, loop: "TrainLoop") -> None:
         """After the last update and the final checkpoint."""

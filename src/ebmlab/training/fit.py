@@ -3,10 +3,13 @@
     result = ebmlab.fit(MyEnergy(), "dsm", x, steps=2000, lr=1e-3, seed=0)
     result.model, result.history
 
-The module is trained in place by the one :class:`~ebmlab.training.loop.TrainLoop`; with
-``run_dir`` the run is checkpointed atomically and resumes exactly (``resume=True``), and its
-checkpoint records how to rebuild the module (:mod:`ebmlab.training.user_models`), so
-:func:`ebmlab.load` and ``ebmlab sample|evaluate --energy RUN_DIR`` work in a fresh process.
+The module is trained in place by the one :class:`~ebmlab.training.loop.TrainLoop` (a
+:class:`~ebmlab.energy.rbm.BernoulliRBM` under ``"cd"``/``"pcd"`` with block Gibbs by its lean
+closed-form path, :mod:`ebmlab.training.rbm_lean`; ``objective_options={"lean": False}`` keeps
+the general autograd objective); with ``run_dir`` the run is checkpointed atomically and
+resumes exactly (``resume=True``), and its checkpoint records how to rebuild the module
+(:mod:`ebmlab.training.user_models`), so :func:`ebmlab.load` and ``ebmlab sample|evaluate
+--energy RUN_DIR`` work in a fresh process.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
         labels: class indices ``(N,)`` for objectives that train on labelled data (``uses_labels``:
             classifier EBMs); also read from a Dataset of ``(x, y)`` pairs or a labelled data name.
         log_every: keep a record in ``history`` (and ``metrics.jsonl``) every this many updates
-            and at the last (default: ``max(1, steps // 2000)``, a few thousand rows at most).
+            and at the last (default: ``max(1, steps // 2000)``, a few thousand rows at most); each
+            metric of a record is its mean over the updates since the previous one.
         model_spec / model_kwargs: how to rebuild ``energy`` in a fresh process
             (``"package.module:Class"`` or ``"path/to/file.py:NAME"`` called with
             ``model_kwargs``), stored in the checkpoint for :func:`ebmlab.load`. By default the

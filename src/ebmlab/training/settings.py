@@ -30,8 +30,8 @@ class TrainingDivergedError(RuntimeError):
 @dataclass
 class FitResult:
     """What :func:`fit` returns: the trained ``model`` (EMA weights when kept, eval mode), the
-    per-update ``history`` records, the ``objective`` (its state: buffer, chains, ``log Z``),
-    the number of updates done and the run directory, if any."""
+    logged ``history`` records (each metric averaged over its logging window), the ``objective``
+    (its state: buffer, chains, ``log Z``), the number of updates done and the run directory."""
 
     model: nn.Module
     history: list[dict[str, Any]]
