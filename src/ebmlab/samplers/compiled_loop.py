@@ -12,10 +12,10 @@ and in the eager kernels' order (``randn`` of x's shape, then HMC's ``rand((C,))
 ``randint`` path lengths, then the Metropolis ``rand((C,))``), so the generator advances as in
 eager runs and the chains agree with eager ones to floating-point rounding.
 
-NUTS stays eager: its trajectory doubles while any chain is still building, a data-dependent
-number of leapfrog steps per transition that a fixed graph cannot hold without running every
-chain to the maximal depth (``2^10`` gradients); with ``compile=True`` its energy's value and
-gradient are compiled instead (:func:`~ebmlab.energy.compile_energy`).
+NUTS is not a whole-transition graph: its trajectory doubles while any chain is still building,
+a data-dependent number of leapfrog steps per transition that a fixed graph cannot hold without
+running every chain to the maximal depth (``2^10`` gradients); with ``compile=True`` each leaf
+of its tree is one graph instead, held by this class's cache (:mod:`ebmlab.samplers.nuts_compiled`).
 
 CUDA graphs: ``StepCompiler(mode="reduce-overhead")`` replays the whole call as one CUDA graph,
 which removes the launch cost that dominates small problems on a GPU; it needs chains on CUDA

@@ -149,8 +149,8 @@ def sample(
             ``unroll``, ``on_compile`` callback): ULA, MALA and HMC transitions, burn-in
             adaptation included, run as ``torch.compile`` graphs of the whole transition, the
             same chains as eager to floating-point rounding (``record.compile_time`` says how
-            long compiling took). NUTS stays eager with its energy's value and gradient compiled
-            (:func:`~ebmlab.energy.compile_energy`); other kernels raise ``ValueError``.
+            long compiling took). NUTS runs its tree leaf by leaf, each leaf one graph
+            (:mod:`~ebmlab.samplers.nuts_compiled`); other kernels raise ``ValueError``.
 
     Raises:
         TypeError: ``x0`` is not a floating :class:`torch.Tensor`.
@@ -176,11 +176,10 @@ def sample(
     if isinstance(x0, torch.Tensor):
         check_generator(generator, x0, name)
     compiler = _compiler(compile, kernel, name)
-    if compiler is not None and not compiler.handles(kernel):  # NUTS: the energy's gradient compiled
-        from ebmlab.energy.compiled import CompiledEnergy, compile_energy
+    if compiler is not None and not compiler.handles(kernel):  # NUTS: every leaf of its tree compiled
+        from ebmlab.samplers.nuts_compiled import compiled_nuts
 
-        energy = energy if isinstance(energy, CompiledEnergy) else compile_energy(energy)
-        compiler = None
+        kernel = compiled_nuts(kernel, compiler)
 
     start = time.perf_counter()
     with compiled_steps(compiler):
@@ -193,7 +192,7 @@ def sample(
 
 def _compiler(compile, kernel: Kernel, name: str):
     """The :class:`~ebmlab.samplers.compiled_loop.StepCompiler` of ``sample(compile=...)``, or
-    ``None``; NUTS gets one that handles nothing (its energy is compiled instead)."""
+    ``None``; for NUTS it holds the compiled leaves (:func:`~ebmlab.samplers.nuts_compiled.compiled_nuts`)."""
     if compile is None or compile is False:
         return None
     from ebmlab.samplers.compiled_loop import COMPILED_KERNELS, StepCompiler
@@ -203,8 +202,8 @@ def _compiler(compile, kernel: Kernel, name: str):
     if not isinstance(compile, StepCompiler):
         raise ValueError(f"{name}: compile must be True, False or a StepCompiler, got {type(compile).__name__}")
     if not (type(kernel) in COMPILED_KERNELS or kernel.name == "nuts"):
-        raise ValueError(f"{name}: compile=True compiles the transitions of ula, mala and hmc (nuts: its energy's "
-                         f"gradient), got {type(kernel).__name__}; sample it without compile")
+        raise ValueError(f"{name}: compile=True compiles the transitions of ula, mala and hmc (nuts: each leaf of "
+                         f"its tree), got {type(kernel).__name__}; sample it without compile")
     return compile
 
 

@@ -124,6 +124,19 @@ class NUTS(TensorStepSize, Kernel):
         self.check_chains(state.x)
         return state
 
+    def _subtree_builder(self, energy: EnergyFn, metric: Metric, state: ChainState):
+        """``build(near, eps, depth, active, energy0, kinetic0, generator) -> Subtree`` for one
+        transition: :func:`~ebmlab.samplers.nuts_tree.build_subtree` over fresh checkpoint slots
+        (:class:`~ebmlab.samplers.nuts_compiled.CompiledNUTS` builds with compiled leaves)."""
+        checkpoints = Checkpoints(int(self.max_tree_depth))
+        limit = float(self.max_energy_error)
+
+        def build(near, eps, depth, active, energy0, kinetic0, generator):
+            return build_subtree(energy, metric, near, eps, depth, active, energy0, kinetic0, limit, checkpoints,
+                                 generator, take_last=self._take_last)
+
+        return build
+
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, NUTSInfo]:
         metric = self.metric or IDENTITY
         x0, c = state.x, state.num_chains
@@ -138,7 +151,7 @@ class NUTS(TensorStepSize, Kernel):
         depth = torch.zeros(c, dtype=torch.long, device=x0.device)
         num_leaves = torch.zeros_like(depth)
         sum_accept = torch.zeros_like(energy0)
-        checkpoints = Checkpoints(int(self.max_tree_depth))
+        build = self._subtree_builder(energy, metric, state)
         step = self.step_size
         magnitude = step.to(energy0) if isinstance(step, torch.Tensor) else None
         for j in range(int(self.max_tree_depth)):
@@ -151,8 +164,7 @@ class NUTS(TensorStepSize, Kernel):
                 eps = torch.where(forward, magnitude, -magnitude)
             near = _pick(forward, right, left)  # the end the subtree grows from
             far_sharp = select_rows(forward, left.sharp, right.sharp)  # the other end
-            sub = build_subtree(energy, metric, near, eps, j, active, energy0, kinetic0,
-                                float(self.max_energy_error), checkpoints, generator, take_last=self._take_last)
+            sub = build(near, eps, j, active, energy0, kinetic0, generator)
             sum_accept, num_leaves = sum_accept + sub.sum_accept, num_leaves + sub.num_leaves
             diverged |= sub.diverged
             # biased progressive sampling between the trajectory and the new subtree

@@ -1,0 +1,228 @@
+"""NUTS with every leaf of the tree one ``torch.compile`` graph (``sample(..., compile=True)``).
+
+The trajectory of batched NUTS (:mod:`ebmlab.samplers.nuts`) doubles while any chain builds, a
+data-dependent number of leaves, so the transition itself cannot be one fixed graph. Its leaf
+can: :func:`leaf` does, for every chain at once, everything :func:`~ebmlab.samplers.nuts_tree.build_subtree`
+does per leaf —
+
+* the leapfrog step ``p½ = p - ε/2 ∇E(x);  x' = x + ε M⁻¹p½;  p' = p½ - ε/2 ∇E(x')`` with the
+  energy's value and gradient (Hoffman & Gelman 2014);
+* the energy error ``ΔH = H(x', p') - H₀``, the divergence test ``ΔH > max_energy_error`` (or
+  NaN) and the acceptance sum ``Σ min(1, e^{-ΔH})``;
+* the progressive multinomial update (Betancourt 2017, App. A.3.2): with ``log w = -ΔH`` the leaf
+  replaces the candidate iff ``log u < log w - log Σ_{i≤n} w_i``;
+* the checkpoint write and the generalised U-turn checks of every sub-tree the leaf ends
+  (Betancourt 2013; the three checks of Stan ≥ 2.26; see :mod:`ebmlab.samplers.nuts_tree`).
+
+Checkpoints as tensors: the slots form one ``(L + 1, 5, C, D)`` buffer (``L =
+max(max_tree_depth - 1, 1)``) of ``(p♯_s, p♯_{s-1}, R_s, R_{s-1}, R_{s-2})`` (``R`` the
+cumulative momentum sum). As in NumPyro's iterative NUTS (Phan et al. 2019), an even leaf ``n``
+writes slot ``k = popcount(n >> 1)`` and an odd leaf checks the sub-trees of levels
+``l = 1 … t`` (``t`` its trailing one bits) whose start leaves sit in slots ``k_max - l + 1``
+with ``k_max = popcount(n >> 1)``; the mid-point of level ``l`` is slot ``k_max - l + 2``. The
+leaf gets ``(write slot, k_max, t)`` as a ``(3,)`` long tensor (odd leaves write the spare slot
+``L``), and checks all ``L`` slots with a mask, so one graph serves every leaf, depth, step
+size and metric value: it never recompiles across leaves, doublings or adaptation (a change of
+metric kind — identity to diagonal — or of the chains' shapes builds one more graph).
+
+Random numbers are drawn outside the graph, from the run's generator in the eager order (the
+momenta, per doubling the directions, per leaf one ``rand((C,))``, the choice between subtrees),
+so compiled and eager chains agree to floating-point rounding. The one host synchronisation per
+leaf is the "does any chain still build?" test that the eager loop makes too (on the CPU it
+costs a few µs); without it the draws of the two would part.
+
+Differences from eager: the gradient is evaluated on all ``C`` chains (eager: the building ones
+only), and the checks read all ``L`` slots, ``O(L·C·D)`` per leaf. Shapes: ``x`` ``(C, *event)``,
+momenta and slots flattened to ``(C, D)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ebmlab.energy.base import EnergyFn
+from ebmlab.samplers.base import ChainState
+from ebmlab.samplers.compiled_loop import StepCompiler, energy_value_and_grad, metric_tensors
+from ebmlab.samplers.compiled_step import velocity
+from ebmlab.samplers.metric import Metric
+from ebmlab.samplers.nuts import NUTS
+from ebmlab.samplers.nuts_tree import Edge, Subtree, persists, trailing_zeros
+
+
+@dataclass(frozen=True)
+class LeafSpec:
+    """What fixes a leaf graph: ``family`` (``"nuts_leaf"``), ``metric`` (``"identity"``,
+    ``"diag"``, ``"dense"``), ``num_slots`` ``L`` and ``max_energy_error``."""
+
+    family: str
+    metric: str
+    num_slots: int
+    max_energy_error: float
+
+
+def _col(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view((-1,) + (1,) * (like.dim() - 1))
+
+
+def leaf(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: torch.Tensor, slots: torch.Tensor,
+         metric: dict) -> dict:
+    """One leaf for every chain (module docstring); pure but for the write into ``slots``.
+
+    ``c`` holds the edge ``x`` ``(C, *event)``, ``p`` ``(C, D)``, ``g``; ``eps`` and ``half``
+    (ε and ε/2, ``(C, 1)``); ``building``, ``diverged`` (bool) and ``num_leaves`` (long) ``(C,)``;
+    ``energy0``, ``kinetic0``, ``log_weight``, ``sum_accept``, ``cand_e``, ``cand_err`` ``(C,)``;
+    ``cand_x``, ``cand_g``; ``cum``, ``cum_prev`` ``(C, D)``. ``log_u`` ``(C,)``,
+    ``index`` ``(3,)`` long, ``slots`` ``(L + 1, 5, C, D)``. Returns the new ``c`` with ``sharp``
+    (``M⁻¹p'``) and ``any`` (a 0-dim bool: some chain still builds).
+    """
+    x, p, g, building = c["x"], c["p"], c["g"], c["building"]
+    p_half = torch.addcmul(p, c["half"], g.flatten(1), value=-1.0)
+    x_new = torch.addcmul(x.flatten(1), c["eps"], velocity(spec, metric, p_half)).view(x.shape)
+    e, g_new = vg(x_new)
+    e, g_new = e.reshape(-1).to(x.dtype), g_new.to(x.dtype)
+    p_new = torch.addcmul(p_half, c["half"], g_new.flatten(1), value=-1.0)
+    sharp = velocity(spec, metric, p_new)
+    kinetic = 0.5 * torch.linalg.vecdot(p_new, sharp)
+    error = (e - c["energy0"]) + (kinetic - c["kinetic0"])
+    log_w = torch.where(building, error.neg(), -torch.inf).nan_to_num(nan=-torch.inf, posinf=torch.inf,
+                                                                      neginf=-torch.inf)
+    fine = error <= spec.max_energy_error  # False for NaN: a divergence
+    log_weight = torch.logaddexp(c["log_weight"], log_w)
+    take = log_u < log_w - log_weight
+    cum_prev2, cum_prev, cum = c["cum_prev"], c["cum"], c["cum"] + p_new
+    sharp_prev = velocity(spec, metric, p)  # the previous leaf's p♯ (at leaf 0 never read)
+    slots.index_copy_(0, index[:1], torch.stack([sharp, sharp_prev, cum, cum_prev, cum_prev2]).unsqueeze(0))
+    diverged = c["diverged"] | (building & ~fine)
+    building = building & fine
+    num = spec.num_slots
+    s, sp, r, rp, rp2 = slots[:num].unbind(1)  # each (L, C, D)
+    k = torch.arange(num, device=x.device)
+    top, levels = index[1], index[2]
+    checked = ((k <= top) & (k > top - levels)).view(-1, 1)
+    ok = persists(s, sharp, cum - rp)  # the whole node, (L, C)
+    halves = persists(s[:-1], s[1:], r[1:] - rp[:-1]) & persists(sp[1:], sharp, cum - rp2[1:])
+    halves = torch.cat([halves, torch.ones_like(ok[:1])]) | (k >= top).view(-1, 1)  # one leaf: no halves
+    building = building & (ok & halves | ~checked).all(0)
+    out = dict(c)
+    out.update(x=x_new, p=p_new, g=g_new, sharp=sharp, building=building, diverged=diverged,
+               log_weight=log_weight, sum_accept=c["sum_accept"] + log_w.clamp(max=0.0).exp(),
+               num_leaves=c["num_leaves"] + c["building"],
+               cand_x=torch.where(_col(take, x), x_new, c["cand_x"]), cand_g=torch.where(_col(take, x), g_new, c["cand_g"]),
+               cand_e=torch.where(take, e, c["cand_e"]), cand_err=torch.where(take, error, c["cand_err"]),
+               cum=cum, cum_prev=cum_prev, any=building.any())
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _leaf_index(n: int, num_slots: int, device: torch.device) -> torch.Tensor:
+    """``(write slot, k_max, t)`` of leaf ``n`` (module docstring)."""
+    top = bin(n >> 1).count("1")
+    if n % 2 == 0:
+        return torch.tensor([top, top, 0], device=device)
+    return torch.tensor([num_slots, top, trailing_zeros(n + 1)], device=device)
+
+
+def leaf_function(compiler: StepCompiler, spec: LeafSpec, energy: EnergyFn) -> tuple[Callable, float | None]:
+    """The compiled :func:`leaf` of ``spec`` on ``energy``, cached in ``compiler`` with the
+    conventions of :class:`~ebmlab.samplers.compiled_loop.StepCompiler` (one code object per
+    spec, so graphs never evict one another), and the set-up seconds when it is new."""
+    key = (spec, id(energy))
+    if key in compiler._compiled:
+        return compiler._compiled[key][1], None
+    start = time.perf_counter()
+    vg = energy_value_and_grad(energy)
+
+    def call(c, log_u, index, slots, metric):
+        return leaf(spec, vg, c, log_u, index, slots, metric)
+
+    name = f"compiled_nuts_leaf_{len(compiler._compiled)}"
+    call = types.FunctionType(call.__code__.replace(co_name=name, co_qualname=name), call.__globals__, name, None,
+                              call.__closure__)
+    fn = torch.compile(call, mode=compiler.mode, backend=compiler.backend, fullgraph=compiler.fullgraph,
+                       dynamic=compiler.dynamic)
+    compiler._compiled[key] = (energy, fn)
+    return fn, time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class CompiledNUTS(NUTS):
+    """:class:`~ebmlab.samplers.nuts.NUTS` whose subtrees are built from compiled leaves
+    (module docstring); ``compiler`` is the :class:`StepCompiler` that holds the graphs and
+    counts their compile time. Same hyperparameters, same draws as NUTS to rounding."""
+
+    compiler: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.compiler is None:
+            object.__setattr__(self, "compiler", StepCompiler())
+        super().__post_init__()
+
+    def _subtree_builder(self, energy: EnergyFn, metric: Metric, state: ChainState):
+        if self._take_last:
+            raise ValueError("CompiledNUTS: the last-leaf test variant has no compiled form")
+        kind, tensors = metric_tensors(self)
+        num = max(int(self.max_tree_depth) - 1, 1)
+        spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error))
+        fn, setup = leaf_function(self.compiler, spec, energy)
+        x = state.x
+        slots = x.new_empty((num + 1, 5, x.shape[0], x[0].numel()))
+        pending = [setup]
+
+        def build(near: Edge, eps, depth, active, energy0, kinetic0, generator) -> Subtree:
+            # no two inputs may alias (an aliased input is a guard of its own: another graph)
+            zeros = [torch.zeros_like(near.p) for _ in range(2)]
+            c = dict(x=near.x, p=near.p, g=near.grad, eps=eps.view(-1, 1), half=(0.5 * eps).view(-1, 1),
+                     building=active.clone(), diverged=torch.zeros_like(active), energy0=energy0, kinetic0=kinetic0,
+                     log_weight=torch.full_like(energy0, -torch.inf), sum_accept=torch.zeros_like(energy0),
+                     num_leaves=torch.zeros(active.shape, dtype=torch.long, device=active.device),
+                     cand_x=near.x.clone(), cand_g=near.grad.clone(), cand_e=energy0.clone(),
+                     cand_err=torch.zeros_like(energy0), cum=zeros[0], cum_prev=zeros[1])
+            near_p, near_sharp, sharp = near.p, near.sharp, near.sharp
+            going = bool(active.any())
+            for n in range(2**depth):
+                if not going:
+                    break
+                log_u = torch.rand(energy0.shape, generator=generator, dtype=energy0.dtype,
+                                   device=energy0.device).log()
+                c = self._call(fn, c, log_u, _leaf_index(n, num, x.device), slots, tensors, spec, pending)
+                sharp = c.pop("sharp")
+                going = bool(c.pop("any"))
+                if n == 0:
+                    near_p, near_sharp = c["p"], sharp
+            return Subtree(c["building"], c["diverged"], Edge(c["x"], c["p"], sharp, c["g"]), near_p, near_sharp,
+                           c["cum"], c["log_weight"], c["cand_x"], c["cand_e"], c["cand_g"], c["cand_err"],
+                           c["sum_accept"], c["num_leaves"])
+
+        return build
+
+    def _call(self, fn, c, log_u, index, slots, tensors, spec, pending):
+        """One compiled leaf; the first call of a new graph is timed as its compilation."""
+        setup = pending[0]
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = fn(c, log_u, index, slots, tensors)
+        if setup is not None:
+            pending[0] = None
+            seconds = setup + time.perf_counter() - start
+            self.compiler.compile_time += seconds
+            self.compiler.graphs += 1
+            if self.compiler.on_compile is not None:
+                self.compiler.on_compile(seconds, spec)
+        return out
+
+
+def compiled_nuts(kernel: NUTS, compiler: StepCompiler | None = None) -> CompiledNUTS:
+    """``kernel`` (a NUTS) as a :class:`CompiledNUTS` with the same hyperparameters, its graphs
+    held by ``compiler`` (a new :class:`StepCompiler` when ``None``)."""
+    values = {f.name: getattr(kernel, f.name) for f in dataclasses.fields(NUTS) if f.init}
+    return CompiledNUTS(**values, compiler=compiler or StepCompiler())
+
+
+__all__ = ["CompiledNUTS", "LeafSpec", "compiled_nuts", "leaf", "leaf_function"]
