@@ -85,3 +85,20 @@ def test_gaussian_mixture_noise_recovers_two_components():
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
     mass = float(mixture.log_prob(grid).exp().sum() * (axis[1] - axis[0]) ** 2)
     assert abs(mass - 1) < 1e-3
+
+
+def test_dsm_sigma_annealing_is_geometric_and_survives_a_checkpoint():
+    from ebmlab.energy.neural import MLPEnergy
+    from ebmlab.objectives import make_objective
+
+    dsm = make_objective("dsm", sigma=0.01, sigma_max=1.0, anneal_steps=4)
+    assert [dsm.sigma_at(t) for t in (0, 2, 4, 9)] == pytest.approx([1.0, 0.1, 0.01, 0.01])
+    energy, batch, g = MLPEnergy(2, (8,)), torch.randn(16, 2), torch.Generator().manual_seed(0)
+    sigmas = [dsm.loss(energy, batch, g)[1]["sigma"] for _ in range(3)]
+    assert sigmas == pytest.approx([1.0, 10 ** -0.5, 0.1])
+    resumed = make_objective("dsm", sigma=0.01, sigma_max=1.0, anneal_steps=4)
+    resumed.load_state_dict(dsm.state_dict())
+    assert resumed.loss(energy, batch, g)[1]["sigma"] == pytest.approx(10 ** -1.5)
+    assert make_objective("dsm").state_dict() == {}  # no annealing: no state, as before
+    with pytest.raises(ValueError, match="sigma_max must be >= sigma"):
+        make_objective("dsm", sigma=0.5, sigma_max=0.1, anneal_steps=3)
