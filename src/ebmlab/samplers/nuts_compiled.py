@@ -79,8 +79,10 @@ def leaf(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: torc
     (ε and ε/2, ``(C, 1)``); ``building``, ``diverged`` (bool) and ``num_leaves`` (long) ``(C,)``;
     ``energy0``, ``kinetic0``, ``log_weight``, ``sum_accept``, ``cand_e``, ``cand_err`` ``(C,)``;
     ``cand_x``, ``cand_g``; ``cum``, ``cum_prev`` ``(C, D)``. ``log_u`` ``(C,)``,
-    ``index`` ``(3,)`` long, ``slots`` ``(L + 1, 5, C, D)``. Returns the new ``c`` with ``sharp``
-    (``M⁻¹p'``) and ``any`` (a 0-dim bool: some chain still builds).
+    ``index`` ``(3,)`` long, ``slots`` ``(L + 1, 5, C, D)``. Returns the entries of ``c`` that
+    change (all but ``cum_prev``, which becomes the old ``cum``: the caller moves it, so that no
+    output aliases an input) with ``sharp`` (``M⁻¹p'``) and ``any`` (a 0-dim bool: some chain
+    still builds).
     """
     x, p, g, building = c["x"], c["p"], c["g"], c["building"]
     p_half = torch.addcmul(p, c["half"], g.flatten(1), value=-1.0)
@@ -110,14 +112,11 @@ def leaf(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: torc
     halves = persists(s[:-1], s[1:], r[1:] - rp[:-1]) & persists(sp[1:], sharp, cum - rp2[1:])
     halves = torch.cat([halves, torch.ones_like(ok[:1])]) | (k >= top).view(-1, 1)  # one leaf: no halves
     building = building & (ok & halves | ~checked).all(0)
-    out = dict(c)
-    out.update(x=x_new, p=p_new, g=g_new, sharp=sharp, building=building, diverged=diverged,
-               log_weight=log_weight, sum_accept=c["sum_accept"] + log_w.clamp(max=0.0).exp(),
-               num_leaves=c["num_leaves"] + c["building"],
-               cand_x=torch.where(_col(take, x), x_new, c["cand_x"]), cand_g=torch.where(_col(take, x), g_new, c["cand_g"]),
-               cand_e=torch.where(take, e, c["cand_e"]), cand_err=torch.where(take, error, c["cand_err"]),
-               cum=cum, cum_prev=cum_prev, any=building.any())
-    return out
+    return dict(x=x_new, p=p_new, g=g_new, sharp=sharp, building=building, diverged=diverged,
+                log_weight=log_weight, sum_accept=c["sum_accept"] + log_w.clamp(max=0.0).exp(),
+                num_leaves=c["num_leaves"] + c["building"], cand_x=torch.where(_col(take, x), x_new, c["cand_x"]),
+                cand_g=torch.where(_col(take, x), g_new, c["cand_g"]), cand_e=torch.where(take, e, c["cand_e"]),
+                cand_err=torch.where(take, error, c["cand_err"]), cum=cum, any=building.any())
 
 
 @functools.lru_cache(maxsize=4096)
@@ -191,7 +190,9 @@ class CompiledNUTS(NUTS):
                     break
                 log_u = torch.rand(energy0.shape, generator=generator, dtype=energy0.dtype,
                                    device=energy0.device).log()
-                c = self._call(fn, c, log_u, _leaf_index(n, num, x.device), slots, tensors, spec, pending)
+                cum_prev = c["cum"]
+                c.update(self._call(fn, c, log_u, _leaf_index(n, num, x.device), slots, tensors, spec, pending))
+                c["cum_prev"] = cum_prev
                 sharp = c.pop("sharp")
                 going = bool(c.pop("any"))
                 if n == 0:
