@@ -10,6 +10,12 @@ breast cancer) and each chain count, in the same run, from the same starting poi
   (each chain's dual averaging on its own acceptance statistic) and the diagonal metric pooled
   over chains;
 * ``nuts_pooled`` — the same with one step size for all chains (``adapt_per_chain=False``);
+* ``nuts_pcm`` — ``nuts`` with one diagonal metric per chain, each from its own warm-up draws
+  (``metric="diag_per_chain"``, as BlackJAX's vmapped window adaptation);
+* ``nuts_compiled`` — ``nuts`` run with ``sample(..., compile=True)``: every leaf of the tree
+  (leapfrog, multinomial update, U-turn checks) in ``torch.compile`` graphs of four leaves
+  (``StepCompiler(unroll=4)``, :mod:`ebmlab.samplers.nuts_compiled`); its compile time is
+  counted in the warm-up;
 * ``hmc``   — ``HMC(num_leapfrog=10)`` (default path jitter 0.2), the same window adaptation;
 * ``mala``  — preconditioned ``MALA()``, the same window adaptation;
 * ``pt``    — ``ParallelTempering`` (4 temperatures, T_max = 10, ladder adapted over the
@@ -82,16 +88,18 @@ except ImportError:  # run as ``python benchmarks/mcmc_efficiency.py``
     from mcmc_targets import TARGETS, Target, make_targets
 
 from ebmlab.samplers import sample
+from ebmlab.samplers.compiled_loop import StepCompiler
 from ebmlab.samplers.hmc import HMC
 from ebmlab.samplers.langevin import MALA
 from ebmlab.samplers.metric import Metric
 from ebmlab.samplers.nuts import NUTS
 from ebmlab.samplers.tempering import ParallelTempering
 
-EBMLAB_SAMPLERS = ("nuts", "hmc", "mala", "pt", "nuts_pooled")
+EBMLAB_SAMPLERS = ("nuts", "hmc", "mala", "pt", "nuts_pooled", "nuts_pcm", "nuts_compiled")
 SAMPLERS = (*EBMLAB_SAMPLERS, BLACKJAX)
 HMC_LEAPFROG = 10
 PT_TEMPERATURES, PT_MAX_TEMPERATURE = 4, 10.0
+NUTS_UNROLL = 4  # nuts_compiled: leaves per compiled call
 MAX_TREE_DEPTH = 10  # default for both libraries (--max-tree-depth)
 
 
@@ -102,8 +110,8 @@ MAX_TREE_DEPTH = 10  # default for both libraries (--max-tree-depth)
 
 def ebmlab_kernel(sampler: str, mala_metric: Metric | None, warmup: int, max_tree_depth: int = MAX_TREE_DEPTH):
     """The kernel, the driver's adaptation mode and whether it tunes one step size per chain."""
-    if sampler in ("nuts", "nuts_pooled"):
-        return NUTS(max_tree_depth=max_tree_depth), "window", sampler == "nuts"
+    if sampler.startswith("nuts"):
+        return NUTS(max_tree_depth=max_tree_depth), "window", sampler != "nuts_pooled"
     if sampler == "hmc":
         return HMC(num_leapfrog=HMC_LEAPFROG), "window", False
     if sampler == "mala":
@@ -129,11 +137,15 @@ def run_ebmlab(sampler: str, target: Target, x0: np.ndarray, warmup: int, draws:
     kernel, adapt, per_chain = ebmlab_kernel(sampler, mala_metric, warmup, max_tree_depth)
     x = torch.as_tensor(x0)
     start = time.perf_counter()
+    # one cache for both phases; four leaves per compiled call
+    compiled = StepCompiler(unroll=NUTS_UNROLL) if sampler == "nuts_compiled" else False
     warm = sample(target.energy, kernel, x, num_steps=0, burn_in=warmup, adapt=adapt, generator=generator,
-                  adapt_per_chain=per_chain)
+                  adapt_per_chain=per_chain, metric="diag_per_chain" if sampler == "nuts_pcm" else "diag",
+                  compile=compiled)
     warm_time = time.perf_counter() - start
     start = time.perf_counter()
-    record = sample(target.energy, warm.kernel, warm, num_steps=draws, adapt=False, generator=generator)
+    record = sample(target.energy, warm.kernel, warm, num_steps=draws, adapt=False, generator=generator,
+                    compile=compiled)
     sample_time = time.perf_counter() - start
     chains = x0.shape[0]
     if sampler.startswith("nuts"):

@@ -6,7 +6,8 @@ correlated 2-D Gaussian in float64 and a diagonal metric, so the leaf is compile
 * Same draws as eager: from the same states and generator, three transitions of compiled and
   eager NUTS give the same positions to 1e-10, the same tree depths, gradient counts and
   divergences, and leave the generator in the same state — with a float step size and with a
-  ``(C,)`` one.
+  ``(C,)`` one; and four leaves per call (``StepCompiler(unroll=4)``), where the generator is
+  rewound when every chain stops inside a call.
 * Adaptation builds no graph: a windowed warm-up (step sizes per chain, metric updates, step
   size searches) through ``sample(..., compile=...)`` adds no Dynamo graph, and its chains match
   the eager warm-up's to 1e-6 (dual averaging multiplies rounding differences by √t/γ).
@@ -74,6 +75,19 @@ def test_compiled_leaves_give_the_eager_draws(compiler, step_size):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
         assert torch.allclose(a.accept_prob, b.accept_prob, rtol=0, atol=1e-10)
     assert float(torch.stack([i.tree_depth for i in eager_infos]).float().mean()) > 1  # real trees were built
+
+
+def test_unrolled_leaves_give_the_eager_draws():
+    """``StepCompiler(unroll=4)``: four leaves per call; when every chain stops inside a call the
+    generator is rewound to where eager NUTS leaves it (traced by dynamo, run without inductor:
+    the rewinding is under test, not the code generator)."""
+    kernel = NUTS(step_size=0.3, max_tree_depth=6, metric=METRIC)
+    eager, eager_infos, eager_rng = transitions(kernel, 3)
+    fast, fast_infos, fast_rng = transitions(compiled_nuts(kernel, StepCompiler(unroll=4, backend="aot_eager")), 3)
+    assert torch.allclose(eager.x, fast.x, rtol=0, atol=1e-10) and torch.equal(eager_rng, fast_rng)
+    for a, b in zip(eager_infos, fast_infos):
+        assert torch.equal(a.num_grad_evals, b.num_grad_evals) and torch.equal(a.tree_depth, b.tree_depth)
+    assert float(torch.stack([i.tree_depth for i in eager_infos]).float().mean()) > 2  # blocks of 4 were run
 
 
 def test_window_adaptation_builds_no_new_graph(compiler):

@@ -59,12 +59,14 @@ from ebmlab.samplers.nuts_tree import Edge, Subtree, persists, trailing_zeros
 @dataclass(frozen=True)
 class LeafSpec:
     """What fixes a leaf graph: ``family`` (``"nuts_leaf"``), ``metric`` (``"identity"``,
-    ``"diag"``, ``"dense"``), ``num_slots`` ``L`` and ``max_energy_error``."""
+    ``"diag"``, ``"dense"``), ``num_slots`` ``L``, ``max_energy_error`` and ``unroll`` (leaves
+    per call)."""
 
     family: str
     metric: str
     num_slots: int
     max_energy_error: float
+    unroll: int = 1
 
 
 def _col(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -119,6 +121,37 @@ def leaf(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: torc
                 cand_err=torch.where(take, error, c["cand_err"]), cum=cum, any=building.any())
 
 
+def leaves(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: torch.Tensor, slots: torch.Tensor,
+           metric: dict) -> dict:
+    """``spec.unroll`` consecutive leaves (:func:`leaf`), ``log_u`` ``(k, C)``, ``index`` ``(k, 3)``.
+
+    Returns :func:`leaf`'s entries after the last leaf, ``any`` ``(k,)`` (after each leaf), and
+    for ``k > 1`` also ``cum_prev`` and the first leaf's ``first_p``, ``first_sharp``. Leaves
+    run after every chain has stopped change nothing a caller reads (every chain's log w is
+    -∞ and its subtree invalid), so the caller only has to rewind the generator.
+    """
+    c, anys, first = dict(c), [], None
+    for k in range(spec.unroll):
+        prev = c["cum"]
+        new = leaf(spec, vg, c, log_u[k], index[k], slots, metric)
+        anys.append(new.pop("any"))
+        c.update(new)
+        c["cum_prev"] = prev
+        if k == 0:
+            first = (new["p"], new["sharp"])
+    out = {name: c[name] for name in new}
+    out["any"] = torch.stack(anys)
+    if spec.unroll > 1:
+        out.update(cum_prev=c["cum_prev"], first_p=first[0], first_sharp=first[1])
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _block_index(n: int, k: int, num_slots: int, device: torch.device) -> torch.Tensor:
+    """``(k, 3)``: :func:`_leaf_index` of leaves ``n … n+k-1``."""
+    return torch.stack([_leaf_index(i, num_slots, device) for i in range(n, n + k)])
+
+
 @functools.lru_cache(maxsize=4096)
 def _leaf_index(n: int, num_slots: int, device: torch.device) -> torch.Tensor:
     """``(write slot, k_max, t)`` of leaf ``n`` (module docstring)."""
@@ -139,7 +172,7 @@ def leaf_function(compiler: StepCompiler, spec: LeafSpec, energy: EnergyFn) -> t
     vg = energy_value_and_grad(energy)
 
     def call(c, log_u, index, slots, metric):
-        return leaf(spec, vg, c, log_u, index, slots, metric)
+        return leaves(spec, vg, c, log_u, index, slots, metric)
 
     name = f"compiled_nuts_leaf_{len(compiler._compiled)}"
     call = types.FunctionType(call.__code__.replace(co_name=name, co_qualname=name), call.__globals__, name, None,
@@ -168,11 +201,14 @@ class CompiledNUTS(NUTS):
             raise ValueError("CompiledNUTS: the last-leaf test variant has no compiled form")
         kind, tensors = metric_tensors(self)
         num = max(int(self.max_tree_depth) - 1, 1)
-        spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error))
-        fn, setup = leaf_function(self.compiler, spec, energy)
+        unroll = 1 << (max(int(self.compiler.unroll), 1).bit_length() - 1)  # a power of two
+        graphs = {}
+        for k in {1, unroll}:
+            spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error), k)
+            fn, setup = leaf_function(self.compiler, spec, energy)
+            graphs[k] = (fn, spec, [setup])
         x = state.x
         slots = x.new_empty((num + 1, 5, x.shape[0], x[0].numel()))
-        pending = [setup]
 
         def build(near: Edge, eps, depth, active, energy0, kinetic0, generator) -> Subtree:
             # no two inputs may alias (an aliased input is a guard of its own: another graph)
@@ -184,19 +220,31 @@ class CompiledNUTS(NUTS):
                      cand_x=near.x.clone(), cand_g=near.grad.clone(), cand_e=energy0.clone(),
                      cand_err=torch.zeros_like(energy0), cum=zeros[0], cum_prev=zeros[1])
             near_p, near_sharp, sharp = near.p, near.sharp, near.sharp
-            going = bool(active.any())
-            for n in range(2**depth):
-                if not going:
-                    break
-                log_u = torch.rand(energy0.shape, generator=generator, dtype=energy0.dtype,
-                                   device=energy0.device).log()
+            going, n, total = bool(active.any()), 0, 2**depth
+            k = unroll if total >= unroll and generator is not None else 1
+            fn, spec, pending = graphs[k]
+            while going and n < total:
+                saved = generator.get_state() if k > 1 else None
+                log_u = torch.stack([torch.rand(energy0.shape, generator=generator, dtype=energy0.dtype,
+                                                device=energy0.device) for _ in range(k)]).log()
                 cum_prev = c["cum"]
-                c.update(self._call(fn, c, log_u, _leaf_index(n, num, x.device), slots, tensors, spec, pending))
-                c["cum_prev"] = cum_prev
-                sharp = c.pop("sharp")
-                going = bool(c.pop("any"))
+                out = self._call(fn, c, log_u, _block_index(n, k, num, x.device), slots, tensors, spec, pending)
+                flags = out.pop("any").tolist()
+                if k == 1:
+                    out["cum_prev"] = cum_prev
+                    first_p, first_sharp = out["p"], out["sharp"]
+                else:
+                    first_p, first_sharp = out.pop("first_p"), out.pop("first_sharp")
+                    used = next((i + 1 for i, a in enumerate(flags) if not a), k)
+                    if used < k:  # eager draws no uniform for a leaf after every chain stopped
+                        generator.set_state(saved)
+                        for _ in range(used):
+                            torch.rand(energy0.shape, generator=generator, dtype=energy0.dtype, device=energy0.device)
+                sharp = out.pop("sharp")
+                c.update(out)
                 if n == 0:
-                    near_p, near_sharp = c["p"], sharp
+                    near_p, near_sharp = first_p, first_sharp
+                going, n = flags[-1], n + k
             return Subtree(c["building"], c["diverged"], Edge(c["x"], c["p"], sharp, c["g"]), near_p, near_sharp,
                            c["cum"], c["log_weight"], c["cand_x"], c["cand_e"], c["cand_g"], c["cand_err"],
                            c["sum_accept"], c["num_leaves"])
@@ -205,7 +253,7 @@ class CompiledNUTS(NUTS):
 
     def _call(self, fn, c, log_u, index, slots, tensors, spec, pending):
         """One compiled leaf; the first call of a new graph is timed as its compilation."""
-        setup = pending[0]
+        setup = pending[0]  # the set-up seconds of a graph not yet called, else None
         start = time.perf_counter()
         with torch.no_grad():
             out = fn(c, log_u, index, slots, tensors)
