@@ -25,6 +25,15 @@ leaf gets ``(write slot, k_max, t)`` as a ``(3,)`` long tensor (odd leaves write
 size and metric value: it never recompiles across leaves, doublings or adaptation (a change of
 metric kind — identity to diagonal — or of the chains' shapes builds one more graph).
 
+Unrolled calls (``StepCompiler(unroll=k)``, k a power of two; 4 when the compiler leaves it to
+the kernel): one graph runs ``k`` leaves of a doubling with ``2^j ≥ k`` leaves (smaller
+doublings use the one-leaf graph). A block starts at a multiple of ``k``, so the parity and the
+number of sub-trees of each of its leaves but the last are known when tracing: even leaves only
+write, odd ones check just their own ``t`` slots, and only the last leaf checks all ``L`` with a
+mask. The uniforms of all ``k`` leaves are drawn before the call; when every chain stops inside
+the block, the generator is set back and advanced by the leaves eager NUTS would have run (the
+leaves after the stop change nothing that is read: every chain's log w is -∞).
+
 Random numbers are drawn outside the graph, from the run's generator in the eager order (the
 momenta, per doubling the directions, per leaf one ``rand((C,))``, the choice between subtrees),
 so compiled and eager chains agree to floating-point rounding. The one host synchronisation per
@@ -32,7 +41,8 @@ leaf is the "does any chain still build?" test that the eager loop makes too (on
 costs a few µs); without it the draws of the two would part.
 
 Differences from eager: the gradient is evaluated on all ``C`` chains (eager: the building ones
-only), and the checks read all ``L`` slots, ``O(L·C·D)`` per leaf. Shapes: ``x`` ``(C, *event)``,
+only), the masked checks read all ``L`` slots (``O(L·C·D)``), and an unrolled block computes
+up to ``k - 1`` leaves past the point where every chain stopped. Shapes: ``x`` ``(C, *event)``,
 momenta and slots flattened to ``(C, D)``.
 """
 
@@ -78,8 +88,21 @@ def _col(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view((-1,) + (1,) * (like.dim() - 1))
 
 
+def _all_levels_persist(spec: LeafSpec, slots, index, sharp, cum) -> torch.Tensor:
+    """The checks of every sub-tree the leaf ends, over all ``L`` slots with a mask, ``(C,)``."""
+    num = spec.num_slots
+    s, sp, r, rp, rp2 = slots[:num].unbind(1)  # each (L, C, D)
+    k = torch.arange(num, device=sharp.device)
+    top, levels = index[1], index[2]
+    checked = ((k <= top) & (k > top - levels)).view(-1, 1)
+    ok = persists(s, sharp, cum - rp)  # the whole node, (L, C)
+    halves = persists(s[:-1], s[1:], r[1:] - rp[:-1]) & persists(sp[1:], sharp, cum - rp2[1:])
+    halves = torch.cat([halves, torch.ones_like(ok[:1])]) | (k >= top).view(-1, 1)  # one leaf: no halves
+    return (ok & halves | ~checked).all(0)
+
+
 def leaf(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: torch.Tensor, slots: torch.Tensor,
-         metric: dict) -> dict:
+         metric: dict, levels: int | None = None) -> dict:
     """One leaf for every chain (module docstring); pure but for the write into ``slots``.
 
     ``c`` holds the edge ``x`` ``(C, *event)``, ``p`` ``(C, D)``, ``g``; ``eps`` and ``half``
@@ -89,7 +112,9 @@ def leaf(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: torc
     ``index`` ``(3,)`` long, ``slots`` ``(L + 1, 5, C, D)``. Returns the entries of ``c`` that
     change (all but ``cum_prev``, which becomes the old ``cum``: the caller moves it, so that no
     output aliases an input) with ``sharp`` (``M⁻¹p'``) and ``any`` (a 0-dim bool: some chain
-    still builds).
+    still builds). ``levels``: how many sub-trees the leaf ends when that is known when tracing
+    (0 for an even leaf, which writes its slot; ``t`` for an odd one, which checks slots
+    ``k_max … k_max - t + 1`` only), ``None`` for any leaf (write and masked checks of all slots).
     """
     x, p, g, building = c["x"], c["p"], c["g"], c["building"]
     p_half = torch.addcmul(p, c["half"], g.flatten(1), value=-1.0)
@@ -106,19 +131,21 @@ def leaf(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: torc
     log_weight = torch.logaddexp(c["log_weight"], log_w)
     take = log_u < log_w - log_weight
     cum_prev2, cum_prev, cum = c["cum_prev"], c["cum"], c["cum"] + p_new
-    sharp_prev = velocity(spec, metric, p)  # the previous leaf's p♯ (at leaf 0 never read)
-    slots.index_copy_(0, index[:1], torch.stack([sharp, sharp_prev, cum, cum_prev, cum_prev2]).unsqueeze(0))
+    if not levels:  # even leaves (0) write their slot, unknown parity (None) the spare one for odd n
+        sharp_prev = velocity(spec, metric, p)  # the previous leaf's p♯ (at leaf 0 never read)
+        slots.index_copy_(0, index[:1], torch.stack([sharp, sharp_prev, cum, cum_prev, cum_prev2]).unsqueeze(0))
     diverged = c["diverged"] | (building & ~fine)
     building = building & fine
-    num = spec.num_slots
-    s, sp, r, rp, rp2 = slots[:num].unbind(1)  # each (L, C, D)
-    k = torch.arange(num, device=x.device)
-    top, levels = index[1], index[2]
-    checked = ((k <= top) & (k > top - levels)).view(-1, 1)
-    ok = persists(s, sharp, cum - rp)  # the whole node, (L, C)
-    halves = persists(s[:-1], s[1:], r[1:] - rp[:-1]) & persists(sp[1:], sharp, cum - rp2[1:])
-    halves = torch.cat([halves, torch.ones_like(ok[:1])]) | (k >= top).view(-1, 1)  # one leaf: no halves
-    building = building & (ok & halves | ~checked).all(0)
+    if levels is None:
+        building = building & _all_levels_persist(spec, slots, index, sharp, cum)
+    top = index[1]
+    for level in range(1, (levels or 0) + 1):  # the leaf's own sub-trees, a known number of them
+        sharp_s, _, _, cum_prev_s, _ = slots.index_select(0, (top - (level - 1)).view(1))[0].unbind(0)
+        ok = persists(sharp_s, sharp, cum - cum_prev_s)
+        if level > 1:
+            sharp_m, sharp_prev_m, cum_m, _, cum_prev2_m = slots.index_select(0, (top - (level - 2)).view(1))[0].unbind(0)
+            ok = ok & persists(sharp_s, sharp_m, cum_m - cum_prev_s) & persists(sharp_prev_m, sharp, cum - cum_prev2_m)
+        building = building & ok
     return dict(x=x_new, p=p_new, g=g_new, sharp=sharp, building=building, diverged=diverged,
                 log_weight=log_weight, sum_accept=c["sum_accept"] + log_w.clamp(max=0.0).exp(),
                 num_leaves=c["num_leaves"] + c["building"], cand_x=torch.where(_col(take, x), x_new, c["cand_x"]),
@@ -138,7 +165,10 @@ def leaves(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: to
     c, anys, first = dict(c), [], None
     for k in range(spec.unroll):
         prev = c["cum"]
-        new = leaf(spec, vg, c, log_u[k], index[k], slots, metric)
+        # a block starts at a multiple of k, so below its last leaf the parity and the trailing
+        # ones of n are those of the offset
+        levels = trailing_zeros(k + 1) if k < spec.unroll - 1 else None
+        new = leaf(spec, vg, c, log_u[k], index[k], slots, metric, levels)
         anys.append(new.pop("any"))
         c.update(new)
         c["cum_prev"] = prev
