@@ -95,8 +95,9 @@ from ebmlab.samplers.metric import Metric
 from ebmlab.samplers.nuts import NUTS
 from ebmlab.samplers.tempering import ParallelTempering
 
-EBMLAB_SAMPLERS = ("nuts", "hmc", "mala", "pt", "nuts_pooled", "nuts_pcm", "nuts_compiled")
-SAMPLERS = (*EBMLAB_SAMPLERS, BLACKJAX)
+EBMLAB_SAMPLERS = ("nuts", "hmc", "mala", "pt", "nuts_pooled", "nuts_pcm")  # run by default
+COMPILED_SAMPLERS = ("nuts_compiled",)  # on request only (--samplers): compiling takes a minute or more
+SAMPLERS = (*EBMLAB_SAMPLERS, *COMPILED_SAMPLERS, BLACKJAX)
 HMC_LEAPFROG = 10
 PT_TEMPERATURES, PT_MAX_TEMPERATURE = 4, 10.0
 NUTS_UNROLL = 4  # nuts_compiled: leaves per compiled call
@@ -209,7 +210,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", nargs="+", default=None, help=f"subset of {', '.join(TARGETS)} (default all)")
     p.add_argument("--chains", type=int, nargs="+", default=None, help="chain counts (default 128 1024)")
-    p.add_argument("--samplers", nargs="+", default=None, help=f"subset of {', '.join(SAMPLERS)} (default all)")
+    p.add_argument("--samplers", nargs="+", default=None, help=f"subset of {', '.join(SAMPLERS)} (default all but {', '.join(COMPILED_SAMPLERS)})")
     p.add_argument("--warmup", type=int, default=None, help="warm-up transitions (default 500)")
     p.add_argument("--draws", type=int, default=None, help="kept draws per chain (default 1000)")
     p.add_argument("--repeats", type=int, default=1, help="runs per configuration, medians reported (default 1)")
@@ -234,7 +235,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.chains = args.chains or [128, 1024]
     args.warmup = 500 if args.warmup is None else args.warmup
     args.draws = 1000 if args.draws is None else args.draws
-    args.samplers = args.samplers or list(SAMPLERS)
+    args.samplers = args.samplers or [s for s in SAMPLERS if s not in COMPILED_SAMPLERS]
     if any(t not in TARGETS for t in args.targets):
         p.error(f"--targets: choose from {', '.join(TARGETS)}, got {' '.join(args.targets)}")
     if any(s not in SAMPLERS for s in args.samplers):
