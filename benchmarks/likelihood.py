@@ -273,7 +273,9 @@ def main(argv=None) -> int:
     if not args.fixed:
         summaries = {f"{o}: {_setting_summary(preset_config(o, d, args))}" for d in datasets for o in objectives}
         print("\nSettings (ebmlab train --data DATA --objective OBJECTIVE):\n" + "\n".join(f"- {s}" for s in sorted(summaries)))
-    print(f"\n'weight KL' (8 gaussians): the part of the KL due to the mode weights alone. AIS: K = {args.ais_temperatures} sigmoid temperatures, {args.ais_runs} runs, MALA; quadrature: "
+    ais_note = "AIS skipped (--no-ais)" if args.no_ais else (
+        f"AIS: K = {args.ais_temperatures} sigmoid temperatures, {args.ais_runs} runs, MALA")
+    print(f"\n'weight KL' (8 gaussians): the part of the KL due to the mode weights alone. {ais_note}; quadrature: "
           f"{args.grid_points}² points; NLL on {args.eval_points} fresh draws, in nats per example.")
     return 1 if any(r.error for r in rows) else 0
 
