@@ -243,7 +243,7 @@ class TrainLoop:
         if s.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip))
         else:
-            grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+            grad_norm = _total_norm(grads)
         if not math.isfinite(grad_norm):
             raise TrainingDivergedError(step, "the gradient")
         if lr != self._group_lr:
@@ -373,6 +373,17 @@ class TrainLoop:
         if not self.sharding.is_distributed:
             return signals.received
         return D.all_reduce_mean({"stop": 1.0 if signals.received else 0.0})["stop"] > 0
+
+
+def _total_norm(grads: list[torch.Tensor]) -> float:
+    """``‖(g_1, ..., g_n)‖₂`` of the gradients; one fused per-tensor norm when they share a device
+    and dtype (``torch.nn.utils.get_total_norm`` groups them in Python first, a cost per update)."""
+    if not grads:
+        return 0.0
+    first = grads[0]
+    if all(g.device == first.device and g.dtype == first.dtype for g in grads):
+        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+    return float(torch.nn.utils.get_total_norm(grads))
 
 
 __all__ = ["BatchStream", "Callback", "FitResult", "OptimSettings", "TrainLoop", "TrainingDivergedError",
