@@ -63,6 +63,8 @@ class MetricLogger(Callback):
         # the loop's own interval (that of metrics.jsonl) when it has one, else the same rule
         self.interval = self.every or int(getattr(loop, "log_every", None) or default_log_every(loop.settings.steps))
         self.active = loop.sharding.is_main
+        # the loop stops for this logger only at the steps it writes (and the last)
+        self.record_every = self.interval if self.active else 0
         if self.active:
             self.open(loop)
 

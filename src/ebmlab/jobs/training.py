@@ -27,7 +27,10 @@ PROGRESS = ("auto", "on", "off")
 
 
 class ProgressBar(Callback):
-    """A tqdm bar over the run's updates, its postfix the key figures every 10 updates."""
+    """A tqdm bar over the run's updates, moved and its postfix set every 10 updates (the loop
+    runs the updates in between without stopping)."""
+
+    record_every = 10
 
     def __init__(self, desc: str = "train"):
         self.desc, self.bar = desc, None
@@ -42,14 +45,24 @@ class ProgressBar(Callback):
     def on_step(self, loop: TrainLoop, record: dict[str, Any]) -> None:
         if self.bar is None:
             return
-        self.bar.update(1)
-        if loop.step % 10 == 0 or loop.step == loop.settings.steps:
-            self.bar.set_postfix({k: f"{record[k]:.4g}" for k in KEY_FIGURES if k in record}, refresh=False)
+        self.bar.set_postfix({k: f"{record[k]:.4g}" for k in KEY_FIGURES if k in record}, refresh=False)
+        self.bar.update(loop.step - self.bar.n)
 
     def on_fit_end(self, loop: TrainLoop) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class Notices(Callback):
+    """Writes each note on how the run is trained (``TrainLoop``'s ``on_notice``, e.g. why an RBM
+    takes the general autograd path) as one ``ebmlab: note:`` line on standard error, once."""
+
+    record_every = 0
+
+    def on_notice(self, loop: TrainLoop, message: str) -> None:
+        if loop.sharding.is_main:
+            print(f"ebmlab: note: {message}", file=sys.stderr, flush=True)
 
 
 class LeanThreads(Callback):
@@ -76,7 +89,7 @@ def run_train_job(config: TrainConfig, out: str | Path, resume: bool = False, pr
     ``log`` is ``csv`` (``out/metrics.csv``), ``tensorboard`` (``out/tensorboard/``) or ``none``;
     the logger and ``metrics.jsonl`` record every ``log_every`` updates (default: the library's,
     ``max(1, steps // 2000)``); ``lean_threads``: :class:`LeanThreads`."""
-    callbacks: list[Callback] = [LeanThreads()] if lean_threads else []
+    callbacks: list[Callback] = [Notices(), *([LeanThreads()] if lean_threads else [])]
     logger = make_logger(log, out, log_every)
     if logger is not None:
         callbacks.append(logger)
@@ -139,4 +152,4 @@ def check_run_directory(config: TrainConfig, out: str | Path, resume: bool = Fal
                          f"free there; lower --steps")
 
 
-__all__ = ["KEY_FIGURES", "LeanThreads", "PROGRESS", "ProgressBar", "run_train_job", "show_progress"]
+__all__ = ["KEY_FIGURES", "LeanThreads", "Notices", "PROGRESS", "ProgressBar", "run_train_job", "show_progress"]
