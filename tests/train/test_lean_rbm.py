@@ -99,9 +99,8 @@ def test_the_lean_path_is_what_users_get(data):
 def test_negative_control_a_sign_flipped_lean_gradient_is_caught(data, monkeypatch):
     original = RBMContrastiveStep.write_gradient
 
-    def flipped(self, energies, norm):
-        original(self, energies, norm)
-        self.grad.neg_()
+    def flipped(self, slot):
+        return original(self, slot).neg_()
 
     monkeypatch.setattr(RBMContrastiveStep, "write_gradient", flipped)
     diff = differences(data, **SETTINGS["momentum+wd"])
@@ -131,17 +130,18 @@ def test_resume_of_a_lean_run_is_exact(tmp_path, data):
 
 
 def test_divergence_inside_a_lean_call_names_the_step_and_keeps_the_state_before_it(data, monkeypatch):
-    """A metric row poisoned at the 7th update of a 20-update call: the call is replayed update by
+    """A gradient poisoned (NaN) at the 7th update of a 20-update call: the call is replayed update by
     update, the error names step 7, and the model holds the state after step 6 — bit for bit that
     of a clean 6-step run."""
     clean, _ = train(data, True, steps=6, momentum=0.5)
     original, calls = RBMContrastiveStep.write_gradient, []
 
-    def poisoned(self, energies, norm):
-        original(self, energies, norm)
+    def poisoned(self, slot):
+        grad = original(self, slot)
         calls.append(1)
         if len(calls) in (7, 27):  # the 7th update of the first pass and of the replay
-            energies[0] = math.nan
+            grad[0] = math.nan
+        return grad
 
     monkeypatch.setattr(RBMContrastiveStep, "write_gradient", poisoned)
     rbm = BernoulliRBM(V, H, weight_scale=0.1, generator=torch.Generator().manual_seed(0))
@@ -181,9 +181,8 @@ def test_lean_pcd_learns_a_known_rbm_and_matches_the_general_path():
         if flip:
             original = RBMContrastiveStep.write_gradient
 
-            def flipped(self, energies, norm):
-                original(self, energies, norm)
-                self.grad.neg_()
+            def flipped(self, slot):
+                return original(self, slot).neg_()
 
             RBMContrastiveStep.write_gradient = flipped
         try:

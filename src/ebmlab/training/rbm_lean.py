@@ -73,21 +73,26 @@ class LeanRBMUpdates:
     with the learning rates and clock times of the updates done.
     """
 
-    def __init__(self, loop, max_chunk: int = 512):
+    def __init__(self, loop, max_chunk: int = 512, chunk_floats: int = 2 ** 21):
         self.loop, model, objective, s = loop, loop.model, loop.objective, loop.settings
         self.model, self.objective = model, objective
         H, V = model.num_hidden, model.num_visible
         self.sizes = [H * V, V, H]
         like = dict(dtype=model.W.dtype, device=model.W.device)
         n = sum(self.sizes)
-        self.theta, self.grad = torch.zeros(n, **like), torch.zeros(n, **like)
+        self.theta_ext = torch.zeros(n + 1, **like)  # [θ, 0]: see ebmlab.objectives.rbm_lean
+        self.theta = self.theta_ext[:n]
         self.persistent = isinstance(objective, PersistentCD)
         B = loop.batches.batch_size
         chains = getattr(objective, "chains", None)
         C = int(chains.shape[0]) if self.persistent and chains is not None else (
             (objective.num_chains or B) if self.persistent else B)
         kernel = objective.kernel
-        self.math = RBMContrastiveStep(self.theta, self.grad, V, H, B, C, objective.num_steps * int(kernel.num_sweeps),
+        # a call's gradients and pre-activations stay in slots (metrics once per call): at most
+        # ``chunk_floats`` numbers of them, so large models run shorter calls
+        self.max_chunk = max(1, min(int(max_chunk), int(chunk_floats) // (n + (B + C) * (H + 1))))
+        self.grads = torch.zeros(self.max_chunk, n, **like)
+        self.math = RBMContrastiveStep(self.theta_ext, self.grads, V, H, B, C, objective.num_steps * int(kernel.num_sweeps),
                                        self.persistent, loop.objective_generator)
         self.x_flat = loop.x_train.reshape(loop.x_train.shape[0], -1)
         self.event_shape = tuple(loop.x_train.shape[1:])
@@ -99,10 +104,12 @@ class LeanRBMUpdates:
         self.started = False  # the momentum buffer / Adam moments hold a first step
         self.ema_theta = torch.zeros(n, **like) if loop.ema is not None else None
         self.denom = torch.zeros(n, **like) if self.adam else None
-        self.rows = torch.zeros(max_chunk, len(ROW), **like)
+        self.decayed = torch.zeros(n, **like) if s.weight_decay else None  # g + λθ (g itself is kept)
+        self.rows = torch.zeros(self.max_chunk, len(ROW), **like)
         # per-update views of the metric rows, made once (indexing a tensor costs an op)
-        self.row_views = list(zip(self.rows[:, :2].unbind(0), self.rows[:, 2].unbind(0)))
-        self.max_chunk = int(max_chunk)
+        self.row_views = [(r, r[0, :2], r[0, 2]) for r in self.rows.split(1)]
+        # clipping needs ‖g‖ before the step: metrics update by update then
+        self.per_update_metrics = s.grad_clip > 0
         self.chains_ready = not self.persistent  # CD chains start at each batch
         self.params = [model.W, model.b, model.c]
         self.adopt()
@@ -184,12 +191,13 @@ class LeanRBMUpdates:
         self.objective.chains = self.math.chains.view(self.math.chains.shape[0], *self.event_shape)
         self.chains_ready = True
 
-    def _apply(self, lr: float) -> None:
-        s, g, theta = self.loop.settings, self.grad, self.theta
+    def _apply(self, lr: float, g: torch.Tensor, norm: torch.Tensor) -> None:
+        """One optimiser step on θ with gradient ``g`` (left as it is unless clipped) of norm ``norm``."""
+        s, theta = self.loop.settings, self.theta
         if s.grad_clip > 0:
-            g.mul_(torch.clamp(s.grad_clip / (self._norm + 1e-6), max=1.0))  # as clip_grad_norm_
+            g.mul_(torch.clamp(s.grad_clip / (norm + 1e-6), max=1.0))  # as clip_grad_norm_
         if s.weight_decay:
-            g.add_(theta, alpha=s.weight_decay)
+            g = torch.add(g, theta, alpha=s.weight_decay, out=self.decayed)
         if self.adam:
             beta1, beta2 = s.betas
             m, v = self.flat_state["exp_avg"], self.flat_state["exp_avg_sq"]
@@ -201,7 +209,7 @@ class LeanRBMUpdates:
         elif self.momentum:
             buf = self.flat_state["momentum_buffer"]
             if self.started:
-                buf.mul_(self.momentum).add_(g)
+                torch.add(g, buf, alpha=self.momentum, out=buf)  # m ← μ m + g
             else:
                 buf.copy_(g)
             theta.add_(buf, alpha=-lr)
@@ -213,10 +221,12 @@ class LeanRBMUpdates:
 
     def _updates(self, first_step: int, count: int, lr_at: Callable[[int], float], stop: Callable[[], bool],
                  checked: bool) -> tuple[list[float], list[float], tuple[int, str] | None]:
-        math_, rows, views = self.math, self.rows, self.row_views
+        math_, views = self.math, self.row_views
         lrs, times = [], []
         next_rows, x, copy_batch = self.loop.batches.next_rows, self.x_flat, math_.data.copy_
-        gibbs, gradient, apply, clock = math_.gibbs, math_.write_gradient, self._apply, time.perf_counter
+        gibbs, gradient, metrics = math_.gibbs, math_.write_gradient, math_.metrics
+        apply, clock, isfinite = self._apply, time.perf_counter, torch.isfinite
+        per_update = checked or self.per_update_metrics
         for i in range(count):
             if i and stop():
                 break
@@ -225,14 +235,18 @@ class LeanRBMUpdates:
             copy_batch(next_rows(x))
             if not self.chains_ready:
                 self._init_chains()
-            energies, self._norm = views[i]
+            row, energies, norm = views[i]
             gibbs()
-            gradient(energies, self._norm)
-            if checked and not bool(torch.isfinite(rows[i]).all()):
-                return lrs, times, (step, "the gradient" if bool(torch.isfinite(energies).all()) else "the loss")
-            apply(lr)
+            g = gradient(i)
+            if per_update:
+                metrics(i, i + 1, row)
+                if checked and not bool(isfinite(row).all()):
+                    return lrs, times, (step, "the gradient" if bool(isfinite(energies).all()) else "the loss")
+            apply(lr, g, norm)
             lrs.append(lr)
             times.append(clock())
+        if not per_update:
+            metrics(0, len(lrs), self.rows[:len(lrs)])
         return lrs, times, None
 
     def _buffers(self) -> list[torch.Tensor]:
