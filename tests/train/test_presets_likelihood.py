@@ -20,7 +20,7 @@ from ebmlab.training.config import TrainConfig
 from ebmlab.training.presets import TOY_OBJECTIVE, TOY_SETTINGS, recommend
 from ebmlab.training.run import train
 
-STEPS = 30
+STEPS = 60
 #: the fall of the held-out NLL (nats) a preset must show in STEPS updates; the control stays below
 MIN_IMPROVEMENT = 0.03
 

@@ -65,7 +65,7 @@ def test_resume_continues_to_more_steps(tmp_path):
 def test_defaults_match_the_config_defaults():
     # the 2-D toy sets' recommended objective and its settings (ebmlab.training.presets) fill the unset ones
     assert build_config(None, None, {}, ()) == TrainConfig(objective="nce", objective_kwargs={"noise_ratio": 4.0},
-                                                            steps=10000)
+                                                            model_kwargs={"hidden": [256, 256, 256]})
     config = build_config(None, None, {"objective": "cd", "hidden": "4,5", "lr": None}, ("ema_decay=0.9",))
     assert (config.objective, config.model_kwargs, config.ema_decay, config.lr) == ("cd", {"hidden": [4, 5]}, 0.9, 0.002)
 

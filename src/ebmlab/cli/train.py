@@ -131,7 +131,7 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
                                         "config.toml and pictures. Settings left unset take the values recommended "
                                         "for the model and data where there are some (--model rbm: PCD with block "
                                         "Gibbs and SGD on binary data; cd/pcd/replay on images: short-run Langevin "
-                                        "in [0, 1]; the 2-D toy sets: nce with 4 noise draws per point unless "
+                                        "in [0, 1]; the 2-D toy sets: nce with 4 noise draws per point and a 3x256 MLP unless "
                                         "another objective is named, dsm with an annealed noise level); "
                                         "config.toml records every value used.",
                epilog="Exit status: 0 ok; 2 bad input or a diverged run; 130 on SIGINT, 143 on SIGTERM (checkpointed first; continue with --resume).")
@@ -145,7 +145,7 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
 @click.option("--objective", default=None, metavar="NAME",
               help=f"Objective [default: nce on the 2-D toy sets, else {_D.objective}]: {', '.join(available_objectives())}.")
 @click.option("--steps", type=int, default=None,
-              help=f"Optimisation steps [default: {_D.steps}, or the recommended number, e.g. 10,000 for nce on the toy sets].")
+              help=f"Optimisation steps [default: {_D.steps}, or the recommended number, e.g. 6,000 for cd on the toy sets].")
 @click.option("--batch-size", type=int, default=None, help=f"Batch size [default: {_D.batch_size}].")
 @click.option("--lr", type=float, default=None, help=f"Learning rate [default: {_D.lr}, {_D.lr_schedule} schedule].")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help=f"Optimiser [default: {_D.optimizer}].")
@@ -158,7 +158,7 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
 @click.option("--step-size", type=float, default=None, help=f"Sampler step size [default: {_D.step_size}].")
 @click.option("--noise-scale", type=float, default=None, help=f"ULA noise scale [default: {_D.noise_scale}].")
 @click.option("--hidden", default=None, metavar="W[,W...]",
-              help="mlp: layer widths [default: 128,128]; rbm: the number of hidden units [64]; "
+              help="mlp: layer widths [default: 128,128; 256,256,256 for nce on the toy sets]; rbm: the number of hidden units [64]; "
                    "conv: the base channel width [32].")
 @click.option("--seed", type=int, default=None, help=f"Seed of every random stream of the run [default: {_D.seed}].")
 @click.option("--device", default=None, help=f"cpu, cuda, cuda:N or auto [default: {_D.device}].")
