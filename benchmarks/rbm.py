@@ -10,7 +10,8 @@ lean closed-form path (:mod:`ebmlab.training.rbm_lean`), without and with moment
 decay; ``--general-path`` adds the general autograd objective (``objective_kwargs.lean =
 false``) as the reference. ebmlab's seconds per epoch are the wall time from the start of the
 first update to the end of the run (a callback's clock: the updates with all their bookkeeping,
-a ``metrics.jsonl`` record every update, and the final checkpoint), over the epochs; it leaves
+a ``metrics.jsonl`` record every update, or every ``--log-every`` updates, ``0`` meaning once per
+epoch, and the final checkpoint), over the epochs; it leaves
 out reading the data and building the run. scikit-learn's are the wall time of ``fit`` over
 the epochs. Both
 libraries run on ``--threads`` threads (torch's and, through threadpoolctl, numpy's BLAS).
@@ -120,7 +121,7 @@ def train_ebmlab(train_x: torch.Tensor, num_hidden: int, args, momentum: float, 
             "lr_schedule": "constant", "batch_size": args.batch_size, "steps": args.epochs * updates_per_epoch,
             "seed": args.seed,
             "checkpoint_every": args.epochs * updates_per_epoch,
-        }, out=str(Path(tmp) / "run"), callbacks=[clock])
+        }, out=str(Path(tmp) / "run"), callbacks=[clock], log_every=args.log_every or updates_per_epoch)
     return result.model, clock.seconds / args.epochs
 
 
@@ -132,6 +133,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--momentum", type=float, default=0.5)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--log-every", type=int, default=1,
+                        help="ebmlab's metrics.jsonl record every this many updates (0: once per epoch; default 1)")
     parser.add_argument("--general-path", action="store_true", help="add the general autograd objective's rows")
     parser.add_argument("--ais-temperatures", type=int, default=14500)
     parser.add_argument("--ais-runs", type=int, default=100)
@@ -145,7 +148,9 @@ def main() -> None:
     print(f"# Bernoulli RBM on binarised digits (about {train_x.shape[0]} train / {test_x.shape[0]} test images, "
           f"64 pixels)")
     print(f"{machine_description(torch.device('cpu'))}")
-    print(f"PCD-1, lr {args.lr}, {args.epochs} epochs; AIS: {args.ais_temperatures} temperatures × {args.ais_runs} "
+    logging = "every update" if args.log_every == 1 else (
+        "once per epoch" if args.log_every == 0 else f"every {args.log_every} updates")
+    print(f"PCD-1, lr {args.lr}, {args.epochs} epochs; ebmlab logs {logging}; AIS: {args.ais_temperatures} temperatures × {args.ais_runs} "
           f"runs; median s / epoch and mean ± sd of the log-likelihoods over {args.seeds} seed(s) of training\n")
     print("| batch | hidden | trainer | s / epoch | ratio to scikit-learn | log Z (method) | AIS log Z − log Z "
           "| train LL / image | test LL / image |")

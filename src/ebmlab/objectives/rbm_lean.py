@@ -143,7 +143,9 @@ class RBMContrastiveStep:
         if last > first:
             H = self.pre.shape[2] - 1
             pre = self.pre[first:last]
-            free = softplus(pre[:, :, :H]).sum(2).add_(pre[:, :, H])   # -F(v) per update and row
+            terms = softplus(pre)                    # contiguous: 10× faster than on the (…, :H) view
+            terms[:, :, H] = pre[:, :, H]            # the last column is b·v, not a softplus term
+            free = terms.sum(2)                      # -F(v) per update and row
             out[:, :2] = free @ self.means
             torch.linalg.vector_norm(self.grads[first:last], dim=1, out=out[:, 2])
         return out

@@ -110,6 +110,7 @@ class LeanRBMUpdates:
         self.row_views = [(r, r[0, :2], r[0, 2]) for r in self.rows.split(1)]
         # clipping needs ‖g‖ before the step: metrics update by update then
         self.per_update_metrics = s.grad_clip > 0
+        self.plain_sgd = not (self.adam or self.momentum or s.weight_decay or s.grad_clip > 0 or self.ema_theta is not None)
         self.chains_ready = not self.persistent  # CD chains start at each batch
         self.params = [model.W, model.b, model.c]
         self.adopt()
@@ -193,7 +194,11 @@ class LeanRBMUpdates:
 
     def _apply(self, lr: float, g: torch.Tensor, norm: torch.Tensor) -> None:
         """One optimiser step on θ with gradient ``g`` (left as it is unless clipped) of norm ``norm``."""
-        s, theta = self.loop.settings, self.theta
+        theta = self.theta
+        if self.plain_sgd:
+            theta.add_(g, alpha=-lr)
+            return
+        s = self.loop.settings
         if s.grad_clip > 0:
             g.mul_(torch.clamp(s.grad_clip / (norm + 1e-6), max=1.0))  # as clip_grad_norm_
         if s.weight_decay:
