@@ -33,8 +33,8 @@ of a call goes into slot ``i`` of a ``(slots, H·V + V + H)`` buffer and its ``A
 ``i`` of a ``(slots, B + C, H + 1)`` buffer; the metric row ``[-mean F(v⁺), -mean F(v⁻),
 ‖∇L‖₂]`` of every update in a call is computed afterwards from those slots in a few calls
 (:meth:`RBMContrastiveStep.metrics`), with ``-F(v) = b·v + Σ_j softplus(A_j)``. The uniforms
-of a sweep (``C·H`` for the hidden draw, then ``C·V`` for the visible one) come from one
-``rand`` call, the same stream as two calls. The trainer turns a row into ``energy_pos``,
+of all of an update's sweeps (per sweep ``C·H`` for the hidden draw, then ``C·V`` for the
+visible one) come from one ``rand`` call: the same stream as one call per draw. The trainer turns a row into ``energy_pos``,
 ``energy_neg``, ``loss``, ``cd_gap`` and ``grad_norm``. The general autograd objective stays the
 reference; ``tests/train/test_lean_rbm.py`` checks that both give the same update.
 """
@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 from torch.nn.functional import softplus
 
-#: Entries of :attr:`RBMContrastiveStep.row` (metric values of one update).
+#: Entries of a metric row (:meth:`RBMContrastiveStep.metrics`: the metric values of one update).
 ROW = ("neg_energy_pos", "neg_energy_neg", "grad_norm")
 
 

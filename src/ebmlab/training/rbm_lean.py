@@ -14,7 +14,11 @@ general path uses them (gradient ``g = ∇L``, clipping, then weight decay ``g +
     Adam:  m ← β₁m + (1-β₁)g,  s ← β₂s + (1-β₂)g²,  θ ← θ - η/(1-β₁ᵗ) · m / (√s/√(1-β₂ᵗ) + ε)
     clip:  g ← g · min(1, c / (‖g‖ + 10⁻⁶)),        EMA:  θ̄ ← θ̄ + (1-d)(θ - θ̄)
 
-(Kingma & Ba 2015 for Adam; the forms are PyTorch's.) Divergence: inside a call the metric
+(Kingma & Ba 2015 for Adam; the forms are PyTorch's; weight decay writes ``g + λθ`` to a buffer
+of its own, leaving ``g`` for the metrics.) Metrics: the gradients of a call's updates stay in
+slots and the metric rows are computed once, after the call's last update (update by update
+when clipping needs ‖g‖ first); calls are at most ``max_chunk`` updates, fewer for large
+models, so that the slots hold at most ``chunk_floats`` numbers. Divergence: inside a call the metric
 rows are checked once at the end; if one is NaN or infinite the engine restores the state it
 started from (parameters, optimiser, chains, both generators, batch position) and replays the
 updates one by one, checking each before it is applied, so the error names the same step and
