@@ -438,14 +438,19 @@ def test_nan_energy_is_a_divergence_and_never_kept():
 
 def test_driver_adapts_the_step_size_of_nuts():
     """``sample`` with burn-in tunes ε by dual averaging (NUTS is adaptive, target 0.8) and
-    returns a NUTS kernel with the tuned step; ``make_kernel("nuts")`` builds the defaults."""
+    returns a NUTS kernel with the tuned step, one per chain by default (pooled on request);
+    ``make_kernel("nuts")`` builds the defaults."""
     kernel = make_kernel("nuts")
     assert isinstance(kernel, NUTS) and kernel.default_target_accept == 0.8 and kernel.step_size == 0.1
     target = correlated()
     x0 = target.sample(100, torch.Generator().manual_seed(52))
     record = sample(target, kernel, x0, num_steps=5, burn_in=30, generator=torch.Generator().manual_seed(53))
-    assert isinstance(record.kernel, NUTS) and record.kernel.step_size != 0.1
+    step = record.kernel.step_size
+    assert isinstance(record.kernel, NUTS) and step.shape == (100,) and bool((step != 0.1).all())
     assert record.samples.shape == (5, 100, 2) and int(record.divergences.sum()) == 0
+    pooled = sample(target, kernel, x0, num_steps=5, burn_in=30, generator=torch.Generator().manual_seed(53),
+                    adapt_per_chain=False)
+    assert isinstance(pooled.kernel.step_size, float) and pooled.kernel.step_size != 0.1
 
 
 def test_validation_messages():

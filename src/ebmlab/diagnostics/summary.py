@@ -109,8 +109,10 @@ def _acceptance(record: Any) -> AcceptanceSummary:
     rate = np.asarray(record.acceptance_rate.detach().double().cpu().numpy()).reshape(-1)
     divergences = np.asarray(record.divergences.detach().cpu().numpy()).reshape(-1)
     step = getattr(record, "step_size", None)
+    if hasattr(step, "detach"):
+        step = step.detach().double().cpu().numpy()
     if step is not None and np.size(step) > 1:  # one step size per chain: report their median
-        step = float(np.median(np.asarray(step.detach().cpu().numpy() if hasattr(step, "detach") else step)))
+        step = float(np.median(np.asarray(step)))
     num_steps = getattr(record, "num_steps", None)
     return AcceptanceSummary(
         mean=float(rate.mean()), min=float(rate.min()), max=float(rate.max()),

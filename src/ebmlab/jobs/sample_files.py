@@ -9,7 +9,8 @@ Output files (``--out``), written atomically. A ``.npz`` (``np.load(path)``) hol
 * ``energy`` ``(kept, C)`` float: ``E(x)`` of each kept draw (lower is likelier);
 * ``acceptance_rate`` ``(C,)`` float: accepted proposals per step after burn-in;
 * ``divergences`` ``(C,)`` int64: divergent transitions after burn-in;
-* ``step_size`` ``()`` float64: the tuned step size (NaN for kernels without one);
+* ``step_size`` ``()`` float64: the tuned step size (NaN for kernels without one); ``(chains,)``
+  when it was tuned per chain (NUTS by default);
 * ``wall_time`` ``()`` float64: seconds, burn-in included;
 * ``event_shape`` ``(len(event),)`` int64;
 * ``metadata`` ``()`` str: JSON of every option of the job and its results (``ebmlab_version``,
@@ -32,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ebmlab.atomic import atomic_write
 from ebmlab.samplers import ChainRecord
@@ -49,7 +51,8 @@ def save_record(path: str | os.PathLike, record: ChainRecord, meta: dict) -> Pat
         "energy": record.energy.detach().cpu().numpy(),
         "acceptance_rate": record.acceptance_rate.detach().cpu().numpy(),
         "divergences": record.divergences.detach().cpu().numpy(),
-        "step_size": np.float64(step if step is not None else np.nan),
+        "step_size": (step.detach().cpu().numpy().astype(np.float64) if isinstance(step, torch.Tensor)
+                      else np.float64(step if step is not None else np.nan)),
         "wall_time": np.float64(record.wall_time),
         "event_shape": np.asarray(record.samples.shape[2:], dtype=np.int64),
         "metadata": np.asarray(json.dumps(meta)),

@@ -297,7 +297,8 @@ def metadata(prepared: PreparedJob, record: ChainRecord | None = None) -> dict:
     kernel = prepared.kernel if record is None else record.kernel
     meta = {"ebmlab_version": _version(), **options, "support": prepared.support, "kernel": repr(kernel)}
     if record is not None:
-        meta.update(step_size=record.step_size, wall_time=record.wall_time,
+        step = record.step_size  # a float, or one per chain (a (C,) tensor) when tuned per chain
+        meta.update(step_size=step.tolist() if isinstance(step, torch.Tensor) else step, wall_time=record.wall_time,
                     num_kept=int(record.samples.shape[0]), divergences=int(record.divergences.sum()))
         if record.compile_time is not None:
             meta["compile_time"] = record.compile_time

@@ -100,6 +100,7 @@ class NUTS(TensorStepSize, Kernel):
     uses_grad = True
     adaptive = True
     default_target_accept = 0.8
+    default_adapt_per_chain = True  # sample(adapt_per_chain=None) tunes one step size per chain (measured)
     _take_last = False  # tests only: keep the trajectory's last leaf instead of the multinomial draw
 
     def __post_init__(self) -> None:
