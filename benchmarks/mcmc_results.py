@@ -76,16 +76,6 @@ def worst_ess(draws: np.ndarray) -> tuple[float, float]:
     return float(np.nanmin(np.concatenate(bulk))), float(np.nanmin(np.concatenate(tail)))
 
 
-def worst_ess(draws: np.ndarray) -> tuple[float, float]:
-    """``(min bulk ESS, min tail ESS)`` over the coordinates of draws ``(N, C, D)``."""
-    bulk, tail = [], []
-    for start in range(0, draws.shape[2], ESS_CHUNK):
-        chunk = draws[:, :, start:start + ESS_CHUNK]
-        bulk.append(ess_bulk(chunk))
-        tail.append(ess_tail(chunk))
-    return float(np.nanmin(np.concatenate(bulk))), float(np.nanmin(np.concatenate(tail)))
-
-
 def median_result(results: list[Result]) -> Result:
     """Medians of every figure over repeats (ESS and times separately)."""
     if len(results) == 1:
