@@ -7,7 +7,7 @@ bash scripts/setup.sh
 OUT=${1:-runs/default}
 .venv/bin/ebmlab train --out "$OUT"
 # the trainer drew samples.png (data beside model samples); the sampler's picture is sampled.png
-.venv/bin/ebmlab sample --energy "$OUT" --sampler pt --base mala --temperatures 8 --chains 400 \
-    --steps 500 --burn-in 300 --out "$OUT/sampled.npz" --plot "$OUT/sampled.png"
+.venv/bin/ebmlab sample --energy "$OUT" --sampler pt --base mala --temperatures 8 --chains 200 \
+    --steps 2000 --burn-in 500 --out "$OUT/sampled.npz" --plot "$OUT/sampled.png"
 .venv/bin/ebmlab evaluate --energy "$OUT" --data heldout --log-partition quadrature
 echo "Pictures and files are in $OUT/"
