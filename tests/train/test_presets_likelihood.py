@@ -21,7 +21,11 @@ from ebmlab.training.presets import TOY_OBJECTIVE, TOY_SETTINGS, recommend
 from ebmlab.training.run import train
 
 STEPS = 60
-#: the fall of the held-out NLL (nats) a preset must show in STEPS updates; the control stays below
+#: the fall of the held-out NLL (nats) a preset must show in STEPS updates; the control stays below.
+#: Every evaluation scores the same held-out points, so the fall is a paired difference with no
+#: sampling noise between evaluations: the frozen run (lr 1e-7) measured 1e-4 (rounding and the
+#: quadrature grid), the presets 0.044 (dsm, the smallest) to 0.33 (replay). 0.03 lies between the
+#: two, 300x the frozen run's fall.
 MIN_IMPROVEMENT = 0.03
 
 
