@@ -50,7 +50,7 @@ def lean_rbm_updates(loop) -> tuple["LeanRBMUpdates | None", str | None]:
         return None, None
     reasons = []
     if not getattr(objective, "lean", True):
-        reasons.append("lean=False was asked")
+        reasons.append("lean=false")
     if objective.alpha > 0:
         reasons.append(f"the energy penalty alpha={objective.alpha:g}")
     if objective.clamp:
@@ -65,7 +65,7 @@ def lean_rbm_updates(loop) -> tuple["LeanRBMUpdates | None", str | None]:
     if not all(p.requires_grad for p in (model.W, model.b, model.c)):
         reasons.append("frozen parameters")
     if reasons:
-        return None, ("RBM training takes the general autograd path (the lean closed-form path does not cover "
+        return None, ("RBM training takes the general autograd path (not the lean closed-form path, because of "
                       + "; ".join(reasons) + ")")
     return LeanRBMUpdates(loop), None
 
