@@ -15,7 +15,11 @@ checkerboard) this script
 3. reports the held-out NLL ``mean E(x) + log Z`` on fresh draws of the toy set minus the true
    density's cross-entropy ``-mean log p_true(x)`` on the same points — a Monte-Carlo estimate
    of ``KL(p_true ‖ p_model)`` (≥ 0 up to noise) — with ``KL(p_true ‖ p_model)`` on the grid as
-   a cross-check;
+   a cross-check, and splits it into parts (:mod:`benchmarks.likelihood_parts`): ``noise floor``
+   (``dsm`` only), ``KL(p ‖ p * N(0, σ²))`` at the final σ, what the σ-smoothed minimiser of DSM costs
+   by design; ``weight KL``, the part due to the masses of the components of the true support alone
+   (8 modes, 2 spiral arms, 8 squares; score matching does not see them when they are far apart);
+   and ``rest`` = ``NLL − CE − noise floor − weight KL``, optimisation and capacity;
 4. estimates ``log Z`` of the same energy by AIS (base: a Gaussian fitted to the training data;
    MALA transitions; sigmoid schedule) and reports ``AIS - quadrature`` and its z-score
    ``(AIS - quadrature) / SE``. AIS is a stochastic lower bound, so z is negative in
@@ -49,8 +53,10 @@ import torch
 
 try:  # run as ``python -m benchmarks.likelihood`` or imported as part of the package
     from .common import machine_description, resolve_device, set_threads
+    from .likelihood_parts import component_weight_kl, noise_floor
 except ImportError:  # run as ``python benchmarks/likelihood.py``
     from common import machine_description, resolve_device, set_threads
+    from likelihood_parts import component_weight_kl, noise_floor
 
 from ebmlab.training.config import TrainConfig
 from ebmlab.data import load_dataset
@@ -82,10 +88,16 @@ class Row:
     nce_log_z: float | None
     steps: int = 0
     error: str = ""
+    noise_floor: float = math.nan
 
     @property
     def excess(self) -> float:
         return self.nll - self.true_ce
+
+    @property
+    def rest(self) -> float:
+        """The gap less its by-design parts: ``NLL − CE − noise floor − weight KL`` (optimisation, capacity)."""
+        return self.excess - (0.0 if math.isnan(self.noise_floor) else self.noise_floor) - self.weight_kl
 
     @property
     def ais_z(self) -> float:
@@ -141,7 +153,9 @@ def evaluate_model(objective: str, dataset: str, args, workdir: Path) -> Row:
     excess_stderr = float((true_log_p - log_likelihood(energy, x, quad.log_z)).std() / math.sqrt(x.shape[0]))
     kl = grid_kl(lambda z: -eval_set.true_log_density(z.double()).to(z.dtype), energy, bounds=quad.bounds,
                  num_points=args.grid_points)
-    weight_kl = mode_weight_kl(energy, quad.bounds, args.grid_points) if dataset == "8gaussians" else math.nan
+    weight_kl = component_weight_kl(energy, dataset, quad.bounds, args.grid_points)
+    sigma = getattr(result.objective, "sigma", None) if objective == "dsm" else None
+    floor = math.nan if sigma is None else noise_floor(dataset, float(sigma), _standardisation_std(energy))
 
     if args.no_ais:
         log_z_ais, ais_stderr, ais_ess = math.nan, math.nan, math.nan
@@ -156,21 +170,13 @@ def evaluate_model(objective: str, dataset: str, args, workdir: Path) -> Row:
         state = result.objective.state_dict() if hasattr(result.objective, "state_dict") else {}
         nce_log_z = float(state["log_z"]) if "log_z" in state else None
     return Row(objective, dataset, seconds, quad.log_z, quad.missing_mass, nll, true_ce, excess_stderr, kl, weight_kl,
-               log_z_ais, ais_stderr, ais_ess, nce_log_z, steps=result.step)
+               log_z_ais, ais_stderr, ais_ess, nce_log_z, steps=result.step, noise_floor=floor)
 
 
-def mode_weight_kl(energy, bounds, num_points: int) -> float:
-    """``Σ_k ⅛ log(⅛ / w_k)``: the part of ``KL(p_true ‖ p_model)`` on 8 gaussians due to the mode
-    weights alone, ``w_k`` the model's mass nearer to mean k than to the others (grid quadrature)."""
-    from ebmlab.data.toy2d import _EIGHT
-
-    axes = [torch.linspace(lo, hi, num_points, dtype=torch.float64) for lo, hi in bounds]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
-    with torch.no_grad():
-        log_q = torch.cat([-energy(chunk.to(torch.get_default_dtype())).double() for chunk in grid.split(65536)])
-    nearest = torch.cdist(grid, _EIGHT.means.double()).argmin(1)
-    mass = torch.zeros(8, dtype=torch.float64).index_add_(0, nearest, torch.softmax(log_q, 0))
-    return float((math.log(1 / 8) - torch.log(mass)).mean())
+def _standardisation_std(energy) -> list[float]:
+    """The per-coordinate s.d. ``s`` of the run's standardisation ``z = (x − μ)/s`` (1 when there is none)."""
+    std = getattr(energy, "std", None)
+    return [1.0, 1.0] if std is None else [float(v) for v in std.reshape(-1).expand(2)]
 
 
 def _setting_summary(config: TrainConfig) -> str:
@@ -200,16 +206,17 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def markdown_table(rows: list[Row]) -> str:
     header = ("| objective | data | updates | train s | log Z (quad) | missing | NLL | true CE | NLL − CE ± SE "
-              "| grid KL | weight KL | log Z (AIS) ± SE | AIS − quad (z) | ESS | NCE log Z |")
-    lines = [header, "|" + "|".join(["---"] * 15) + "|"]
+              "| grid KL | noise floor | weight KL | rest | log Z (AIS) ± SE | AIS − quad (z) | ESS | NCE log Z |")
+    lines = [header, "|" + "|".join(["---"] * 17) + "|"]
     for r in rows:
         if r.error:
-            lines.append(f"| {LABELS.get(r.objective, r.objective)} | {r.dataset} | failed: {r.error} |" + " |" * 12)
+            lines.append(f"| {LABELS.get(r.objective, r.objective)} | {r.dataset} | failed: {r.error} |" + " |" * 14)
             continue
+        floor = "—" if math.isnan(r.noise_floor) else _fmt(r.noise_floor)
         lines.append(
             f"| {LABELS.get(r.objective, r.objective)} | {r.dataset} | {r.steps} | {r.train_seconds:.1f} "
             f"| {_fmt(r.log_z_quad)} | {r.missing_mass:.1e} | {_fmt(r.nll)} | {_fmt(r.true_ce)} "
-            f"| {_fmt(r.excess)} ± {_fmt(r.excess_stderr)} | {_fmt(r.grid_kl)} | {_fmt(r.weight_kl)} "
+            f"| {_fmt(r.excess)} ± {_fmt(r.excess_stderr)} | {_fmt(r.grid_kl)} | {floor} | {_fmt(r.weight_kl)} | {_fmt(r.rest)} "
             f"| {_fmt(r.log_z_ais)} ± {_fmt(r.ais_stderr)} | {_fmt(r.log_z_ais - r.log_z_quad)} ({_fmt(r.ais_z, 1)}) "
             f"| {r.ais_ess:.0f} | {_fmt(r.nce_log_z)} |"
         )
@@ -268,15 +275,19 @@ def main(argv=None) -> int:
                     rows.append(Row(objective, dataset, 0, *([math.nan] * 10), None, error=message[:80]))
                 r = rows[-1]
                 print(f"done: {dataset} / {objective}: {r.steps} updates in {r.train_seconds:.1f} s, NLL - CE "
-                      f"{_fmt(r.excess)} ± {_fmt(r.excess_stderr)}, weight KL {_fmt(r.weight_kl)}", file=sys.stderr, flush=True)
+                      f"{_fmt(r.excess)} ± {_fmt(r.excess_stderr)}, noise floor {_fmt(r.noise_floor)}, weight KL {_fmt(r.weight_kl)}, "
+                      f"rest {_fmt(r.rest)}", file=sys.stderr, flush=True)
     print(markdown_table(rows))
     if not args.fixed:
         summaries = {f"{o}: {_setting_summary(preset_config(o, d, args))}" for d in datasets for o in objectives}
         print("\nSettings (ebmlab train --data DATA --objective OBJECTIVE):\n" + "\n".join(f"- {s}" for s in sorted(summaries)))
     ais_note = "AIS skipped (--no-ais)" if args.no_ais else (
         f"AIS: K = {args.ais_temperatures} sigmoid temperatures, {args.ais_runs} runs, MALA")
-    print(f"\n'weight KL' (8 gaussians): the part of the KL due to the mode weights alone. {ais_note}; quadrature: "
-          f"{args.grid_points}² points; NLL on {args.eval_points} fresh draws, in nats per example.")
+    print("\n'noise floor' (dsm): KL(p ‖ p * N(0, σ²)) at the run's final σ (standardised units), what a perfect "
+          "fit of the smoothed data costs. 'weight KL': the part of the KL due to the masses of the true support's "
+          "components alone (8 modes, 2 spiral arms, 8 squares; grid cells go to the nearest component). 'rest' = "
+          "NLL − CE − noise floor − weight KL: optimisation and capacity.")
+    print(f"{ais_note}; quadrature: {args.grid_points}² points; NLL on {args.eval_points} fresh draws, in nats per example.")
     return 1 if any(r.error for r in rows) else 0
 
 
