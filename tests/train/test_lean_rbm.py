@@ -218,3 +218,34 @@ def test_the_fast_bernoulli_draws_are_torch_bernoullis(dtype):
         bernoulli(p, torch.Generator().manual_seed(5), out=out)
         assert torch.equal(out, expected)
         assert not torch.equal(bernoulli(p, torch.Generator().manual_seed(6)), expected)
+
+
+@pytest.mark.parametrize("log_every", [7, 10, 64])
+def test_window_records_equal_a_sequential_fold_of_per_update_records(data, log_every):
+    """The lean path folds the updates between logged steps into the metric window in bulk. Its
+    records must be the exact (bit-for-bit) sequential window means of the same run's per-update
+    records (``log_every = 1``: every row then goes through the one-row path). 150 updates with
+    checkpoints every 40 make chunks end off the logging grid. Negative control: the mean of a
+    window shifted by one update differs."""
+    steps = 150
+    _, single = train(data, True, steps=steps, log_every=1, checkpoint_every=40)
+    _, windowed = train(data, True, steps=steps, log_every=log_every, checkpoint_every=40)
+    per_update = {r["step"]: r for r in single.history}
+    keys = [k for k in windowed.history[0] if k not in ("step", "lr", "time")]
+    start = 0
+    shifted_differs = False
+    for record in windowed.history:
+        end = record["step"]
+        window = [per_update[t] for t in range(start + 1, end + 1)]
+        for key in keys:
+            total = 0.0
+            for r in window:
+                total += r[key]
+            assert record[key] == total / len(window), (end, key)
+            shifted = [per_update[t][key] for t in range(start + 2, min(end + 1, steps) + 1)]
+            if key == "loss" and len(shifted) > 1 and sum(shifted) / len(shifted) != record[key]:
+                shifted_differs = True
+        start = end
+    assert [r["step"] for r in windowed.history][-1] == steps
+    assert len(windowed.history) == -(-steps // log_every)
+    assert shifted_differs

@@ -84,10 +84,14 @@ def test_a_callback_sees_the_steps_it_asks_for_with_the_open_windows_mean(kind):
     single = run(kind, 1)
     run(kind, 4, callbacks=[Every5()])
     assert [r["step"] for r in seen] == [5, 10, 14]
-    # step 5: the window (4, 5] holds one update; step 10: (8, 10]; step 14: (12, 14]
+    # step 5: the window (4, 5] holds one update; step 10: (8, 10]; step 14: (12, 14].
+    # The callback's run computes its float32 metric rows in other chunks (a chunk ends at each
+    # callback step), and a vectorised softplus rounds an element at a chunk's tail differently on
+    # some CPUs (measured on an AMD EPYC: 3e-8 relative), so the bar is float32 rounding; the
+    # neighbouring windows' means differ by more than 1e-2.
     for record, lo in zip(seen, (4, 8, 12)):
         values = [r["loss"] for r in single if lo < r["step"] <= record["step"]]
-        assert record["loss"] == pytest.approx(sum(values) / len(values), rel=1e-12)
+        assert record["loss"] == pytest.approx(sum(values) / len(values), rel=1e-6, abs=1e-7)
 
 
 def test_the_window_survives_a_checkpoint():

@@ -50,7 +50,6 @@ from torch import nn
 from ebmlab import distributed as D
 from ebmlab.objectives import Objective
 from ebmlab.training.batches import BatchStream
-from ebmlab.objectives.rbm_lean import row_metrics
 from ebmlab.training.callbacks import Callback, as_callbacks, record_interval
 from ebmlab.training.checkpoint import CHECKPOINT_NAME, all_finite, remove_stale_temporaries, save_checkpoint, to_device
 from ebmlab.training.history import METRICS_NAME, MetricWindow, read_metrics, record_line, truncate_metrics
@@ -338,9 +337,9 @@ class TrainLoop:
                     if self.lean is not None:
                         rows, lrs, times, bad = self.lean.run(self.step + 1, n, self.learning_rate,
                                                               lambda: signals.received)
-                        for row, lr, t in zip(rows.tolist(), lrs, times):
-                            self.step += 1
-                            self._after_update(row_metrics(row), lr, t - start, log, callbacks)
+                        from ebmlab.training.rbm_lean import fold_rows
+
+                        fold_rows(self, rows, lrs, times, start, log, callbacks)
                         if bad is not None:
                             raise TrainingDivergedError(*bad)
                         continue
@@ -382,6 +381,8 @@ def _total_norm(grads: list[torch.Tensor]) -> float:
         return 0.0
     first = grads[0]
     if all(g.device == first.device and g.dtype == first.dtype for g in grads):
+        if first.device.type == "cpu":  # per-tensor norms read as floats: two fewer ops an update
+            return math.sqrt(math.fsum(float(n) ** 2 for n in torch._foreach_norm(grads)))
         return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
     return float(torch.nn.utils.get_total_norm(grads))
 

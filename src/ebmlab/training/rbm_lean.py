@@ -36,7 +36,7 @@ import torch
 
 from ebmlab.energy.rbm import BernoulliRBM
 from ebmlab.objectives.contrastive import ContrastiveDivergence, PersistentCD
-from ebmlab.objectives.rbm_lean import ROW, RBMContrastiveStep
+from ebmlab.objectives.rbm_lean import ROW, RBMContrastiveStep, row_columns, row_metrics
 from ebmlab.samplers.block_gibbs import BlockGibbs
 
 
@@ -302,4 +302,28 @@ class LeanRBMUpdates:
         return self.rows[:len(lrs)], lrs, times, bad
 
 
-__all__ = ["LeanRBMUpdates", "lean_rbm_updates"]
+def fold_rows(loop, rows: torch.Tensor, lrs: list[float], times: list[float], start: float, log, callbacks) -> None:
+    """Fold the engine's metric rows into ``loop`` as ``loop._after_update`` would one row at a time.
+
+    A chunk ends where a checkpoint or a callback needs the loop (``TrainLoop._chunk_length``), so
+    inside it only the logged steps (multiples of ``log_every``) and its last row need a record;
+    the rows between them go into the metric window in bulk (:meth:`MetricWindow.add_columns`,
+    the same sums), the others through ``_after_update``.
+    """
+    n = len(lrs)
+    if not n:
+        return
+    first, every = loop.step + 1, loop.log_every
+    special = list(range((every - first % every) % every, n - 1, every)) + [n - 1]
+    values = rows.numpy() if rows.device.type == "cpu" else rows.cpu().numpy()
+    columns = row_columns(values) if len(special) < n else None
+    prev = 0
+    for i in special:
+        if i > prev:
+            loop.window.add_columns({k: c[prev:i] for k, c in columns.items()})
+        loop.step = first + i
+        loop._after_update(row_metrics(values[i].tolist()), lrs[i], times[i] - start, log, callbacks)
+        prev = i + 1
+
+
+__all__ = ["LeanRBMUpdates", "fold_rows", "lean_rbm_updates"]
