@@ -128,3 +128,26 @@ def test_the_last_leaf_variant_is_refused():
 
     with pytest.raises(ValueError, match="CompiledNUTS: the last-leaf test variant has no compiled form"):
         transitions(LastLeaf(step_size=0.5, metric=METRIC), 1)
+
+
+def test_a_tuned_compiled_kernel_reruns_eager_or_on_its_own_graphs(compiler):
+    """The kernel that ``sample(compile=...)`` returns (a CompiledNUTS) run again: with
+    ``compile=False`` it samples with eager leaves (a plain NUTS, the same draws as the eager
+    kernel from the same state), with ``compile=True`` on the graphs it already has (no new one,
+    no compile time)."""
+    kernel = NUTS(step_size=0.7, max_tree_depth=6, metric=METRIC)
+    tuned = sample(TARGET, kernel, exact_draws(), num_steps=2, burn_in=0, adapt=False,
+                   generator=torch.Generator().manual_seed(15), compile=compiler).kernel
+    assert isinstance(tuned, CompiledNUTS)
+    eager = sample(TARGET, tuned, exact_draws(), num_steps=3, burn_in=0, adapt=False,
+                   generator=torch.Generator().manual_seed(16), compile=False)
+    reference = sample(TARGET, kernel, exact_draws(), num_steps=3, burn_in=0, adapt=False,
+                       generator=torch.Generator().manual_seed(16))
+    assert type(eager.kernel) is NUTS and eager.compile_time is None
+    assert torch.equal(eager.samples, reference.samples)
+    graphs = tuned.compiler.graphs
+    again = sample(TARGET, tuned, exact_draws(), num_steps=3, burn_in=0, adapt=False,
+                   generator=torch.Generator().manual_seed(16), compile=True)
+    assert isinstance(again.kernel, CompiledNUTS) and again.kernel.compiler is tuned.compiler
+    assert tuned.compiler.graphs == graphs and again.compile_time == 0.0
+    assert torch.allclose(again.samples, reference.samples, rtol=0, atol=1e-10)

@@ -181,18 +181,26 @@ def sample(
                          f"got {type(kernel).__name__}")
     if isinstance(x0, torch.Tensor):
         check_generator(generator, x0, name)
+    compiled_before = type(kernel).__name__ == "CompiledNUTS"  # the tuned kernel of a sample(compile=True)
+    if compiled_before and compile is True:
+        compile = kernel.compiler  # its graphs serve this run too
     compiler = _compiler(compile, kernel, name)
     if compiler is not None and not compiler.handles(kernel):  # NUTS: every leaf of its tree compiled
         from ebmlab.samplers.nuts_compiled import compiled_nuts
 
         kernel = compiled_nuts(kernel, compiler)
+    elif compiler is None and compiled_before:  # compile=False means eager leaves, whatever the kernel was
+        from ebmlab.samplers.nuts_compiled import eager_nuts
+
+        kernel = eager_nuts(kernel)
+    compiled_already = 0.0 if compiler is None else compiler.compile_time
 
     start = time.perf_counter()
     with compiled_steps(compiler):
         record = _run(energy, kernel, x0, num_steps, burn_in, thin, generator, adapt, target_accept, callback,
                       keep_samples, adapt_per_chain, metric, name)
     record.wall_time = time.perf_counter() - start
-    record.compile_time = None if compiler is None else compiler.compile_time
+    record.compile_time = None if compiler is None else compiler.compile_time - compiled_already
     return record
 
 

@@ -310,4 +310,10 @@ def compiled_nuts(kernel: NUTS, compiler: StepCompiler | None = None) -> Compile
     return CompiledNUTS(**values, compiler=compiler or StepCompiler())
 
 
-__all__ = ["CompiledNUTS", "LeafSpec", "compiled_nuts", "leaf", "leaf_function"]
+def eager_nuts(kernel: NUTS) -> NUTS:
+    """``kernel`` as a plain (eager) :class:`~ebmlab.samplers.nuts.NUTS` with the same
+    hyperparameters, tuned step size and metric included."""
+    return NUTS(**{f.name: getattr(kernel, f.name) for f in dataclasses.fields(NUTS) if f.init})
+
+
+__all__ = ["CompiledNUTS", "LeafSpec", "compiled_nuts", "eager_nuts", "leaf", "leaf_function"]
