@@ -115,6 +115,15 @@ class GaussianMixture(Energy):
         logits = torch.log(self.weights) - 0.5 * diff.square().sum(-1) / self.stds**2 - self.dim * torch.log(self.stds)
         return -torch.logsumexp(logits, dim=-1)
 
+    def value_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E`` and ``∇ₓE(x) = Σ_k r_k(x) (x - μ_k)/σ_k²`` with responsibilities ``r = softmax(logits)``."""
+        diff = x.detach()[:, None, :] - self.means  # (B, K, d)
+        scaled = diff / self.stds[:, None] ** 2
+        logits = torch.log(self.weights) - 0.5 * (diff * scaled).sum(-1) - self.dim * torch.log(self.stds)
+        log_norm = torch.logsumexp(logits, dim=-1)
+        r = torch.exp(logits - log_norm[:, None])
+        return -log_norm, (r[:, :, None] * scaled).sum(1)
+
     @property
     def mean(self) -> torch.Tensor:
         return self.weights @ self.means
@@ -162,6 +171,14 @@ class Banana(Energy):
         x1, x2 = x[:, 0], x[:, 1]
         return 0.5 * (x1 / self.a) ** 2 + 0.5 * (x2 - self.b * (x1**2 - self.a**2)) ** 2
 
+    def value_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E`` and ``∇E = (x₁/a² - 2b x₁ u, u)`` with ``u = x₂ - b(x₁² - a²)``."""
+        x = x.detach()
+        x1, x2 = x[:, 0], x[:, 1]
+        u = x2 - self.b * (x1 * x1 - self.a**2)
+        s = x1 / self.a
+        return 0.5 * (s * s + u * u), torch.stack([s / self.a - 2.0 * self.b * x1 * u, u], dim=1)
+
     @property
     def mean(self) -> torch.Tensor:
         return torch.zeros(2)
@@ -198,6 +215,16 @@ class Funnel(Energy):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v, rest = x[:, 0], x[:, 1:]
         return 0.5 * (v / self.scale) ** 2 + 0.5 * (rest.square().sum(-1) * torch.exp(-v) + (self.dim - 1) * v)
+
+    def value_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E`` and ``∂E/∂v = v/σ_v² - ½ e^{-v} Σ_i x_i² + (d-1)/2``, ``∂E/∂x_i = x_i e^{-v}``."""
+        x = x.detach()
+        v, rest = x[:, 0], x[:, 1:]
+        w = torch.exp(-v)
+        sq = rest.square().sum(-1) * w
+        e = 0.5 * (v / self.scale) ** 2 + 0.5 * (sq + (self.dim - 1) * v)
+        gv = v / self.scale**2 - 0.5 * sq + 0.5 * (self.dim - 1)
+        return e, torch.cat([gv[:, None], rest * w[:, None]], dim=1)
 
     @property
     def mean(self) -> torch.Tensor:
