@@ -1,0 +1,57 @@
+"""Per-data-set settings on the 2-D toy sets (:data:`ebmlab.training.presets.TOY_DATA_SETTINGS`).
+
+Deterministic: ``recommend`` on a config layers defaults < ``TOY_SETTINGS[objective]`` <
+``TOY_DATA_SETTINGS[objective][data]`` and leaves every setting the user names alone. The
+negative control: a data set without an entry gets the objective's settings unchanged.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ebmlab.training import presets
+from ebmlab.training.config import TrainConfig
+from ebmlab.training.presets import TOY_DATA_SETTINGS, TOY_SETTINGS, recommend, recommended_settings
+
+
+@pytest.fixture
+def override(monkeypatch):
+    """A per-data entry for cd on 2 spirals that changes one top-level and one table setting."""
+    entry = {"2spirals": {"step_size": 0.123, "objective_kwargs.alpha": 0.456}}
+    monkeypatch.setitem(presets.TOY_DATA_SETTINGS, "cd", {**TOY_DATA_SETTINGS.get("cd", {}), **entry})
+    return entry["2spirals"]
+
+
+def test_per_data_settings_win_over_the_objectives(override):
+    settings = recommended_settings("mlp", "cd", " 2Spirals ")  # data names as the CLI takes them
+    assert {k: settings[k] for k in override} == override
+    for key, value in TOY_SETTINGS["cd"].items():
+        if key not in override:
+            assert settings[key] == value, key
+    values, _ = recommend({**TrainConfig().to_dict(), "data": "2spirals", "objective": "cd"}, {"data", "objective"})
+    assert (values["step_size"], values["objective_kwargs"]["alpha"]) == (0.123, 0.456)
+
+
+def test_negative_control_other_data_sets_keep_the_objectives_settings(override):
+    settings = recommended_settings("mlp", "cd", "moons")
+    assert settings == {**TOY_SETTINGS["cd"], **TOY_DATA_SETTINGS["cd"].get("moons", {})}
+    assert settings.get("step_size") != 0.123
+
+
+def test_the_user_beats_the_per_data_setting(override):
+    given = {**TrainConfig().to_dict(), "data": "2spirals", "objective": "cd", "step_size": 0.5}
+    values, _ = recommend(given, {"data", "objective", "step_size"})
+    assert values["step_size"] == 0.5 and values["objective_kwargs"]["alpha"] == 0.456
+
+
+def test_every_entry_names_a_toy_set_and_a_preset_objective():
+    from ebmlab.data.toy2d import TOY_NAMES
+
+    for objective, per_data in TOY_DATA_SETTINGS.items():
+        assert objective in TOY_SETTINGS, objective
+        assert set(per_data) <= set(TOY_NAMES), sorted(per_data)
+        for data, settings in per_data.items():
+            defaults = TrainConfig().to_dict()
+            assert all((k.partition(".")[0] if "." in k else k) in defaults for k in settings), sorted(settings)
+            TrainConfig.from_dict(recommend({**TrainConfig().to_dict(), "data": data, "objective": objective},
+                                            {"data", "objective"})[0])  # the merged config validates
