@@ -55,6 +55,7 @@ from ebmlab.training.checkpoint import CHECKPOINT_NAME, all_finite, remove_stale
 from ebmlab.training.history import METRICS_NAME, MetricWindow, read_metrics, record_line, truncate_metrics
 from ebmlab.training.interrupts import TrainingInterrupted, deferred_signals
 from ebmlab.training.lock import RunLock
+from ebmlab.training.rbm_lean import fold_rows
 from ebmlab.training.schedules import learning_rate_at
 from ebmlab.training.settings import FitResult, OptimSettings, TrainingDivergedError, derive_seed
 from ebmlab.training.sharding import TrainSharding
@@ -100,6 +101,9 @@ class TrainLoop:
         else:
             self.optimizer = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
         self.params = [p for group in groups for p in group["params"]]
+        # one CPU dtype for every parameter: the gradient norm needs no per-update grouping
+        self._cpu_norm = bool(self.params) and all(p.device.type == "cpu" and p.dtype == self.params[0].dtype
+                                                   for p in self.params)
         self.ema = copy.deepcopy(model).requires_grad_(False) if settings.ema_decay > 0 else None
         self.step = 0
         self.elapsed = 0.0
@@ -241,6 +245,8 @@ class TrainLoop:
         grads = [p.grad for p in self.params if p.grad is not None]
         if s.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip))
+        elif self._cpu_norm and grads:
+            grad_norm = _cpu_total_norm(grads)
         else:
             grad_norm = _total_norm(grads)
         if not math.isfinite(grad_norm):
@@ -337,8 +343,6 @@ class TrainLoop:
                     if self.lean is not None:
                         rows, lrs, times, bad = self.lean.run(self.step + 1, n, self.learning_rate,
                                                               lambda: signals.received)
-                        from ebmlab.training.rbm_lean import fold_rows
-
                         fold_rows(self, rows, lrs, times, start, log, callbacks)
                         if bad is not None:
                             raise TrainingDivergedError(*bad)
@@ -374,6 +378,11 @@ class TrainLoop:
         return D.all_reduce_mean({"stop": 1.0 if signals.received else 0.0})["stop"] > 0
 
 
+def _cpu_total_norm(grads: list[torch.Tensor]) -> float:
+    """``‖(g_1, ..., g_n)‖₂`` from the per-tensor norms of CPU tensors of one dtype, read as floats."""
+    return math.sqrt(math.fsum(float(n) ** 2 for n in torch._foreach_norm(grads)))
+
+
 def _total_norm(grads: list[torch.Tensor]) -> float:
     """``‖(g_1, ..., g_n)‖₂`` of the gradients; one fused per-tensor norm when they share a device
     and dtype (``torch.nn.utils.get_total_norm`` groups them in Python first, a cost per update)."""
@@ -382,7 +391,7 @@ def _total_norm(grads: list[torch.Tensor]) -> float:
     first = grads[0]
     if all(g.device == first.device and g.dtype == first.dtype for g in grads):
         if first.device.type == "cpu":  # per-tensor norms read as floats: two fewer ops an update
-            return math.sqrt(math.fsum(float(n) ** 2 for n in torch._foreach_norm(grads)))
+            return _cpu_total_norm(grads)
         return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
     return float(torch.nn.utils.get_total_norm(grads))
 
