@@ -16,7 +16,9 @@ recommendation can be overridden, and the run's ``config.toml`` holds the values
 * ``--model mlp`` on the built-in 2-D toy sets (:data:`TOY_SETTINGS`): NCE with 4 noise draws per
   data point and an MLP of 3×256, also the objective when none is named (0.009 nats above the
   true cross-entropy on 8 gaussians, 0.035 on 2 spirals, in 5,000 updates); DSM with σ annealed geometrically from 1 to 0.03; CD-20
-  from the data with α = 0.1 over 6,000 updates. Measurements and causes: docs/likelihood.md.
+  from the data with α = 0.1 over 6,000 updates. Per data set (:data:`TOY_DATA_SETTINGS`): NCE on
+  the checkerboard on the raw data for 10,000 updates; CD on 2 spirals and the checkerboard with
+  short MALA chains on the raw data and an MLP of 3×256. Measurements and causes: docs/likelihood.md.
 * Contrastive objectives (``cd``, ``pcd``, ``replay``) on real-valued image data: short-run
   Langevin in the pixel range [0, 1] as in Du & Mordatch (2019) — no standardisation,
   unadjusted Langevin with a large step on the gradient and small tempered noise,
@@ -78,18 +80,20 @@ VECTOR_CONTRASTIVE_SETTINGS: dict[str, Any] = {"objective_kwargs.alpha": 0.1}
 #: * ``cd``: CD-20 from the data with ULA and the energy penalty α = 0.1 (pcd and replay keep
 #:   the penalty; their chains leave mass unexplored: see docs/likelihood.md).
 #:
-#: :data:`TOY_DATA_SETTINGS` changes these on two sets (benchmarks/likelihood.py, one thread):
+#: :data:`TOY_DATA_SETTINGS` changes these on two sets (benchmarks/likelihood.py, one thread; gaps in nats):
 #:
 #: * ``nce`` on the checkerboard: the raw data (no standardisation: inputs 2.3 times larger, so
-#:   the same weights make sharper edges between the squares; 0.091 -> 0.070 nats at 5,000
-#:   updates) and 10,000 updates (0.053). A noise law mixing the data Gaussian with a uniform on
-#:   the data's box (λ = ½) did not help (0.069 vs 0.070).
-#: * ``cd`` on 2 spirals and the checkerboard: ULA's step 0.01 moves a chain √0.02 = 0.14 per step,
-#:   twice the arms' width (0.064 standardised), and ULA's bias then sets the model; MALA with
-#:   step 0.002 for 5 steps, and the MLP of 3×256, over 3,000 updates: 2 spirals 1.17 -> 0.095,
-#:   checkerboard 0.28 -> 0.108. On 8 gaussians the same setting is worse (0.605: chains that
-#:   move 0.14 in all never reach the mass the model puts between the modes), so it keeps CD-20.
-#:   More updates did not help (2 spirals: 0.154 after 6,000, with mass leaking to the edge).
+#:   the same weights make sharper edges between the squares; 0.091 -> 0.070 at 5,000 updates)
+#:   and 10,000 updates (0.053; 14,000 gave 0.053 too). A noise law mixing the data Gaussian
+#:   with a uniform on the data's box (weight ½) did not help (0.069 against 0.070).
+#: * ``cd`` on 2 spirals and the checkerboard: ULA's step 0.01 (standardised) moves a chain
+#:   √0.02 = 0.14 per step, twice the arms' width (0.064), and ULA's bias then sets the model.
+#:   MALA (exact for the current model) with small steps on the raw data (steps in data units), and the MLP of 3×256:
+#:   2 spirals 1.17 -> 0.063 (step 0.005, 10 steps, 3,000 updates), checkerboard 0.28 -> 0.058
+#:   (step 0.01, 5 steps, 8,000 updates). On 8 gaussians MALA with short chains was far worse
+#:   (0.605: chains that move 0.14 in all never reach the mass the model puts between the
+#:   modes), so it keeps CD-20 with ULA. Longer runs on 2 spirals let mass leak to the edge of
+#:   the plane (standardised, step 0.002: 0.095 after 3,000 updates, 0.154 after 6,000).
 TOY_SETTINGS: dict[str, dict[str, Any]] = {
     "nce": {"objective_kwargs.noise_ratio": 4.0, "model_kwargs.hidden": [256, 256, 256]},
     "dsm": {"objective_kwargs.sigma": 0.03, "objective_kwargs.sigma_max": 1.0, "objective_kwargs.weighting": "sigma2"},
@@ -97,12 +101,12 @@ TOY_SETTINGS: dict[str, dict[str, Any]] = {
     "pcd": dict(VECTOR_CONTRASTIVE_SETTINGS),
     "replay": dict(VECTOR_CONTRASTIVE_SETTINGS),
 }
+_CD_MALA: dict[str, Any] = {"sampler": "mala", "standardize": False, "model_kwargs.hidden": [256, 256, 256]}
 #: Per data set, on top of :data:`TOY_SETTINGS` for the same objective: ``{objective: {data: settings}}``.
-_CD_MALA: dict[str, Any] = {"sampler": "mala", "step_size": 0.002, "sampler_steps": 5,
-                            "model_kwargs.hidden": [256, 256, 256], "steps": 3000}
 TOY_DATA_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "nce": {"checkerboard": {"standardize": False, "steps": 10000}},
-    "cd": {"2spirals": dict(_CD_MALA), "checkerboard": dict(_CD_MALA)},
+    "cd": {"2spirals": {**_CD_MALA, "step_size": 0.005, "sampler_steps": 10, "steps": 3000},
+           "checkerboard": {**_CD_MALA, "step_size": 0.01, "sampler_steps": 5, "steps": 8000}},
 }
 #: Settings given as a fraction of the run's ``steps`` (resolved by :func:`recommend`).
 TOY_STEP_FRACTIONS: dict[str, dict[str, float]] = {"dsm": {"objective_kwargs.anneal_steps": 0.7}}
