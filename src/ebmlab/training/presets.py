@@ -15,10 +15,11 @@ recommendation can be overridden, and the run's ``config.toml`` holds the values
 * Contrastive objectives on real-valued vectors: the energy-magnitude penalty α = 0.1.
 * ``--model mlp`` on the built-in 2-D toy sets (:data:`TOY_SETTINGS`): NCE with 4 noise draws per
   data point and an MLP of 3×256, also the objective when none is named (0.009 nats above the
-  true cross-entropy on 8 gaussians, 0.035 on 2 spirals, in 5,000 updates); DSM with σ annealed geometrically from 1 to 0.03; CD-20
-  from the data with α = 0.1 over 6,000 updates. Per data set (:data:`TOY_DATA_SETTINGS`): NCE on
-  the checkerboard on the raw data with an MLP of 4×256 for 10,000 updates; CD on 2 spirals and the checkerboard with
-  short MALA chains on the raw data and an MLP of 3×256. Measurements and causes: docs/likelihood.md.
+  true cross-entropy on 8 gaussians, 0.035 on 2 spirals, in 5,000 updates); DSM with σ annealed
+  geometrically from 1 to 0.03; CD-20 from the data with α = 0.1 over 6,000 updates. Per data
+  set (:data:`TOY_DATA_SETTINGS`): NCE on the checkerboard on the raw data with an MLP of 4×256
+  for 10,000 updates; CD on 2 spirals and the checkerboard with short MALA chains on the raw
+  data and an MLP of 3×256. Measurements and causes: docs/likelihood.md.
 * Contrastive objectives (``cd``, ``pcd``, ``replay``) on real-valued image data: short-run
   Langevin in the pixel range [0, 1] as in Du & Mordatch (2019) — no standardisation,
   unadjusted Langevin with a large step on the gradient and small tempered noise,
@@ -221,6 +222,6 @@ def recommend(values: dict[str, Any], explicit: Iterable[str]) -> tuple[dict[str
     return values, notes
 
 
-__all__ = ["BINARY_VARIANTS", "IMAGE_LANGEVIN_SETTINGS", "RBM_SETTINGS", "SMALL_CONV_SETTINGS", "TOY_DATA_SETTINGS",
-           "TOY_OBJECTIVE", "TOY_SETTINGS", "VECTOR_CONTRASTIVE_SETTINGS", "binary_variant", "recommended_picture_steps",
+__all__ = ["BINARY_VARIANTS", "IMAGE_LANGEVIN_SETTINGS", "RBM_SETTINGS", "SMALL_CONV_SETTINGS",
+           "TOY_DATA_SETTINGS", "TOY_OBJECTIVE", "TOY_SETTINGS", "VECTOR_CONTRASTIVE_SETTINGS", "binary_variant", "recommended_picture_steps",
            "is_image_data", "is_toy_data", "recommend", "recommended_settings"]
