@@ -223,5 +223,5 @@ def recommend(values: dict[str, Any], explicit: Iterable[str]) -> tuple[dict[str
 
 
 __all__ = ["BINARY_VARIANTS", "IMAGE_LANGEVIN_SETTINGS", "RBM_SETTINGS", "SMALL_CONV_SETTINGS",
-           "TOY_DATA_SETTINGS", "TOY_OBJECTIVE", "TOY_SETTINGS", "VECTOR_CONTRASTIVE_SETTINGS", "binary_variant", "recommended_picture_steps",
-           "is_image_data", "is_toy_data", "recommend", "recommended_settings"]
+           "TOY_DATA_SETTINGS", "TOY_OBJECTIVE", "TOY_SETTINGS", "VECTOR_CONTRASTIVE_SETTINGS", "binary_variant",
+           "recommended_picture_steps", "is_image_data", "is_toy_data", "recommend", "recommended_settings"]
