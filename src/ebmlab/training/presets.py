@@ -91,8 +91,8 @@ VECTOR_CONTRASTIVE_SETTINGS: dict[str, Any] = {"objective_kwargs.alpha": 0.1}
 #: * ``cd`` on 2 spirals and the checkerboard: ULA's step 0.01 (standardised) moves a chain
 #:   √0.02 = 0.14 per step, twice the arms' width (0.064), and ULA's bias then sets the model.
 #:   MALA (exact for the current model) with small steps on the raw data (steps in data units), and the MLP of 3×256:
-#:   2 spirals 1.17 -> 0.063 (step 0.005, 10 steps, 3,000 updates), checkerboard 0.28 -> 0.058
-#:   (step 0.01, 5 steps, 8,000 updates). On 8 gaussians MALA with short chains was far worse
+#:   2 spirals 1.17 -> 0.050 (step 0.005, 10 steps, 5,000 updates; 0.063 after 3,000),
+#:   checkerboard 0.28 -> 0.058 (step 0.01, 5 steps, 8,000 updates; 10 steps: no better). On 8 gaussians MALA with short chains was far worse
 #:   (0.605: chains that move 0.14 in all never reach the mass the model puts between the
 #:   modes), so it keeps CD-20 with ULA. Longer runs on 2 spirals let mass leak to the edge of
 #:   the plane (standardised, step 0.002: 0.095 after 3,000 updates, 0.154 after 6,000).
@@ -107,7 +107,7 @@ _CD_MALA: dict[str, Any] = {"sampler": "mala", "standardize": False, "model_kwar
 #: Per data set, on top of :data:`TOY_SETTINGS` for the same objective: ``{objective: {data: settings}}``.
 TOY_DATA_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "nce": {"checkerboard": {"standardize": False, "steps": 10000, "model_kwargs.hidden": [256, 256, 256, 256]}},
-    "cd": {"2spirals": {**_CD_MALA, "step_size": 0.005, "sampler_steps": 10, "steps": 3000},
+    "cd": {"2spirals": {**_CD_MALA, "step_size": 0.005, "sampler_steps": 10, "steps": 5000},
            "checkerboard": {**_CD_MALA, "step_size": 0.01, "sampler_steps": 5, "steps": 8000}},
 }
 #: Settings given as a fraction of the run's ``steps`` (resolved by :func:`recommend`).
