@@ -90,12 +90,13 @@ VECTOR_CONTRASTIVE_SETTINGS: dict[str, Any] = {"objective_kwargs.alpha": 0.1}
 #:   (weight ½) did not help (0.069 against 0.070 at 5,000 updates).
 #: * ``cd`` on 2 spirals and the checkerboard: ULA's step 0.01 (standardised) moves a chain
 #:   √0.02 = 0.14 per step, twice the arms' width (0.064), and ULA's bias then sets the model.
-#:   MALA (exact for the current model) with small steps on the raw data (steps in data units), and the MLP of 3×256:
-#:   2 spirals 1.17 -> 0.050 (step 0.005, 10 steps, 5,000 updates; 0.063 after 3,000),
-#:   checkerboard 0.28 -> 0.058 (step 0.01, 5 steps, 8,000 updates; 10 steps: no better). On 8 gaussians MALA with short chains was far worse
-#:   (0.605: chains that move 0.14 in all never reach the mass the model puts between the
-#:   modes), so it keeps CD-20 with ULA. Longer runs on 2 spirals let mass leak to the edge of
-#:   the plane (standardised, step 0.002: 0.095 after 3,000 updates, 0.154 after 6,000).
+#:   MALA (exact for the current model) with small steps on the raw data (steps in data units)
+#:   and the MLP of 3×256: 2 spirals 1.17 -> 0.050 (step 0.005, 10 steps, 5,000 updates; 0.063
+#:   after 3,000), checkerboard 0.28 -> 0.058 (step 0.01, 5 steps, 8,000 updates; 10 steps were
+#:   no better). On 8 gaussians MALA with short chains was far worse (0.605: chains that move
+#:   0.14 in all never reach the mass the model puts between the modes), so it keeps CD-20
+#:   with ULA. Standardised with MALA step 0.002 × 5, 2 spirals reached 0.095 after 3,000
+#:   updates and 0.154 after 6,000, with mass leaking to the edge of the plane.
 TOY_SETTINGS: dict[str, dict[str, Any]] = {
     "nce": {"objective_kwargs.noise_ratio": 4.0, "model_kwargs.hidden": [256, 256, 256]},
     "dsm": {"objective_kwargs.sigma": 0.03, "objective_kwargs.sigma_max": 1.0, "objective_kwargs.weighting": "sigma2"},
