@@ -16,8 +16,8 @@ recommendation can be overridden, and the run's ``config.toml`` holds the values
 * ``--model mlp`` on the built-in 2-D toy sets (:data:`TOY_SETTINGS`): NCE with 4 noise draws per
   data point and an MLP of 3×256, also the objective when none is named (0.009 nats above the
   true cross-entropy on 8 gaussians, 0.035 on 2 spirals, in 5,000 updates); DSM with σ annealed
-  geometrically from 1 to 0.03; CD-20 from the data with α = 0.1 over 6,000 updates. Per data
-  set (:data:`TOY_DATA_SETTINGS`): NCE on the checkerboard on the raw data with an MLP of 4×256
+  geometrically from 1 to 0.03, an MLP of 3×256 and learning rate 5e-3; CD-20 from the data
+  with α = 0.1 over 6,000 updates. Per data set (:data:`TOY_DATA_SETTINGS`): NCE on the checkerboard on the raw data with an MLP of 4×256
   for 10,000 updates; CD on 2 spirals and the checkerboard with short MALA chains on the raw
   data and an MLP of 3×256. Measurements and causes: docs/likelihood.md.
 * Contrastive objectives (``cd``, ``pcd``, ``replay``) on real-valued image data: short-run
@@ -97,11 +97,12 @@ VECTOR_CONTRASTIVE_SETTINGS: dict[str, Any] = {"objective_kwargs.alpha": 0.1}
 #:   √0.02 = 0.14 per step, twice the arms' width (0.064), and ULA's bias then sets the model.
 #:   MALA (exact for the current model) with small steps on the raw data (steps in data units)
 #:   and the MLP of 3×256: 2 spirals 1.17 -> 0.050 (step 0.005, 10 steps, 5,000 updates; 0.063
-#:   after 3,000), checkerboard 0.28 -> 0.058 (step 0.01, 5 steps, 8,000 updates; 10 steps were
-#:   no better). On 8 gaussians MALA with short chains was far worse (0.605: chains that move
-#:   0.14 in all never reach the mass the model puts between the modes), so it keeps CD-20
-#:   with ULA. Standardised with MALA step 0.002 × 5, 2 spirals reached 0.095 after 3,000
-#:   updates and 0.154 after 6,000, with mass leaking to the edge of the plane.
+#:   after 3,000), checkerboard 0.28 -> 0.052 ± 0.003 (step 0.01, 5 steps, 12,000 updates in
+#:   243 s on an idle core; 0.058 after 8,000; 10 steps were no better). On 8 gaussians MALA
+#:   with short chains was far worse (0.605: chains that move 0.14 in all never reach the mass
+#:   the model puts between the modes), so it keeps CD-20 with ULA. Standardised with MALA
+#:   step 0.002 × 5, 2 spirals reached 0.095 after 3,000 updates and 0.154 after 6,000, with
+#:   mass leaking to the edge of the plane.
 TOY_SETTINGS: dict[str, dict[str, Any]] = {
     "nce": {"objective_kwargs.noise_ratio": 4.0, "model_kwargs.hidden": [256, 256, 256]},
     "dsm": {"objective_kwargs.sigma": 0.03, "objective_kwargs.sigma_max": 1.0, "objective_kwargs.weighting": "sigma2",
@@ -115,7 +116,7 @@ _CD_MALA: dict[str, Any] = {"sampler": "mala", "standardize": False, "model_kwar
 TOY_DATA_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "nce": {"checkerboard": {"standardize": False, "steps": 10000, "model_kwargs.hidden": [256, 256, 256, 256]}},
     "cd": {"2spirals": {**_CD_MALA, "step_size": 0.005, "sampler_steps": 10, "steps": 5000},
-           "checkerboard": {**_CD_MALA, "step_size": 0.01, "sampler_steps": 5, "steps": 8000}},
+           "checkerboard": {**_CD_MALA, "step_size": 0.01, "sampler_steps": 5, "steps": 12000}},
 }
 #: Settings given as a fraction of the run's ``steps`` (resolved by :func:`recommend`).
 TOY_STEP_FRACTIONS: dict[str, dict[str, float]] = {"dsm": {"objective_kwargs.anneal_steps": 0.7}}
