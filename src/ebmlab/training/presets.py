@@ -17,9 +17,9 @@ recommendation can be overridden, and the run's ``config.toml`` holds the values
   data point and an MLP of 3×256, also the objective when none is named (0.009 nats above the
   true cross-entropy on 8 gaussians, 0.035 on 2 spirals, in 5,000 updates); DSM with σ annealed
   geometrically from 1 to 0.03, an MLP of 3×256 and learning rate 5e-3; CD-20 from the data
-  with α = 0.1 over 6,000 updates. Per data set (:data:`TOY_DATA_SETTINGS`): NCE on the checkerboard on the raw data with an MLP of 4×256
-  for 10,000 updates; CD on 2 spirals and the checkerboard with short MALA chains on the raw
-  data and an MLP of 3×256. Measurements and causes: docs/likelihood.md.
+  with α = 0.1 over 6,000 updates. Per data set (:data:`TOY_DATA_SETTINGS`): NCE on the
+  checkerboard on the raw data with an MLP of 4×256 for 10,000 updates; CD on 2 spirals and the
+  checkerboard with short MALA chains on the raw data and an MLP of 3×256. Measurements and causes: docs/likelihood.md.
 * Contrastive objectives (``cd``, ``pcd``, ``replay``) on real-valued image data: short-run
   Langevin in the pixel range [0, 1] as in Du & Mordatch (2019) — no standardisation,
   unadjusted Langevin with a large step on the gradient and small tempered noise,
