@@ -130,7 +130,7 @@ def test_adaptation_does_not_recompile():
     assert backend.graphs == 2 and compiler.graphs == 2
     record, _ = run(GAUSS64, MALA(step_size=0.05), compiler, X0, burn_in=30, num_steps=12)
     assert backend.graphs == 2 and compiler.graphs == 2
-    assert record.compile_time == compiler.compile_time
+    assert record.compile_time == 0.0 < compiler.compile_time  # this run compiled nothing; the first did
 
 
 @pytest.fixture(scope="module")
