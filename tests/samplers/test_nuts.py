@@ -23,28 +23,12 @@ import math
 import pytest
 import torch
 
-from ebmlab.energy import Gaussian, eight_gaussians
-from ebmlab.energy.base import value_and_grad
-from ebmlab.samplers import ChainState, make_kernel, sample
+from ebmlab.samplers import make_kernel, sample
 from ebmlab.samplers.metric import Metric
 from ebmlab.samplers.nuts import NUTS, NUTSInfo
 from ebmlab.testing import DEFAULT_Z, assert_moments_close, moment_z_scores
 
-SCALES = 0.1 * 100.0 ** (torch.arange(10, dtype=torch.float64) / 9)  # σᵢ from 0.1 to 10
-
-
-def correlated() -> Gaussian:
-    """The conftest fixture's ``N((0.5, -1), [[1, .5], [.5, 1]])`` in float64."""
-    return Gaussian(torch.tensor([0.5, -1.0]), torch.tensor([[1.0, 0.5], [0.5, 1.0]])).double()
-
-
-def scaled_10d() -> Gaussian:
-    """``N(0, diag(σ²))`` with σ log-spaced from 0.1 to 10 (condition number 10⁴)."""
-    return Gaussian(torch.zeros(10, dtype=torch.float64), torch.diag(SCALES**2))
-
-
-def ring():
-    return eight_gaussians().double()
+from nuts_targets import SCALES, correlated, ring, scaled_10d
 
 
 class LastLeafNUTS(NUTS):
