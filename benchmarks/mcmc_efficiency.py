@@ -15,7 +15,7 @@ breast cancer) and each chain count, in the same run, from the same starting poi
 * ``nuts_compiled`` — ``nuts`` run with ``sample(..., compile=True)``: every leaf of the tree
   (leapfrog, multinomial update, U-turn checks) in ``torch.compile`` graphs of four leaves
   (``StepCompiler(unroll=4)``, :mod:`ebmlab.samplers.nuts_compiled`); its compile time is
-  counted in the warm-up;
+  counted in the warm-up; ``nuts_pcm_compiled`` is ``nuts_pcm`` run the same way;
 * ``hmc``   — ``HMC(num_leapfrog=10)`` (default path jitter 0.2), the same window adaptation;
 * ``mala``  — preconditioned ``MALA()``, the same window adaptation;
 * ``pt``    — ``ParallelTempering`` (4 temperatures, T_max = 10, ladder adapted over the
@@ -52,6 +52,8 @@ Threads: one torch intra-op thread unless ``--threads`` says otherwise. On a sha
 machine a second thread makes every op above torch's parallel grain (32,768 elements) wait for
 a descheduled worker: MALA on the 100-D Gaussian at 128 chains measured 1.2 ms a step at one
 thread and 13 ms at two (load average 3), and PT's K·C-row batch crosses the grain first.
+With one torch thread XLA gets one too (``XLA_FLAGS`` intra-op parallelism 1, set before JAX
+starts), so that per-second figures compare one core against one core.
 
 Repeats: ``--repeats R`` runs every (target, chains, sampler) R times with different seeds,
 rounds interleaved so that drifting machine load hits all samplers alike, and reports the
@@ -77,11 +79,13 @@ import numpy as np
 import torch
 
 try:  # run as ``python -m benchmarks.mcmc_efficiency`` or imported as part of the package
+    from .blackjax_mlp import limit_xla_threads
     from .common import machine_description, set_threads
     from .mcmc_blackjax import blackjax_available, run_blackjax
     from .mcmc_results import BLACKJAX, Result, add_ratios, load_results, median_result, table, worst_ess
     from .mcmc_targets import TARGETS, Target, make_targets
 except ImportError:  # run as ``python benchmarks/mcmc_efficiency.py``
+    from blackjax_mlp import limit_xla_threads
     from common import machine_description, set_threads
     from mcmc_blackjax import blackjax_available, run_blackjax
     from mcmc_results import BLACKJAX, Result, add_ratios, load_results, median_result, table, worst_ess
@@ -96,7 +100,7 @@ from ebmlab.samplers.nuts import NUTS
 from ebmlab.samplers.tempering import ParallelTempering
 
 EBMLAB_SAMPLERS = ("nuts", "hmc", "mala", "pt", "nuts_pooled", "nuts_pcm")  # run by default
-COMPILED_SAMPLERS = ("nuts_compiled",)  # on request only (--samplers): compiling takes a minute or more
+COMPILED_SAMPLERS = ("nuts_compiled", "nuts_pcm_compiled")  # on request only (--samplers): compiling takes a minute or more
 SAMPLERS = (*EBMLAB_SAMPLERS, *COMPILED_SAMPLERS, BLACKJAX)
 HMC_LEAPFROG = 10
 PT_TEMPERATURES, PT_MAX_TEMPERATURE = 4, 10.0
@@ -139,9 +143,9 @@ def run_ebmlab(sampler: str, target: Target, x0: np.ndarray, warmup: int, draws:
     x = torch.as_tensor(x0)
     start = time.perf_counter()
     # one cache for both phases; four leaves per compiled call
-    compiled = StepCompiler(unroll=NUTS_UNROLL) if sampler == "nuts_compiled" else False
+    compiled = StepCompiler(unroll=NUTS_UNROLL) if sampler in COMPILED_SAMPLERS else False
     warm = sample(target.energy, kernel, x, num_steps=0, burn_in=warmup, adapt=adapt, generator=generator,
-                  adapt_per_chain=per_chain, metric="diag_per_chain" if sampler == "nuts_pcm" else "diag",
+                  adapt_per_chain=per_chain, metric="diag_per_chain" if sampler.startswith("nuts_pcm") else "diag",
                   compile=compiled)
     warm_time = time.perf_counter() - start
     start = time.perf_counter()
@@ -259,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         print(table(results, baseline))
         return results
     set_threads(args.threads)
+    limit_xla_threads(args.threads)  # the same one thread for XLA (read when JAX starts)
     versions = None if args.no_blackjax else blackjax_available()
     samplers = [s for s in args.samplers if s != BLACKJAX or versions is not None]
     notes = []
