@@ -194,7 +194,7 @@ def rescaled_step_size(kernel: Kernel, energy: EnergyFn, state: ChainState, gene
     BlackJAX's window adaptation does for one chain. Each chain's metric changed by its own
     amount, so one common factor is wrong for all but the median chain: on the centred funnel
     (128 chains, 5 seeds) the common factor left the worst-coordinate tail ESS per gradient at
-    1.02× BlackJAX's (0.60–1.80 by seed) and keeping ε̄ gave 1.22× (0.80–1.44), bulk 1.08×.
+    1.02× BlackJAX's (0.60–1.80 by seed) and keeping ε̄ gave 1.22× (0.80–1.44), bulk 1.09×.
     """
     if per_chain and per_chain_metric:
         return torch.as_tensor(initial_step_sizes(kernel, state, True))
