@@ -49,7 +49,7 @@ def _entry(rank: int, port: int, out_dir: str, checks: dict[str, Check], world: 
         except Exception:  # reported to the test that owns the check
             reports[name] = traceback.format_exc()
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(reports))
-    D.destroy_distributed()
+    D.destroy_distributed(synchronize=True)
 
 
 def run_group(checks: dict[str, Check], out: Path, timeout_s: float, world: int = WORLD) -> dict[int, dict[str, str]]:

@@ -19,6 +19,19 @@ _SUBCOMMANDS = ("sample", "train", "evaluate", "report", "launch")
 @click.version_option(package_name="ebmlab")
 def main() -> None:
     """Energy-based models: train, sample, evaluate and report."""
+    from ebmlab import distributed as D
+
+    click.get_current_context().meta["ebmlab.group_before"] = D.is_initialized()
+
+
+@main.result_callback()
+def _leave_process_group(*_args, **_kwargs) -> None:
+    """After a command that succeeded, the torchrun ranks leave the group it joined together
+    (a group the caller had joined before is left to the caller)."""
+    from ebmlab import distributed as D
+
+    if not click.get_current_context().meta.get("ebmlab.group_before", True):
+        D.destroy_distributed(synchronize=True)
 
 
 for _name in _SUBCOMMANDS:

@@ -31,7 +31,6 @@ on Accelerating Data Parallel Training".
 from __future__ import annotations
 
 import atexit
-import inspect
 import math
 import os
 import zlib
@@ -41,7 +40,6 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from ebmlab.distributed.shards import check_divisible, rank_seed, shard_bounds, shard_indices, split_count
 
@@ -160,10 +158,32 @@ def init_distributed(backend: str | None = None, timeout: float | None = None) -
     return current_context()
 
 
-def destroy_distributed() -> None:
-    """Leave the process group (if any); safe to call twice."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+#: seconds :func:`destroy_distributed` waits for the other ranks before it leaves the group anyway.
+LEAVE_TIMEOUT_S = 60.0
+
+
+def destroy_distributed(synchronize: bool = False, timeout: float = LEAVE_TIMEOUT_S) -> None:
+    """Leave the process group (if any); safe to call twice.
+
+    Args:
+        synchronize: first wait (up to ``timeout`` seconds) until every rank has arrived here, so
+            that all ranks tear the group down together. torch asks for the destruction to be
+            collective: a rank that leaves while a peer still holds its connections can abort
+            (gloo's ``terminate called without an active exception``). Use it on the normal exit
+            path only; after an error the other ranks may never arrive.
+        timeout: the wait's limit in seconds; past it the rank leaves without the others.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if synchronize and dist.get_world_size() > 1:
+        try:
+            if "gloo" in str(dist.get_backend()):
+                dist.monitored_barrier(timeout=timedelta(seconds=float(timeout)))
+            else:
+                dist.barrier()
+        except RuntimeError:  # a rank that never arrived: leave anyway
+            pass
+    dist.destroy_process_group()
 
 
 def is_initialized() -> bool:
@@ -355,40 +375,10 @@ def collectively(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return value
 
 
-# ---------------------------------------------------------------------- DDP
-
-
-def wrap_ddp(module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
-    """``DistributedDataParallel(module)`` in a process group; ``module`` itself otherwise.
-
-    The wrapper averages the gradients of ``module``'s parameters over ranks during
-    ``backward()`` and starts every rank from rank 0's parameters and buffers. Buffers are
-    not re-broadcast at each forward (energies evaluated many times per step by samplers
-    would pay a collective per call). ``find_unused_parameters=True`` is needed when some
-    parameters get no gradient (score-matching losses do not depend on an energy's offset).
-    """
-    if world_size() == 1:
-        return module
-    from torch.nn.parallel import DistributedDataParallel
-
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"wrap_ddp: {type(module).__name__} has no parameter that requires grad")
-    device = params[0].device
-    options: dict[str, Any] = {"find_unused_parameters": bool(find_unused_parameters)}
-    if device.type == "cuda":
-        options["device_ids"] = [device.index if device.index is not None else torch.cuda.current_device()]
-    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
-        options["forward_sync_buffers"] = False
-    else:  # torch < 2.13
-        options["broadcast_buffers"] = False
-    return DistributedDataParallel(module, **options)
-
-
 __all__ = [
     "DistContext", "DistributedSetupError", "ENV_VARS", "RENDEZVOUS_VARS", "RemoteRankError", "all_gather_objects",
     "all_reduce_mean", "all_reduce_sum", "barrier", "broadcast_object", "check_divisible", "collectively",
     "context_from_env", "current_context", "default_backend", "destroy_distributed", "gather_tensor",
     "init_distributed", "is_initialized", "is_main_process", "local_device", "log_mean_exp_across_ranks", "rank",
-    "rank_seed", "resolve_device", "shard_bounds", "shard_indices", "split_count", "world_size", "wrap_ddp",
+    "rank_seed", "resolve_device", "shard_bounds", "shard_indices", "split_count", "world_size",
 ]
