@@ -48,6 +48,20 @@ def test_nuts_with_tree_depth_and_window_adapted_metric(tmp_path):
     assert "ess_bulk" in result.output and "nuts: acceptance mean" in result.output
 
 
+def test_nuts_with_one_diagonal_metric_per_chain(tmp_path):
+    """``--metric diag_per_chain``: every chain learns its own diagonal (the kernel's metric is per
+    chain, one row of inverse masses per chain); the pooled ``diag`` is not per chain (control)."""
+    out = tmp_path / "pcm.npz"
+    ok("--energy", "gmm8", "--sampler", "nuts", "--metric", "diag_per_chain", "--max-tree-depth", 4, "--chains", 3,
+       "--steps", 10, "--burn-in", 40, "--out", out)
+    meta = meta_of(out)
+    assert meta["metric"] == "diag_per_chain" and "per_chain=True" in meta["kernel"], meta["kernel"]
+    pooled = tmp_path / "pooled.npz"
+    ok("--energy", "gmm8", "--sampler", "nuts", "--metric", "diag", "--max-tree-depth", 4, "--chains", 3,
+       "--steps", 10, "--burn-in", 40, "--out", pooled)
+    assert "per_chain=True" not in meta_of(pooled)["kernel"]
+
+
 def test_hmc_dense_metric(tmp_path):
     out = tmp_path / "hmc.npz"
     ok("--energy", "gmm8", "--sampler", "hmc", "--metric", "dense", "--leapfrog", 3, "--chains", 3, "--steps", 10,

@@ -72,9 +72,10 @@ _ENERGY_HELP = (
 @click.option("--target-accept", type=float, default=None, help="Acceptance rate that burn-in tunes toward.")
 @click.option("--max-tree-depth", type=int, default=None, metavar="D",
               help="nuts: at most D trajectory doublings (2^D - 1 leapfrog steps) per transition [default: 10].")
-@click.option("--metric", type=click.Choice(["diag", "dense"]), default=None,
+@click.option("--metric", type=click.Choice(["diag", "dense", "diag_per_chain"]), default=None,
               help="hmc, mala, nuts: learn a diagonal or dense mass matrix with the step size during burn-in "
-                   "(Stan's window adaptation); default: the step size only, identity mass matrix.")
+                   "(Stan's window adaptation), pooled over chains, or with diag_per_chain one diagonal per "
+                   "chain; default: the step size only, identity mass matrix.")
 @click.option("--base", default=None, metavar="NAME",
               help="pt: the sampler run at every temperature, e.g. mala (default), hmc, rwmh, gibbs, gwg.")
 @click.option("--temperatures", "num_temperatures", type=int, default=None, metavar="K",

@@ -61,7 +61,7 @@ SUMMARY_DIMS = 4
 class SampleJob:
     """Options of one sampling job (those of ``ebmlab sample``). ``step_size=None`` keeps the
     kernel's default; ``init`` is ``"noise"``, ``"zeros"`` or a path to a ``.npy`` file.
-    ``max_tree_depth``: NUTS's; ``metric``: ``"diag"``/``"dense"`` learns a mass matrix during
+    ``max_tree_depth``: NUTS's; ``metric``: ``"diag"``/``"dense"``/``"diag_per_chain"`` learns a mass matrix during
     burn-in (window adaptation; hmc, mala, nuts); ``base``, ``num_temperatures``,
     ``max_temperature``: parallel tempering's (``sampler="pt"``; the ladder adapts during burn-in).
     ``sampler=None``: :func:`default_sampler` of the energy's support; ``num_steps=None``:

@@ -126,13 +126,20 @@ class DenoisingScoreMatching(Objective):
         anneal_steps: T, the updates over which σ falls geometrically from ``sigma_max`` to
             ``sigma`` (counted by the objective: one per training loss; kept in its state, so a
             resumed run continues the schedule).
+        antithetic: perturb every example twice, by ``+σε`` and ``-σε``, and average the two
+            losses. The loss's gradient carries a zero-mean term ``εᵀ ∂s(x + σε)/∂θ / σ`` whose
+            variance grows as σ → 0; in an antithetic pair its leading parts cancel
+            (``s(x + σε) - s(x - σε) = O(σ)``), leaving the same expected loss at twice the cost
+            per update (a control variate, as in Wang et al. 2020, "A Wasserstein minimum
+            velocity approach to learning unnormalized models").
     """
 
     name = "dsm"
     score_only = True
     supports = ("real",)
 
-    def __init__(self, sigma: float = 0.15, weighting: str = "none", sigma_max: float = 0.0, anneal_steps: int = 0):
+    def __init__(self, sigma: float = 0.15, weighting: str = "none", sigma_max: float = 0.0, anneal_steps: int = 0,
+                 antithetic: bool = False):
         self.sigma = check_positive("dsm", "sigma", sigma)
         if weighting not in ("none", "sigma2"):
             raise ValueError(f"dsm: weighting must be 'none' or 'sigma2', got {weighting!r}")
@@ -143,6 +150,9 @@ class DenoisingScoreMatching(Objective):
         if isinstance(anneal_steps, bool) or int(anneal_steps) != anneal_steps or anneal_steps < 0:
             raise ValueError(f"dsm: anneal_steps must be an integer >= 0, got {anneal_steps!r}")
         self.anneal_steps = int(anneal_steps)
+        if not isinstance(antithetic, bool):
+            raise ValueError(f"dsm: antithetic must be true or false, got {antithetic!r}")
+        self.antithetic = antithetic
         self.updates = 0
 
     def sigma_at(self, update: int) -> float:
@@ -156,6 +166,8 @@ class DenoisingScoreMatching(Objective):
         sigma = self.sigma_at(self.updates)
         self.updates += 1
         eps = torch.randn(batch.shape, generator=generator, dtype=batch.dtype, device=batch.device)
+        if self.antithetic:
+            batch, eps = torch.cat([batch, batch]), torch.cat([eps, -eps])
         x_noisy = batch + sigma * eps
         _, e, s = score_with_graph(energy, x_noisy)
         residual = s + (x_noisy - batch) / sigma**2  # s(x̃) - ∇ log q(x̃ | x)

@@ -143,7 +143,9 @@ def sample(
             Neal's non-centred funnel and from 0.75 / 0.34 to 1.04 / 0.62 (bulk / tail) on the
             centred one; docs/benchmarks.md), one pooled step size for the others.
         metric: with ``adapt="window"``, the metric to learn: ``"diag"`` (default),
-            ``"dense"`` or ``None`` (step size only).
+            ``"dense"`` (both pooled over chains), ``"diag_per_chain"`` (each chain its own
+            diagonal from its own draws, for chains that sit in different regions) or ``None``
+            (step size only).
         generator: the source of every random draw; seeded for reproducibility.
         callback: called as ``callback(step, state, info)`` after every transition
             (``step`` counts from 1 over burn-in and sampling together, continuing the
