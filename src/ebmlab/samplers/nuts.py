@@ -50,7 +50,7 @@ from ebmlab.energy.base import EnergyFn
 from ebmlab.samplers.adaptation import TensorStepSize, check_step_size, step_size_value
 from ebmlab.samplers.base import ChainState, Kernel, StepInfo, uniform_log
 from ebmlab.samplers.metric import IDENTITY, Metric
-from ebmlab.samplers.nuts_tree import Checkpoints, Edge, build_subtree, persists, select_rows
+from ebmlab.samplers.nuts_tree import Checkpoints, Edge, RowChoice, build_subtree, persists
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,9 @@ class NUTSInfo(StepInfo):
     energy_error: torch.Tensor
 
 
-def _pick(flags: torch.Tensor, a: Edge, b: Edge) -> Edge:
-    """Per chain, edge ``a`` where ``flags`` ``(C,)`` else ``b``."""
-    return Edge(select_rows(flags, a.x, b.x), select_rows(flags, a.p, b.p), select_rows(flags, a.sharp, b.sharp),
-                select_rows(flags, a.grad, b.grad))
+def _pick(choose: RowChoice, a: Edge, b: Edge) -> Edge:
+    """Per chain, edge ``a`` where ``choose.take`` ``(C,)`` else ``b``."""
+    return Edge(choose(a.x, b.x), choose(a.p, b.p), choose(a.sharp, b.sharp), choose(a.grad, b.grad))
 
 
 @dataclass(frozen=True)
@@ -163,15 +162,17 @@ class NUTS(TensorStepSize, Kernel):
                 eps = torch.where(forward, 1.0, -1.0).to(energy0.dtype) * float(step)
             else:
                 eps = torch.where(forward, magnitude, -magnitude)
-            near = _pick(forward, right, left)  # the end the subtree grows from
-            far_sharp = select_rows(forward, left.sharp, right.sharp)  # the other end
+            by_direction = RowChoice(forward)
+            near = _pick(by_direction, right, left)  # the end the subtree grows from
+            far_sharp = by_direction(left.sharp, right.sharp)  # the other end
             sub = build(near, eps, j, active, energy0, kinetic0, generator)
             sum_accept, num_leaves = sum_accept + sub.sum_accept, num_leaves + sub.num_leaves
             diverged |= sub.diverged
             # biased progressive sampling between the trajectory and the new subtree
             log_u = uniform_log((c,), generator, energy0)
             take = sub.valid if self._take_last else sub.valid & (log_u < sub.log_weight - log_weight)
-            x, g = select_rows(take, sub.x, x), select_rows(take, sub.grad, g)
+            choose = RowChoice(take)
+            x, g = choose(sub.x, x), choose(sub.grad, g)
             e, error = torch.where(take, sub.energy, e), torch.where(take, sub.energy_error, error)
             moved |= take
             log_weight = torch.where(sub.valid, torch.logaddexp(log_weight, sub.log_weight), log_weight)
@@ -179,9 +180,9 @@ class NUTS(TensorStepSize, Kernel):
             ok = persists(far_sharp, sub.far.sharp, rho_new)
             ok &= persists(far_sharp, sub.near_sharp, rho + sub.near_p)
             ok &= persists(near.sharp, sub.far.sharp, sub.rho + near.p)
-            rho = select_rows(sub.valid, rho_new, rho)
-            right = _pick(sub.valid & forward, sub.far, right)
-            left = _pick(sub.valid > forward, sub.far, left)  # valid and backward
+            rho = RowChoice(sub.valid)(rho_new, rho)
+            right = _pick(RowChoice(sub.valid & forward), sub.far, right)
+            left = _pick(RowChoice(sub.valid > forward), sub.far, left)  # valid and backward
             depth = depth + sub.valid
             active = sub.valid & ok
         new = ChainState(x=x, energy=e, grad=g, step=state.step + 1)
