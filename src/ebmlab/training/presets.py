@@ -87,6 +87,11 @@ VECTOR_CONTRASTIVE_SETTINGS: dict[str, Any] = {"objective_kwargs.alpha": 0.1}
 #:   Not kept (2 spirals, gaps by seed): EMA 0.999 (seed 0: 0.115 against 0.055), batches of 1,024
 #:   (0.067), the raw data for 10,000 updates (0.038 / 0.046 / 0.082 at seeds 0 / 1 / 2); 15,000
 #:   updates ran the energy away at the box's edge (1549 nats), as 10,000 on the raw checkerboard did.
+#:   On 2 spirals (:data:`TOY_DATA_SETTINGS`): antithetic noise pairs (±σε), lr 3.5e-3 and 10,000
+#:   updates give 0.038 / 0.031 / 0.029 / 0.053 at seeds 0 / 1 / 2 / 3 in 118-142 s on one core
+#:   (plain, 10,000 updates: 0.036 / 0.034 / 0.064 at seeds 0-2; antithetic at lr 5e-3 diverged;
+#:   15,000 plain updates ran the energy away, 3,363 nats). On the checkerboard antithetic pairs at
+#:   σ = 0.015 or 0.02 gave 0.097 / 0.095 (3-4 % of the mass left the squares), no better.
 #: * ``cd``: CD-20 from the data with ULA and the energy penalty α = 0.1 (pcd and replay keep
 #:   the penalty; their chains leave mass unexplored: see docs/likelihood.md).
 #:
@@ -122,6 +127,7 @@ _CD_MALA: dict[str, Any] = {"sampler": "mala", "standardize": False, "model_kwar
 #: Per data set, on top of :data:`TOY_SETTINGS` for the same objective: ``{objective: {data: settings}}``.
 TOY_DATA_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "nce": {"checkerboard": {"standardize": False, "steps": 10000, "model_kwargs.hidden": [256, 256, 256, 256]}},
+    "dsm": {"2spirals": {"objective_kwargs.antithetic": True, "lr": 0.0035, "steps": 10000}},
     "cd": {"2spirals": {**_CD_MALA, "step_size": 0.005, "sampler_steps": 10, "steps": 5000,
                         "model_kwargs.hidden": [256, 256, 256, 256]},
            "checkerboard": {**_CD_MALA, "step_size": 0.01, "sampler_steps": 5, "steps": 9000,
