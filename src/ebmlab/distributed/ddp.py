@@ -11,6 +11,7 @@ from torch import nn
 
 from ebmlab.distributed.context import world_size
 
+
 def wrap_ddp(module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
     """``DistributedDataParallel(module)`` in a process group; ``module`` itself otherwise.
 
