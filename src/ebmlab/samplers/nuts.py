@@ -50,7 +50,8 @@ from ebmlab.energy.base import EnergyFn
 from ebmlab.samplers.adaptation import TensorStepSize, check_step_size, step_size_value
 from ebmlab.samplers.base import ChainState, Kernel, StepInfo, uniform_log
 from ebmlab.samplers.metric import IDENTITY, Metric
-from ebmlab.samplers.nuts_tree import Checkpoints, Edge, RowChoice, build_subtree, persists
+from ebmlab.samplers.nuts_doubling import begin_doubling, end_doubling, start_trajectory
+from ebmlab.samplers.nuts_tree import Checkpoints, Edge, RowChoice, build_subtree
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,6 @@ class NUTSInfo(StepInfo):
     tree_depth: torch.Tensor
     num_grad_evals: torch.Tensor
     energy_error: torch.Tensor
-
-
-def _pick(choose: RowChoice, a: Edge, b: Edge) -> Edge:
-    """Per chain, edge ``a`` where ``choose.take`` ``(C,)`` else ``b``."""
-    return Edge(choose(a.x, b.x), choose(a.p, b.p), choose(a.sharp, b.sharp), choose(a.grad, b.grad))
 
 
 @dataclass(frozen=True)
@@ -137,55 +133,41 @@ class NUTS(TensorStepSize, Kernel):
 
         return build
 
+    def _doubling_steps(self):
+        """``(begin, end)``: :func:`~ebmlab.samplers.nuts_doubling.begin_doubling` and
+        :func:`~ebmlab.samplers.nuts_doubling.end_doubling` with :class:`RowChoice`, and whether
+        the trajectory's entries must not share storage (compiled graphs: ``True``)."""
+        take_last = self._take_last
+
+        def begin(t, u, magnitude):
+            forward, eps, near, far_sharp = begin_doubling(RowChoice, t, u, magnitude)
+            return forward, eps, Edge(*near), far_sharp
+
+        def end(t, sub, forward, near, far_sharp, log_u):
+            return end_doubling(RowChoice, t, sub, forward, near, far_sharp, log_u, take_last)
+
+        return begin, end, False
+
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, NUTSInfo]:
         metric = self.metric or IDENTITY
         x0, c = state.x, state.num_chains
         p0 = metric.sample_momentum(x0, generator).flatten(1)
         energy0, kinetic0 = state.energy, metric.kinetic_energy(p0)
-        start = Edge(x0, p0, metric.velocity(p0), state.grad)
-        left, right, rho = start, start, p0
-        x, e, g, error = x0, state.energy, state.grad, torch.zeros_like(energy0)
-        log_weight = torch.zeros_like(energy0)  # log Σ w over the trajectory, w(start) = 1
-        active = torch.ones(c, dtype=torch.bool, device=x0.device)
-        diverged, moved = torch.zeros_like(active), torch.zeros_like(active)
-        depth = torch.zeros(c, dtype=torch.long, device=x0.device)
-        num_leaves = torch.zeros_like(depth)
-        sum_accept = torch.zeros_like(energy0)
+        begin, end, distinct = self._doubling_steps()
+        t = start_trajectory(x0, p0, metric.velocity(p0), state.grad, energy0, distinct=distinct)
         build = self._subtree_builder(energy, metric, state)
         step = self.step_size
-        magnitude = step.to(energy0) if isinstance(step, torch.Tensor) else None
+        magnitude = step.to(energy0) if isinstance(step, torch.Tensor) else torch.full_like(energy0, float(step))
         for j in range(int(self.max_tree_depth)):
-            if j > 0 and not bool(active.any()):
+            if j > 0 and not bool(t["active"].any()):
                 break
-            forward = torch.rand((c,), generator=generator, dtype=energy0.dtype, device=energy0.device) < 0.5
-            if magnitude is None:
-                eps = torch.where(forward, 1.0, -1.0).to(energy0.dtype) * float(step)
-            else:
-                eps = torch.where(forward, magnitude, -magnitude)
-            by_direction = RowChoice(forward)
-            near = _pick(by_direction, right, left)  # the end the subtree grows from
-            far_sharp = by_direction(left.sharp, right.sharp)  # the other end
-            sub = build(near, eps, j, active, energy0, kinetic0, generator)
-            sum_accept, num_leaves = sum_accept + sub.sum_accept, num_leaves + sub.num_leaves
-            diverged |= sub.diverged
-            # biased progressive sampling between the trajectory and the new subtree
-            log_u = uniform_log((c,), generator, energy0)
-            take = sub.valid if self._take_last else sub.valid & (log_u < sub.log_weight - log_weight)
-            choose = RowChoice(take)
-            x, g = choose(sub.x, x), choose(sub.grad, g)
-            e, error = torch.where(take, sub.energy, e), torch.where(take, sub.energy_error, error)
-            moved |= take
-            log_weight = torch.where(sub.valid, torch.logaddexp(log_weight, sub.log_weight), log_weight)
-            rho_new = rho + sub.rho
-            ok = persists(far_sharp, sub.far.sharp, rho_new)
-            ok &= persists(far_sharp, sub.near_sharp, rho + sub.near_p)
-            ok &= persists(near.sharp, sub.far.sharp, sub.rho + near.p)
-            rho = RowChoice(sub.valid)(rho_new, rho)
-            right = _pick(RowChoice(sub.valid & forward), sub.far, right)
-            left = _pick(RowChoice(sub.valid > forward), sub.far, left)  # valid and backward
-            depth = depth + sub.valid
-            active = sub.valid & ok
-        new = ChainState(x=x, energy=e, grad=g, step=state.step + 1)
-        info = NUTSInfo(accept_prob=sum_accept / num_leaves.clamp(min=1).to(sum_accept.dtype), accepted=moved,
-                        diverged=diverged, tree_depth=depth, num_grad_evals=num_leaves, energy_error=error)
+            u = torch.rand((c,), generator=generator, dtype=energy0.dtype, device=energy0.device)
+            forward, eps, near, far_sharp = begin(t, u, magnitude)
+            sub = build(near, eps, j, t["active"], energy0, kinetic0, generator)
+            t = end(t, sub, forward, near, far_sharp, uniform_log((c,), generator, energy0))
+        new = ChainState(x=t["x"], energy=t["e"], grad=t["g"], step=state.step + 1)
+        num_leaves, sum_accept = t["num_leaves"], t["sum_accept"]
+        info = NUTSInfo(accept_prob=sum_accept / num_leaves.clamp(min=1).to(sum_accept.dtype), accepted=t["moved"],
+                        diverged=t["diverged"], tree_depth=t["depth"], num_grad_evals=num_leaves,
+                        energy_error=t["error"])
         return new, info

@@ -63,6 +63,7 @@ from ebmlab.samplers.compiled_loop import StepCompiler, energy_value_and_grad, m
 from ebmlab.samplers.compiled_step import velocity
 from ebmlab.samplers.metric import Metric
 from ebmlab.samplers.nuts import NUTS
+from ebmlab.samplers.nuts_doubling import begin_doubling, end_doubling, where_choice
 from ebmlab.samplers.nuts_tree import Edge, Subtree, persists, trailing_zeros
 
 
@@ -264,7 +265,7 @@ class CompiledNUTS(NUTS):
                 log_u = torch.stack([torch.rand(energy0.shape, generator=generator, dtype=energy0.dtype,
                                                 device=energy0.device) for _ in range(k)]).log()
                 cum_prev = c["cum"]
-                out = self._call(fn, c, log_u, _block_index(n, k, num, x.device), slots, tensors, spec, pending)
+                out = self._call(fn, (c, log_u, _block_index(n, k, num, x.device), slots, tensors), spec, pending)
                 flags = out.pop("any").tolist()
                 if k == 1:
                     out["cum_prev"] = cum_prev
@@ -287,12 +288,40 @@ class CompiledNUTS(NUTS):
 
         return build
 
-    def _call(self, fn, c, log_u, index, slots, tensors, spec, pending):
-        """One compiled leaf; the first call of a new graph is timed as its compilation."""
+    def _doubling_steps(self):
+        """The compiled :func:`~ebmlab.samplers.nuts_doubling.begin_doubling` and
+        :func:`~ebmlab.samplers.nuts_doubling.end_doubling` (one graph each; eager, these
+        ~45 small operations per doubling cost more than the leaves on small targets)."""
+        if self._take_last:
+            raise ValueError("CompiledNUTS: the last-leaf test variant has no compiled form")
+        graphs = {which: doubling_function(self.compiler, which) for which in ("begin", "end")}
+        pending = {which: [setup] for which, (_, setup) in graphs.items()}
+
+        def begin(t, u, magnitude):
+            spec = LeafSpec("nuts_begin", "any", 0, 0.0)
+            forward, eps, near, far_sharp = self._call(graphs["begin"][0], (t, u, magnitude), spec, pending["begin"])
+            return forward, eps, Edge(*near), far_sharp
+
+        def end(t, sub, forward, near, far_sharp, log_u):
+            near_p, near_sharp = sub.near_p, sub.near_sharp
+            if near_p is sub.far.p:  # a one-leaf subtree: no two inputs may alias
+                near_p, near_sharp = near_p.clone(), near_sharp.clone()
+            parts = dict(valid=sub.valid, diverged=sub.diverged, far_x=sub.far.x, far_p=sub.far.p,
+                         far_sharp=sub.far.sharp, far_g=sub.far.grad, near_p=near_p, near_sharp=near_sharp,
+                         rho=sub.rho, log_weight=sub.log_weight, x=sub.x, energy=sub.energy, grad=sub.grad,
+                         energy_error=sub.energy_error, sum_accept=sub.sum_accept, num_leaves=sub.num_leaves)
+            spec = LeafSpec("nuts_end", "any", 0, 0.0)
+            return self._call(graphs["end"][0], (t, parts, forward, (near.x, near.p, near.sharp, near.grad), far_sharp,
+                                                 log_u), spec, pending["end"])
+
+        return begin, end, True
+
+    def _call(self, fn, args, spec, pending):
+        """One compiled call of ``fn(*args)``; the first call of a new graph is timed as its compilation."""
         setup = pending[0]  # the set-up seconds of a graph not yet called, else None
         start = time.perf_counter()
         with torch.no_grad():
-            out = fn(c, log_u, index, slots, tensors)
+            out = fn(*args)
         if setup is not None:
             pending[0] = None
             seconds = setup + time.perf_counter() - start
@@ -301,6 +330,34 @@ class CompiledNUTS(NUTS):
             if self.compiler.on_compile is not None:
                 self.compiler.on_compile(seconds, spec)
         return out
+
+
+def _begin_graph(t, u, magnitude):
+    return begin_doubling(where_choice, t, u, magnitude)
+
+
+def _end_graph(t, parts, forward, near, far_sharp, log_u):
+    far = Edge(parts["far_x"], parts["far_p"], parts["far_sharp"], parts["far_g"])
+    sub = Subtree(parts["valid"], parts["diverged"], far, parts["near_p"], parts["near_sharp"], parts["rho"],
+                  parts["log_weight"], parts["x"], parts["energy"], parts["grad"], parts["energy_error"],
+                  parts["sum_accept"], parts["num_leaves"])
+    return end_doubling(where_choice, t, sub, forward, Edge(*near), far_sharp, log_u)
+
+
+def doubling_function(compiler: StepCompiler, which: str) -> tuple[Callable, float | None]:
+    """The compiled ``begin`` or ``end`` of a doubling, cached in ``compiler`` (energy-independent),
+    and the set-up seconds when it is new."""
+    key = ("nuts_doubling", which)
+    if key in compiler._compiled:
+        return compiler._compiled[key][1], None
+    start = time.perf_counter()
+    call = _begin_graph if which == "begin" else _end_graph
+    name = f"compiled_nuts_{which}_{len(compiler._compiled)}"
+    call = types.FunctionType(call.__code__.replace(co_name=name, co_qualname=name), call.__globals__, name)
+    fn = torch.compile(call, mode=compiler.mode, backend=compiler.backend, fullgraph=compiler.fullgraph,
+                       dynamic=compiler.dynamic)
+    compiler._compiled[key] = (None, fn)
+    return fn, time.perf_counter() - start
 
 
 def compiled_nuts(kernel: NUTS, compiler: StepCompiler | None = None) -> CompiledNUTS:
