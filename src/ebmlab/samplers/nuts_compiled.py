@@ -75,14 +75,16 @@ DEFAULT_UNROLL = 4
 @dataclass(frozen=True)
 class LeafSpec:
     """What fixes a leaf graph: ``family`` (``"nuts_leaf"``), ``metric`` (``"identity"``,
-    ``"diag"``, ``"dense"``), ``num_slots`` ``L``, ``max_energy_error`` and ``unroll`` (leaves
-    per call)."""
+    ``"diag"``, ``"dense"``), ``num_slots`` ``L``, ``max_energy_error``, ``unroll`` (leaves
+    per call) and ``whole``: the call is a whole doubling (``2^j = unroll`` leaves), so its last
+    leaf ends ``j`` sub-trees, known when tracing (no masked checks)."""
 
     family: str
     metric: str
     num_slots: int
     max_energy_error: float
     unroll: int = 1
+    whole: bool = False
 
 
 def _col(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -168,7 +170,7 @@ def leaves(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: to
         prev = c["cum"]
         # a block starts at a multiple of k, so below its last leaf the parity and the trailing
         # ones of n are those of the offset
-        levels = trailing_zeros(k + 1) if k < spec.unroll - 1 else None
+        levels = trailing_zeros(k + 1) if k < spec.unroll - 1 or spec.whole else None
         new = leaf(spec, vg, c, log_u[k], index[k], slots, metric, levels)
         anys.append(new.pop("any"))
         c.update(new)
@@ -239,11 +241,7 @@ class CompiledNUTS(NUTS):
         num = max(int(self.max_tree_depth) - 1, 1)
         asked = self.compiler.unroll or DEFAULT_UNROLL
         unroll = 1 << (int(asked).bit_length() - 1)  # a power of two
-        graphs = {}
-        for k in {1, unroll}:
-            spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error), k)
-            fn, setup = leaf_function(self.compiler, spec, energy)
-            graphs[k] = (fn, spec, [setup])
+        graphs = {}  # (leaves per call, whole doubling) -> (function, spec, [set-up seconds]), made on first use
         x = state.x
         slots = x.new_empty((num + 1, 5, x.shape[0], x[0].numel()))
 
@@ -258,8 +256,8 @@ class CompiledNUTS(NUTS):
                      cand_err=torch.zeros_like(energy0), cum=zeros[0], cum_prev=zeros[1])
             near_p, near_sharp, sharp = near.p, near.sharp, near.sharp
             going, n, total = bool(active.any()), 0, 2**depth
-            k = unroll if total >= unroll and generator is not None else 1
-            fn, spec, pending = graphs[k]
+            k, whole = (min(total, unroll), total <= unroll) if generator is not None else (1, depth == 0)
+            fn, spec, pending = graphs.get((k, whole)) or self._leaf_graph(graphs, kind, num, k, whole, energy)
             while going and n < total:
                 saved = generator.get_state() if k > 1 else None
                 log_u = torch.stack([torch.rand(energy0.shape, generator=generator, dtype=energy0.dtype,
@@ -287,6 +285,13 @@ class CompiledNUTS(NUTS):
                            c["sum_accept"], c["num_leaves"])
 
         return build
+
+    def _leaf_graph(self, graphs, kind, num, k, whole, energy):
+        """The leaf graph of ``k`` leaves a call (``whole``: a whole doubling), kept in ``graphs``."""
+        spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error), k, whole)
+        fn, setup = leaf_function(self.compiler, spec, energy)
+        graphs[k, whole] = (fn, spec, [setup])
+        return graphs[k, whole]
 
     def _doubling_steps(self):
         """The compiled :func:`~ebmlab.samplers.nuts_doubling.begin_doubling` and
