@@ -133,28 +133,12 @@ class NUTS(TensorStepSize, Kernel):
 
         return build
 
-    def _doubling_steps(self):
-        """``(begin, end)``: :func:`~ebmlab.samplers.nuts_doubling.begin_doubling` and
-        :func:`~ebmlab.samplers.nuts_doubling.end_doubling` with :class:`RowChoice`, and whether
-        the trajectory's entries must not share storage (compiled graphs: ``True``)."""
-        take_last = self._take_last
-
-        def begin(t, u, magnitude):
-            forward, eps, near, far_sharp = begin_doubling(RowChoice, t, u, magnitude)
-            return forward, eps, Edge(*near), far_sharp
-
-        def end(t, sub, forward, near, far_sharp, log_u):
-            return end_doubling(RowChoice, t, sub, forward, near, far_sharp, log_u, take_last)
-
-        return begin, end, False
-
     def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, NUTSInfo]:
         metric = self.metric or IDENTITY
         x0, c = state.x, state.num_chains
         p0 = metric.sample_momentum(x0, generator).flatten(1)
         energy0, kinetic0 = state.energy, metric.kinetic_energy(p0)
-        begin, end, distinct = self._doubling_steps()
-        t = start_trajectory(x0, p0, metric.velocity(p0), state.grad, energy0, distinct=distinct)
+        t = start_trajectory(x0, p0, metric.velocity(p0), state.grad, energy0)
         build = self._subtree_builder(energy, metric, state)
         step = self.step_size
         magnitude = step.to(energy0) if isinstance(step, torch.Tensor) else torch.full_like(energy0, float(step))
@@ -162,9 +146,11 @@ class NUTS(TensorStepSize, Kernel):
             if j > 0 and not bool(t["active"].any()):
                 break
             u = torch.rand((c,), generator=generator, dtype=energy0.dtype, device=energy0.device)
-            forward, eps, near, far_sharp = begin(t, u, magnitude)
+            forward, eps, near, far_sharp = begin_doubling(RowChoice, t, u, magnitude)
+            near = Edge(*near)
             sub = build(near, eps, j, t["active"], energy0, kinetic0, generator)
-            t = end(t, sub, forward, near, far_sharp, uniform_log((c,), generator, energy0))
+            t = end_doubling(RowChoice, t, sub, forward, near, far_sharp, uniform_log((c,), generator, energy0),
+                             self._take_last)
         new = ChainState(x=t["x"], energy=t["e"], grad=t["g"], step=state.step + 1)
         num_leaves, sum_accept = t["num_leaves"], t["sum_accept"]
         info = NUTSInfo(accept_prob=sum_accept / num_leaves.clamp(min=1).to(sum_accept.dtype), accepted=t["moved"],

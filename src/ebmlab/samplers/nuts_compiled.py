@@ -1,55 +1,39 @@
-"""NUTS with every leaf of the tree one ``torch.compile`` graph (``sample(..., compile=True)``).
+"""NUTS run as ``torch.compile`` graphs (``sample(..., compile=True)``).
 
-The trajectory of batched NUTS (:mod:`ebmlab.samplers.nuts`) doubles while any chain builds, a
-data-dependent number of leaves, so the transition itself cannot be one fixed graph. Its leaf
-can: :func:`leaf` does, for every chain at once, everything :func:`~ebmlab.samplers.nuts_tree.build_subtree`
-does per leaf —
+A transition of batched NUTS (:mod:`ebmlab.samplers.nuts`) doubles its trajectory a
+data-dependent number of times, so it cannot be one fixed graph. Each doubling here is three
+kinds of graph call:
 
-* the leapfrog step ``p½ = p - ε/2 ∇E(x);  x' = x + ε M⁻¹p½;  p' = p½ - ε/2 ∇E(x')`` with the
-  energy's value and gradient (Hoffman & Gelman 2014);
-* the energy error ``ΔH = H(x', p') - H₀``, the divergence test ``ΔH > max_energy_error`` (or
-  NaN) and the acceptance sum ``Σ min(1, e^{-ΔH})``;
-* the progressive multinomial update (Betancourt 2017, App. A.3.2): with ``log w = -ΔH`` the leaf
-  replaces the candidate iff ``log u < log w - log Σ_{i≤n} w_i``;
-* the checkpoint write and the generalised U-turn checks of every sub-tree the leaf ends
-  (Betancourt 2013; the three checks of Stan ≥ 2.26; see :mod:`ebmlab.samplers.nuts_tree`).
+1. **begin** (:func:`~ebmlab.samplers.nuts_doubling.begin_doubling`): the directions, the signed
+   step sizes, the end to grow from, and the subtree's starting state;
+2. **leaves** (:mod:`ebmlab.samplers.nuts_leaf`): one call per block of ``k`` leaves, or one
+   call for a whole doubling of ``2^j ≤ k`` leaves, with one host synchronisation per call (does
+   any chain still build?);
+3. **end** (:func:`~ebmlab.samplers.nuts_doubling.end_doubling`): the choice between trajectory
+   and subtree, the new end and the U-turn checks of the merged tree.
 
-Checkpoints as tensors: the slots form one ``(L + 1, 5, C, D)`` buffer (``L =
-max(max_tree_depth - 1, 1)``) of ``(p♯_s, p♯_{s-1}, R_s, R_{s-1}, R_{s-2})`` (``R`` the
-cumulative momentum sum). As in NumPyro's iterative NUTS (Phan et al. 2019), an even leaf ``n``
-writes slot ``k = popcount(n >> 1)`` and an odd leaf checks the sub-trees of levels
-``l = 1 … t`` (``t`` its trailing one bits) whose start leaves sit in slots ``k_max - l + 1``
-with ``k_max = popcount(n >> 1)``; the mid-point of level ``l`` is slot ``k_max - l + 2``. The
-leaf gets ``(write slot, k_max, t)`` as a ``(3,)`` long tensor (odd leaves write the spare slot
-``L``), and checks all ``L`` slots with a mask, so one graph serves every leaf, depth, step
-size and metric value: it never recompiles across leaves, doublings or adaptation (a change of
-metric kind — identity to diagonal — or of the chains' shapes builds one more graph).
+Packed state. On small targets the cost of a call is mostly its inputs and outputs (each tensor
+is guarded, checked and allocated: about 1 µs apiece on a CPU), so the state travels between
+graphs as a few stacked tensors, unpacked and repacked inside each graph:
 
-Unrolled calls (``StepCompiler(unroll=k)``, k a power of two; 4 when the compiler leaves it to
-the kernel): one graph runs ``k`` leaves of a doubling with ``2^j ≥ k`` leaves (smaller
-doublings use the one-leaf graph). A block starts at a multiple of ``k``, so the parity and the
-number of sub-trees of each of its leaves but the last are known when tracing: even leaves only
-write, odd ones check just their own ``t`` slots, and only the last leaf checks all ``L`` with a
-mask. The uniforms of all ``k`` leaves are drawn before the call; when every chain stops inside
-the block, the generator is set back and advanced by the leaves eager NUTS would have run (the
-leaves after the stop change nothing that is read: every chain's log w is -∞).
+* trajectory: ``tv`` ``(11, C, D)`` — left ``x, p, p♯, ∇E``, right ``x, p, p♯, ∇E``, ``ρ``,
+  candidate ``x``, ``∇E``; ``tf`` ``(4, C)`` — candidate energy, its energy error, ``log W``,
+  ``Σ min(1, w)``; ``tb`` ``(3, C)`` bool — active, diverged, moved; ``tl`` ``(2, C)`` long —
+  depth, leaves built;
+* subtree: ``cv`` ``(7, C, D)`` — edge ``x, p, ∇E``, candidate ``x, ∇E``, ``R``, ``R_prev``;
+  ``cf`` ``(6, C)`` — ``E₀, K₀``, ``log w``-sum, acceptance sum, candidate energy and error;
+  ``cb`` ``(2, C)`` bool — building, diverged; ``cl`` ``(C,)`` long — leaves built.
 
-Random numbers are drawn outside the graph, from the run's generator in the eager order (the
-momenta, per doubling the directions, per leaf one ``rand((C,))``, the choice between subtrees),
-so compiled and eager chains agree to floating-point rounding. The one host synchronisation per
-leaf is the "does any chain still build?" test that the eager loop makes too (on the CPU it
-costs a few µs); without it the draws of the two would part.
-
-Differences from eager: the gradient is evaluated on all ``C`` chains (eager: the building ones
-only), the masked checks read all ``L`` slots (``O(L·C·D)``), and an unrolled block computes
-up to ``k - 1`` leaves past the point where every chain stopped. Shapes: ``x`` ``(C, *event)``,
-momenta and slots flattened to ``(C, D)``.
+Positions are flattened to ``(C, D)`` in the packs and viewed as ``(C, *event)`` for the
+energy. Random numbers are drawn outside the graphs from the run's generator in the eager
+order (:mod:`ebmlab.samplers.nuts`), so compiled and eager chains agree to floating-point
+rounding. The graphs never recompile across leaves, doublings, step sizes or metric values;
+a change of metric kind or of the chains' shapes builds new ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 import types
 from dataclasses import dataclass, field
@@ -58,174 +42,108 @@ from typing import Any, Callable
 import torch
 
 from ebmlab.energy.base import EnergyFn
-from ebmlab.samplers.base import ChainState
+from ebmlab.samplers.base import ChainState, uniform_log
 from ebmlab.samplers.compiled_loop import StepCompiler, energy_value_and_grad, metric_tensors
-from ebmlab.samplers.compiled_step import velocity
-from ebmlab.samplers.metric import Metric
-from ebmlab.samplers.nuts import NUTS
+from ebmlab.samplers.metric import IDENTITY
+from ebmlab.samplers.nuts import NUTS, NUTSInfo
 from ebmlab.samplers.nuts_doubling import begin_doubling, end_doubling, where_choice
-from ebmlab.samplers.nuts_tree import Edge, Subtree, persists, trailing_zeros
+from ebmlab.samplers.nuts_leaf import DEFAULT_UNROLL, LeafSpec, block_index, leaves
+from ebmlab.samplers.nuts_tree import Edge, Subtree
+
+#: the order of the trajectory's ``(C, D)`` entries in ``tv`` (module docstring)
+TRAJECTORY_VECTORS = ("left_x", "left_p", "left_sharp", "left_g", "right_x", "right_p", "right_sharp", "right_g",
+                      "rho", "x", "g")
+TRAJECTORY_FLOATS, TRAJECTORY_FLAGS, TRAJECTORY_COUNTS = ("e", "error", "log_weight", "sum_accept"), \
+    ("active", "diverged", "moved"), ("depth", "num_leaves")
+SUBTREE_VECTORS = ("x", "p", "g", "cand_x", "cand_g", "cum", "cum_prev")
+SUBTREE_FLOATS = ("energy0", "kinetic0", "log_weight", "sum_accept", "cand_e", "cand_err")
 
 
-#: leaves per compiled call when the StepCompiler leaves ``unroll`` to the kernel (measured on the
-#: banana at 128 chains: 4 leaves a call take half the time per leaf of 1)
-DEFAULT_UNROLL = 4
+def _unpack_trajectory(tv, tf, tb, tl) -> dict:
+    return {**dict(zip(TRAJECTORY_VECTORS, tv.unbind(0))), **dict(zip(TRAJECTORY_FLOATS, tf.unbind(0))),
+            **dict(zip(TRAJECTORY_FLAGS, tb.unbind(0))), **dict(zip(TRAJECTORY_COUNTS, tl.unbind(0)))}
 
 
-@dataclass(frozen=True)
-class LeafSpec:
-    """What fixes a leaf graph: ``family`` (``"nuts_leaf"``), ``metric`` (``"identity"``,
-    ``"diag"``, ``"dense"``), ``num_slots`` ``L``, ``max_energy_error``, ``unroll`` (leaves
-    per call) and ``whole``: the call is a whole doubling (``2^j = unroll`` leaves), so its last
-    leaf ends ``j`` sub-trees, known when tracing (no masked checks)."""
-
-    family: str
-    metric: str
-    num_slots: int
-    max_energy_error: float
-    unroll: int = 1
-    whole: bool = False
+def _pack_trajectory(t: dict):
+    return (torch.stack([t[k] for k in TRAJECTORY_VECTORS]), torch.stack([t[k] for k in TRAJECTORY_FLOATS]),
+            torch.stack([t[k] for k in TRAJECTORY_FLAGS]), torch.stack([t[k] for k in TRAJECTORY_COUNTS]))
 
 
-def _col(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view((-1,) + (1,) * (like.dim() - 1))
+def begin_graph(tv, tb, u, magnitude, energy0, kinetic0):
+    """``(forward, eps, ends, cv, cf, cb, cl)``: the doubling's directions and signed steps, ``ends``
+    ``(3, C, D)`` = near ``p``, near ``p♯``, far ``p♯``, and the subtree's starting packs."""
+    t = dict(zip(TRAJECTORY_VECTORS, tv.unbind(0)))
+    forward, eps, (x, p, sharp, g), far_sharp = begin_doubling(where_choice, t, u, magnitude)
+    zeros = torch.zeros_like(p)
+    cv = torch.stack([x, p, g, x, g, zeros, zeros])
+    cf = torch.stack([energy0, kinetic0, torch.full_like(energy0, -torch.inf), torch.zeros_like(energy0), energy0,
+                      torch.zeros_like(energy0)])
+    cb = torch.stack([tb[0], torch.zeros_like(tb[0])])
+    cl = torch.zeros(u.shape, dtype=torch.long, device=u.device)
+    return forward, eps, torch.stack([p, sharp, far_sharp]), cv, cf, cb, cl
 
 
-def _all_levels_persist(spec: LeafSpec, slots, index, sharp, cum) -> torch.Tensor:
-    """The checks of every sub-tree the leaf ends, over all ``L`` slots with a mask, ``(C,)``."""
-    num = spec.num_slots
-    s, sp, r, rp, rp2 = slots[:num].unbind(1)  # each (L, C, D)
-    k = torch.arange(num, device=sharp.device)
-    top, levels = index[1], index[2]
-    checked = ((k <= top) & (k > top - levels)).view(-1, 1)
-    ok = persists(s, sharp, cum - rp)  # the whole node, (L, C)
-    halves = persists(s[:-1], s[1:], r[1:] - rp[:-1]) & persists(sp[1:], sharp, cum - rp2[1:])
-    halves = torch.cat([halves, torch.ones_like(ok[:1])]) | (k >= top).view(-1, 1)  # one leaf: no halves
-    return (ok & halves | ~checked).all(0)
+def leaves_graph(spec: LeafSpec, vg: Callable, shape: tuple, cv, cf, cb, cl, eps, log_u, index, slots, metric):
+    """:func:`~ebmlab.samplers.nuts_leaf.leaves` on packed state: ``(cv, cf, cb, cl, sharp, first, any)``
+    with ``sharp`` the last leaf's ``p♯``, ``first`` ``(2, C, D)`` the first leaf's ``p``, ``p♯``."""
+    x, p, g, cand_x, cand_g, cum, cum_prev = cv.unbind(0)
+    c = dict(zip(SUBTREE_FLOATS, cf.unbind(0)))
+    c.update(x=x.view(shape), p=p, g=g.view(shape), cand_x=cand_x.view(shape), cand_g=cand_g.view(shape), cum=cum,
+             cum_prev=cum_prev, eps=eps.view(-1, 1), half=(0.5 * eps).view(-1, 1), building=cb[0], diverged=cb[1],
+             num_leaves=cl)
+    out = leaves(spec, vg, c, log_u, index, slots, metric)
+    first = (out["first_p"], out["first_sharp"]) if spec.unroll > 1 else (out["p"], out["sharp"])
+    cv = torch.stack([out["x"].flatten(1), out["p"], out["g"].flatten(1), out["cand_x"].flatten(1),
+                      out["cand_g"].flatten(1), out["cum"], out.get("cum_prev", cum)])
+    cf = torch.stack([c["energy0"], c["kinetic0"], out["log_weight"], out["sum_accept"], out["cand_e"],
+                      out["cand_err"]])
+    return cv, cf, torch.stack([out["building"], out["diverged"]]), out["num_leaves"], out["sharp"], \
+        torch.stack(first), out["any"]
 
 
-def leaf(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: torch.Tensor, slots: torch.Tensor,
-         metric: dict, levels: int | None = None) -> dict:
-    """One leaf for every chain (module docstring); pure but for the write into ``slots``.
-
-    ``c`` holds the edge ``x`` ``(C, *event)``, ``p`` ``(C, D)``, ``g``; ``eps`` and ``half``
-    (ε and ε/2, ``(C, 1)``); ``building``, ``diverged`` (bool) and ``num_leaves`` (long) ``(C,)``;
-    ``energy0``, ``kinetic0``, ``log_weight``, ``sum_accept``, ``cand_e``, ``cand_err`` ``(C,)``;
-    ``cand_x``, ``cand_g``; ``cum``, ``cum_prev`` ``(C, D)``. ``log_u`` ``(C,)``,
-    ``index`` ``(3,)`` long, ``slots`` ``(L + 1, 5, C, D)``. Returns the entries of ``c`` that
-    change (all but ``cum_prev``, which becomes the old ``cum``: the caller moves it, so that no
-    output aliases an input) with ``sharp`` (``M⁻¹p'``) and ``any`` (a 0-dim bool: some chain
-    still builds). ``levels``: how many sub-trees the leaf ends when that is known when tracing
-    (0 for an even leaf, which writes its slot; ``t`` for an odd one, which checks slots
-    ``k_max … k_max - t + 1`` only), ``None`` for any leaf (write and masked checks of all slots).
-    """
-    x, p, g, building = c["x"], c["p"], c["g"], c["building"]
-    p_half = torch.addcmul(p, c["half"], g.flatten(1), value=-1.0)
-    x_new = torch.addcmul(x.flatten(1), c["eps"], velocity(spec, metric, p_half)).view(x.shape)
-    e, g_new = vg(x_new)
-    e, g_new = e.reshape(-1).to(x.dtype), g_new.to(x.dtype)
-    p_new = torch.addcmul(p_half, c["half"], g_new.flatten(1), value=-1.0)
-    sharp = velocity(spec, metric, p_new)
-    kinetic = 0.5 * torch.linalg.vecdot(p_new, sharp)
-    error = (e - c["energy0"]) + (kinetic - c["kinetic0"])
-    log_w = torch.where(building, error.neg(), -torch.inf).nan_to_num(nan=-torch.inf, posinf=torch.inf,
-                                                                      neginf=-torch.inf)
-    fine = error <= spec.max_energy_error  # False for NaN: a divergence
-    log_weight = torch.logaddexp(c["log_weight"], log_w)
-    take = log_u < log_w - log_weight
-    cum_prev2, cum_prev, cum = c["cum_prev"], c["cum"], c["cum"] + p_new
-    if not levels:  # even leaves (0) write their slot, unknown parity (None) the spare one for odd n
-        sharp_prev = velocity(spec, metric, p)  # the previous leaf's p♯ (at leaf 0 never read)
-        slots.index_copy_(0, index[:1], torch.stack([sharp, sharp_prev, cum, cum_prev, cum_prev2]).unsqueeze(0))
-    diverged = c["diverged"] | (building & ~fine)
-    building = building & fine
-    if levels is None:
-        building = building & _all_levels_persist(spec, slots, index, sharp, cum)
-    top = index[1]
-    for level in range(1, (levels or 0) + 1):  # the leaf's own sub-trees, a known number of them
-        sharp_s, _, _, cum_prev_s, _ = slots.index_select(0, (top - (level - 1)).view(1))[0].unbind(0)
-        ok = persists(sharp_s, sharp, cum - cum_prev_s)
-        if level > 1:
-            sharp_m, sharp_prev_m, cum_m, _, cum_prev2_m = slots.index_select(0, (top - (level - 2)).view(1))[0].unbind(0)
-            ok = ok & persists(sharp_s, sharp_m, cum_m - cum_prev_s) & persists(sharp_prev_m, sharp, cum - cum_prev2_m)
-        building = building & ok
-    return dict(x=x_new, p=p_new, g=g_new, sharp=sharp, building=building, diverged=diverged,
-                log_weight=log_weight, sum_accept=c["sum_accept"] + log_w.clamp(max=0.0).exp(),
-                num_leaves=c["num_leaves"] + c["building"], cand_x=torch.where(_col(take, x), x_new, c["cand_x"]),
-                cand_g=torch.where(_col(take, x), g_new, c["cand_g"]), cand_e=torch.where(take, e, c["cand_e"]),
-                cand_err=torch.where(take, error, c["cand_err"]), cum=cum, any=building.any())
+def end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u):
+    """The packed trajectory merged with the packed subtree, and whether any chain is still active."""
+    t = _unpack_trajectory(tv, tf, tb, tl)
+    x, p, g, cand_x, cand_g, cum, _ = cv.unbind(0)
+    _, _, log_weight, sum_accept, cand_e, cand_err = cf.unbind(0)
+    sub = Subtree(cb[0], cb[1], Edge(x, p, sharp, g), first[0], first[1], cum, log_weight, cand_x, cand_e, cand_g,
+                  cand_err, sum_accept, cl)
+    near = Edge(None, ends[0], ends[1], None)
+    t = end_doubling(where_choice, t, sub, forward, near, ends[2], log_u)
+    return (*_pack_trajectory(t), t["active"].any())
 
 
-def leaves(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: torch.Tensor, slots: torch.Tensor,
-           metric: dict) -> dict:
-    """``spec.unroll`` consecutive leaves (:func:`leaf`), ``log_u`` ``(k, C)``, ``index`` ``(k, 3)``.
-
-    Returns :func:`leaf`'s entries after the last leaf, ``any`` ``(k,)`` (after each leaf), and
-    for ``k > 1`` also ``cum_prev`` and the first leaf's ``first_p``, ``first_sharp``. Leaves
-    run after every chain has stopped change nothing a caller reads (every chain's log w is
-    -∞ and its subtree invalid), so the caller only has to rewind the generator.
-    """
-    c, anys, first = dict(c), [], None
-    for k in range(spec.unroll):
-        prev = c["cum"]
-        # a block starts at a multiple of k, so below its last leaf the parity and the trailing
-        # ones of n are those of the offset
-        levels = trailing_zeros(k + 1) if k < spec.unroll - 1 or spec.whole else None
-        new = leaf(spec, vg, c, log_u[k], index[k], slots, metric, levels)
-        anys.append(new.pop("any"))
-        c.update(new)
-        c["cum_prev"] = prev
-        if k == 0:
-            first = (new["p"], new["sharp"])
-    out = {name: c[name] for name in new}
-    out["any"] = torch.stack(anys)
-    if spec.unroll > 1:
-        out.update(cum_prev=c["cum_prev"], first_p=first[0], first_sharp=first[1])
-    return out
-
-
-@functools.lru_cache(maxsize=4096)
-def _block_index(n: int, k: int, num_slots: int, device: torch.device) -> torch.Tensor:
-    """``(k, 3)``: :func:`_leaf_index` of leaves ``n … n+k-1``."""
-    return torch.stack([_leaf_index(i, num_slots, device) for i in range(n, n + k)])
-
-
-@functools.lru_cache(maxsize=4096)
-def _leaf_index(n: int, num_slots: int, device: torch.device) -> torch.Tensor:
-    """``(write slot, k_max, t)`` of leaf ``n`` (module docstring)."""
-    top = bin(n >> 1).count("1")
-    if n % 2 == 0:
-        return torch.tensor([top, top, 0], device=device)
-    return torch.tensor([num_slots, top, trailing_zeros(n + 1)], device=device)
-
-
-def leaf_function(compiler: StepCompiler, spec: LeafSpec, energy: EnergyFn) -> tuple[Callable, float | None]:
-    """The compiled :func:`leaf` of ``spec`` on ``energy``, cached in ``compiler`` with the
-    conventions of :class:`~ebmlab.samplers.compiled_loop.StepCompiler` (one code object per
-    spec, so graphs never evict one another), and the set-up seconds when it is new."""
-    key = (spec, id(energy))
+def _compiled(compiler: StepCompiler, key, name: str, call: Callable) -> tuple[Callable, float | None]:
+    """``torch.compile`` of ``call`` cached in ``compiler`` under ``key`` with the conventions of
+    :class:`~ebmlab.samplers.compiled_loop.StepCompiler` (one code object per graph, so graphs never
+    evict one another), and the set-up seconds when it is new."""
     if key in compiler._compiled:
         return compiler._compiled[key][1], None
     start = time.perf_counter()
-    vg = energy_value_and_grad(energy)
-
-    def call(c, log_u, index, slots, metric):
-        return leaves(spec, vg, c, log_u, index, slots, metric)
-
-    name = f"compiled_nuts_leaf_{len(compiler._compiled)}"
-    call = types.FunctionType(call.__code__.replace(co_name=name, co_qualname=name), call.__globals__, name, None,
-                              call.__closure__)
+    name = f"compiled_nuts_{name}_{len(compiler._compiled)}"
+    code = call.__code__.replace(co_name=name, co_qualname=name)
+    call = types.FunctionType(code, call.__globals__, name, call.__defaults__, call.__closure__)
     fn = torch.compile(call, mode=compiler.mode, backend=compiler.backend, fullgraph=compiler.fullgraph,
                        dynamic=compiler.dynamic)
-    compiler._compiled[key] = (energy, fn)
+    compiler._compiled[key] = (key, fn)  # the key holds the energy, so its id is not reused
     return fn, time.perf_counter() - start
+
+
+def leaf_function(compiler: StepCompiler, spec: LeafSpec, energy: EnergyFn, shape: tuple) -> tuple[Callable, float | None]:
+    """The compiled :func:`leaves_graph` of ``spec`` on ``energy`` for positions of ``shape``."""
+    vg = energy_value_and_grad(energy)
+
+    def call(cv, cf, cb, cl, eps, log_u, index, slots, metric):
+        return leaves_graph(spec, vg, shape, cv, cf, cb, cl, eps, log_u, index, slots, metric)
+
+    return _compiled(compiler, (spec, shape, id(energy), energy), "leaf", call)
 
 
 @dataclass(frozen=True)
 class CompiledNUTS(NUTS):
-    """:class:`~ebmlab.samplers.nuts.NUTS` whose subtrees are built from compiled leaves
-    (module docstring); ``compiler`` is the :class:`StepCompiler` that holds the graphs and
-    counts their compile time. Same hyperparameters, same draws as NUTS to rounding."""
+    """:class:`~ebmlab.samplers.nuts.NUTS` run as compiled graphs (module docstring); ``compiler``
+    is the :class:`StepCompiler` that holds the graphs and counts their compile time. Same
+    hyperparameters, same draws as NUTS to rounding."""
 
     compiler: Any = field(default=None, compare=False, repr=False)
 
@@ -234,101 +152,13 @@ class CompiledNUTS(NUTS):
             object.__setattr__(self, "compiler", StepCompiler())
         super().__post_init__()
 
-    def _subtree_builder(self, energy: EnergyFn, metric: Metric, state: ChainState):
-        if self._take_last:
-            raise ValueError("CompiledNUTS: the last-leaf test variant has no compiled form")
-        kind, tensors = metric_tensors(self)
-        num = max(int(self.max_tree_depth) - 1, 1)
-        asked = self.compiler.unroll or DEFAULT_UNROLL
-        unroll = 1 << (int(asked).bit_length() - 1)  # a power of two
-        graphs = {}  # (leaves per call, whole doubling) -> (function, spec, [set-up seconds]), made on first use
-        x = state.x
-        slots = x.new_empty((num + 1, 5, x.shape[0], x[0].numel()))
-
-        def build(near: Edge, eps, depth, active, energy0, kinetic0, generator) -> Subtree:
-            # no two inputs may alias (an aliased input is a guard of its own: another graph)
-            zeros = [torch.zeros_like(near.p) for _ in range(2)]
-            c = dict(x=near.x, p=near.p, g=near.grad, eps=eps.view(-1, 1), half=(0.5 * eps).view(-1, 1),
-                     building=active.clone(), diverged=torch.zeros_like(active), energy0=energy0, kinetic0=kinetic0,
-                     log_weight=torch.full_like(energy0, -torch.inf), sum_accept=torch.zeros_like(energy0),
-                     num_leaves=torch.zeros(active.shape, dtype=torch.long, device=active.device),
-                     cand_x=near.x.clone(), cand_g=near.grad.clone(), cand_e=energy0.clone(),
-                     cand_err=torch.zeros_like(energy0), cum=zeros[0], cum_prev=zeros[1])
-            near_p, near_sharp, sharp = near.p, near.sharp, near.sharp
-            going, n, total = bool(active.any()), 0, 2**depth
-            k, whole = (min(total, unroll), total <= unroll) if generator is not None else (1, depth == 0)
-            fn, spec, pending = graphs.get((k, whole)) or self._leaf_graph(graphs, kind, num, k, whole, energy)
-            while going and n < total:
-                saved = generator.get_state() if k > 1 else None
-                log_u = torch.stack([torch.rand(energy0.shape, generator=generator, dtype=energy0.dtype,
-                                                device=energy0.device) for _ in range(k)]).log()
-                cum_prev = c["cum"]
-                out = self._call(fn, (c, log_u, _block_index(n, k, num, x.device), slots, tensors), spec, pending)
-                flags = out.pop("any").tolist()
-                if k == 1:
-                    out["cum_prev"] = cum_prev
-                    first_p, first_sharp = out["p"], out["sharp"]
-                else:
-                    first_p, first_sharp = out.pop("first_p"), out.pop("first_sharp")
-                    used = next((i + 1 for i, a in enumerate(flags) if not a), k)
-                    if used < k:  # eager draws no uniform for a leaf after every chain stopped
-                        generator.set_state(saved)
-                        for _ in range(used):
-                            torch.rand(energy0.shape, generator=generator, dtype=energy0.dtype, device=energy0.device)
-                sharp = out.pop("sharp")
-                c.update(out)
-                if n == 0:
-                    near_p, near_sharp = first_p, first_sharp
-                going, n = flags[-1], n + k
-            return Subtree(c["building"], c["diverged"], Edge(c["x"], c["p"], sharp, c["g"]), near_p, near_sharp,
-                           c["cum"], c["log_weight"], c["cand_x"], c["cand_e"], c["cand_g"], c["cand_err"],
-                           c["sum_accept"], c["num_leaves"])
-
-        return build
-
-    def _leaf_graph(self, graphs, kind, num, k, whole, energy):
-        """The leaf graph of ``k`` leaves a call (``whole``: a whole doubling), kept in ``graphs``."""
-        spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error), k, whole)
-        fn, setup = leaf_function(self.compiler, spec, energy)
-        graphs[k, whole] = (fn, spec, [setup])
-        return graphs[k, whole]
-
-    def _doubling_steps(self):
-        """The compiled :func:`~ebmlab.samplers.nuts_doubling.begin_doubling` and
-        :func:`~ebmlab.samplers.nuts_doubling.end_doubling` (one graph each; eager, these
-        ~45 small operations per doubling cost more than the leaves on small targets)."""
-        if self._take_last:
-            raise ValueError("CompiledNUTS: the last-leaf test variant has no compiled form")
-        graphs = {which: doubling_function(self.compiler, which) for which in ("begin", "end")}
-        pending = {which: [setup] for which, (_, setup) in graphs.items()}
-
-        def begin(t, u, magnitude):
-            spec = LeafSpec("nuts_begin", "any", 0, 0.0)
-            forward, eps, near, far_sharp = self._call(graphs["begin"][0], (t, u, magnitude), spec, pending["begin"])
-            return forward, eps, Edge(*near), far_sharp
-
-        def end(t, sub, forward, near, far_sharp, log_u):
-            near_p, near_sharp = sub.near_p, sub.near_sharp
-            if near_p is sub.far.p:  # a one-leaf subtree: no two inputs may alias
-                near_p, near_sharp = near_p.clone(), near_sharp.clone()
-            parts = dict(valid=sub.valid, diverged=sub.diverged, far_x=sub.far.x, far_p=sub.far.p,
-                         far_sharp=sub.far.sharp, far_g=sub.far.grad, near_p=near_p, near_sharp=near_sharp,
-                         rho=sub.rho, log_weight=sub.log_weight, x=sub.x, energy=sub.energy, grad=sub.grad,
-                         energy_error=sub.energy_error, sum_accept=sub.sum_accept, num_leaves=sub.num_leaves)
-            spec = LeafSpec("nuts_end", "any", 0, 0.0)
-            return self._call(graphs["end"][0], (t, parts, forward, (near.x, near.p, near.sharp, near.grad), far_sharp,
-                                                 log_u), spec, pending["end"])
-
-        return begin, end, True
-
-    def _call(self, fn, args, spec, pending):
+    def _call(self, fn, args, spec, pending: dict, key):
         """One compiled call of ``fn(*args)``; the first call of a new graph is timed as its compilation."""
-        setup = pending[0]  # the set-up seconds of a graph not yet called, else None
+        setup = pending.pop(key, None)  # the set-up seconds of a graph not yet called, else None
         start = time.perf_counter()
         with torch.no_grad():
             out = fn(*args)
         if setup is not None:
-            pending[0] = None
             seconds = setup + time.perf_counter() - start
             self.compiler.compile_time += seconds
             self.compiler.graphs += 1
@@ -336,33 +166,81 @@ class CompiledNUTS(NUTS):
                 self.compiler.on_compile(seconds, spec)
         return out
 
+    def _graph(self, pending: dict, key, make: Callable):
+        fn, setup = make()
+        if setup is not None:
+            pending[key] = setup
+        return fn
 
-def _begin_graph(t, u, magnitude):
-    return begin_doubling(where_choice, t, u, magnitude)
+    def step(self, energy: EnergyFn, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, NUTSInfo]:
+        if self._take_last:
+            raise ValueError("CompiledNUTS: the last-leaf test variant has no compiled form")
+        metric = self.metric or IDENTITY
+        x0, c = state.x, state.num_chains
+        shape, dtype, device = tuple(x0.shape), state.energy.dtype, x0.device
+        p0 = metric.sample_momentum(x0, generator).flatten(1)
+        energy0, kinetic0 = state.energy, metric.kinetic_energy(p0)
+        kind, tensors = metric_tensors(self)
+        num = max(int(self.max_tree_depth) - 1, 1)
+        asked = self.compiler.unroll or DEFAULT_UNROLL
+        unroll = 1 << (int(asked).bit_length() - 1)  # a power of two
+        pending: dict = {}
+        compiler = self.compiler
+        begin = self._graph(pending, "begin", lambda: _compiled(compiler, ("nuts_begin",), "begin", begin_graph))
+        end = self._graph(pending, "end", lambda: _compiled(compiler, ("nuts_end",), "end", end_graph))
 
-
-def _end_graph(t, parts, forward, near, far_sharp, log_u):
-    far = Edge(parts["far_x"], parts["far_p"], parts["far_sharp"], parts["far_g"])
-    sub = Subtree(parts["valid"], parts["diverged"], far, parts["near_p"], parts["near_sharp"], parts["rho"],
-                  parts["log_weight"], parts["x"], parts["energy"], parts["grad"], parts["energy_error"],
-                  parts["sum_accept"], parts["num_leaves"])
-    return end_doubling(where_choice, t, sub, forward, Edge(*near), far_sharp, log_u)
-
-
-def doubling_function(compiler: StepCompiler, which: str) -> tuple[Callable, float | None]:
-    """The compiled ``begin`` or ``end`` of a doubling, cached in ``compiler`` (energy-independent),
-    and the set-up seconds when it is new."""
-    key = ("nuts_doubling", which)
-    if key in compiler._compiled:
-        return compiler._compiled[key][1], None
-    start = time.perf_counter()
-    call = _begin_graph if which == "begin" else _end_graph
-    name = f"compiled_nuts_{which}_{len(compiler._compiled)}"
-    call = types.FunctionType(call.__code__.replace(co_name=name, co_qualname=name), call.__globals__, name)
-    fn = torch.compile(call, mode=compiler.mode, backend=compiler.backend, fullgraph=compiler.fullgraph,
-                       dynamic=compiler.dynamic)
-    compiler._compiled[key] = (None, fn)
-    return fn, time.perf_counter() - start
+        labels = [LeafSpec(f"nuts_{which}", kind, num, float(self.max_energy_error)) for which in ("begin", "end")]
+        x, g, sharp0 = x0.flatten(1), state.grad.flatten(1), metric.velocity(p0)
+        tv = torch.stack([x, p0, sharp0, g, x, p0, sharp0, g, p0, x, g])
+        zeros = torch.zeros_like(energy0)
+        tf = torch.stack([energy0, zeros, zeros, zeros])
+        tb = torch.stack([torch.ones(c, dtype=torch.bool, device=device), torch.zeros(c, dtype=torch.bool, device=device),
+                          torch.zeros(c, dtype=torch.bool, device=device)])
+        tl = torch.zeros((2, c), dtype=torch.long, device=device)
+        slots = x.new_empty((num + 1, 5, *x.shape))
+        step = self.step_size
+        magnitude = step.to(energy0) if isinstance(step, torch.Tensor) else torch.full_like(energy0, float(step))
+        active = True
+        for j in range(int(self.max_tree_depth)):
+            if j > 0 and not active:
+                break
+            u = torch.rand((c,), generator=generator, dtype=dtype, device=device)
+            forward, eps, ends, cv, cf, cb, cl = self._call(begin, (tv, tb, u, magnitude, energy0, kinetic0),
+                                                            labels[0], pending, "begin")
+            total, n, going = 2**j, 0, True
+            k, whole = (min(total, unroll), total <= unroll) if generator is not None else (1, j == 0)
+            spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error), k, whole)
+            fn = self._graph(pending, spec, lambda: leaf_function(compiler, spec, energy, shape))
+            sharp, first = ends[1], ends[:2]
+            while going and n < total:
+                saved = generator.get_state() if k > 1 else None
+                if device.type == "cpu":  # on the CPU one (k, C) draw is the k (C,) draws in turn
+                    log_u = torch.rand((k, c), generator=generator, dtype=dtype, device=device).log()
+                else:
+                    log_u = torch.stack([torch.rand((c,), generator=generator, dtype=dtype, device=device)
+                                         for _ in range(k)]).log()
+                cv, cf, cb, cl, sharp, block_first, flags = self._call(
+                    fn, (cv, cf, cb, cl, eps, log_u, block_index(n, k, num, device), slots, tensors), spec, pending,
+                    spec)
+                flags = flags.tolist()
+                used = next((i + 1 for i, a in enumerate(flags) if not a), k)
+                if used < k:  # eager draws no uniform for a leaf after every chain stopped
+                    generator.set_state(saved)
+                    for _ in range(used):
+                        torch.rand((c,), generator=generator, dtype=dtype, device=device)
+                if n == 0:
+                    first = block_first
+                going, n = flags[-1], n + k
+            log_u = uniform_log((c,), generator, energy0)
+            tv, tf, tb, tl, any_active = self._call(end, (tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends,
+                                                          log_u), labels[1], pending, "end")
+            active = bool(any_active)
+        new = ChainState(x=tv[9].view(shape).clone(), energy=tf[0].clone(), grad=tv[10].view(shape).clone(),
+                         step=state.step + 1)
+        num_leaves, sum_accept = tl[1], tf[3]
+        info = NUTSInfo(accept_prob=sum_accept / num_leaves.clamp(min=1).to(sum_accept.dtype), accepted=tb[2],
+                        diverged=tb[1], tree_depth=tl[0], num_grad_evals=num_leaves, energy_error=tf[1])
+        return new, info
 
 
 def compiled_nuts(kernel: NUTS, compiler: StepCompiler | None = None) -> CompiledNUTS:
@@ -378,4 +256,4 @@ def eager_nuts(kernel: NUTS) -> NUTS:
     return NUTS(**{f.name: getattr(kernel, f.name) for f in dataclasses.fields(NUTS) if f.init})
 
 
-__all__ = ["CompiledNUTS", "LeafSpec", "compiled_nuts", "eager_nuts", "leaf", "leaf_function"]
+__all__ = ["CompiledNUTS", "begin_graph", "compiled_nuts", "eager_nuts", "end_graph", "leaf_function", "leaves_graph"]

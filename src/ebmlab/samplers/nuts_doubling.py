@@ -49,15 +49,13 @@ def where_choice(take: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], t
 
 
 def start_trajectory(x0: torch.Tensor, p0: torch.Tensor, sharp0: torch.Tensor, grad0: torch.Tensor,
-                     energy0: torch.Tensor, distinct: bool = False) -> dict[str, torch.Tensor]:
-    """The one-leaf trajectory at the start state: both ends there, ``ρ = p₀``, ``W = w(start) = 1``.
-    ``distinct``: no two entries share storage (a compiled graph's inputs must not alias)."""
-    copy = torch.clone if distinct else (lambda t: t)
+                     energy0: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The one-leaf trajectory at the start state: both ends there, ``ρ = p₀``, ``W = w(start) = 1``."""
     c = energy0.shape[0]
     active = torch.ones(c, dtype=torch.bool, device=x0.device)
     depth = torch.zeros(c, dtype=torch.long, device=x0.device)
-    return dict(left_x=x0, left_p=p0, left_sharp=sharp0, left_g=grad0, right_x=copy(x0), right_p=copy(p0),
-                right_sharp=copy(sharp0), right_g=copy(grad0), rho=copy(p0), x=copy(x0), e=energy0, g=copy(grad0),
+    return dict(left_x=x0, left_p=p0, left_sharp=sharp0, left_g=grad0, right_x=x0, right_p=p0,
+                right_sharp=sharp0, right_g=grad0, rho=p0, x=x0, e=energy0, g=grad0,
                 error=torch.zeros_like(energy0), log_weight=torch.zeros_like(energy0), active=active,
                 diverged=torch.zeros_like(active), moved=torch.zeros_like(active), depth=depth,
                 num_leaves=torch.zeros_like(depth), sum_accept=torch.zeros_like(energy0))
