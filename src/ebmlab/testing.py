@@ -328,10 +328,24 @@ def assert_distribution_close(x: torch.Tensor, probs: torch.Tensor, num_states: 
     return check
 
 
+def run_transitions(kernel, energy: EnergyFn, x0: torch.Tensor, steps: int, seed: int):
+    """``steps`` transitions of ``kernel`` (an object with ``init(energy, x0)`` and
+    ``step(energy, state, generator)``) from ``x0`` ``(C, *event_shape)`` with a fresh generator
+    seeded ``seed``: the last state, the per-step infos and the generator's final state, so
+    two runs can be compared draw for draw."""
+    generator = torch.Generator().manual_seed(seed)
+    state = kernel.init(energy, x0)
+    infos = []
+    for _ in range(steps):
+        state, info = kernel.step(energy, state, generator)
+        infos.append(info)
+    return state, infos, generator.get_state()
+
+
 __all__ = [
     "DEFAULT_P_VALUE", "DEFAULT_Z", "DistributionCheck", "MomentCheck", "assert_distribution_close",
     "assert_moments_close", "chisquare_pvalue", "chisquare_statistic", "distribution_check",
     "empirical_distribution", "enumerate_probabilities", "expected_total_variation", "moment_z_scores",
-    "sample_enumerated", "state_counts", "state_index", "total_variation", "total_variation_bound",
+    "run_transitions", "sample_enumerated", "state_counts", "state_index", "total_variation", "total_variation_bound",
     "transition_chisquare_pvalue",
 ]

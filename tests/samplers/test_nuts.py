@@ -26,7 +26,7 @@ import torch
 from ebmlab.samplers import make_kernel, sample
 from ebmlab.samplers.metric import Metric
 from ebmlab.samplers.nuts import NUTS, NUTSInfo
-from ebmlab.testing import DEFAULT_Z, assert_moments_close, moment_z_scores
+from ebmlab.testing import DEFAULT_Z, assert_moments_close, moment_z_scores, run_transitions
 
 from nuts_targets import SCALES, correlated, ring, scaled_10d
 
@@ -102,12 +102,7 @@ def test_last_leaf_instead_of_multinomial_fails(name):
 
 
 def _run(kernel, target, x0, seed, steps=3):
-    generator = torch.Generator().manual_seed(seed)
-    state = kernel.init(target, x0)
-    infos = []
-    for _ in range(steps):
-        state, info = kernel.step(target, state, generator)
-        infos.append(info)
+    state, infos, _ = run_transitions(kernel, target, x0, steps, seed)
     return state, infos
 
 

@@ -30,7 +30,7 @@ from ebmlab.samplers.compiled_loop import StepCompiler
 from ebmlab.samplers.metric import Metric
 from ebmlab.samplers.nuts import NUTS
 from ebmlab.samplers.nuts_compiled import CompiledNUTS, compiled_nuts
-from ebmlab.testing import DEFAULT_Z, assert_moments_close, moment_z_scores
+from ebmlab.testing import DEFAULT_Z, assert_moments_close, moment_z_scores, run_transitions
 
 #: inductor imports torch.jit.script_method on its first compile, which warns on this torch
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
@@ -50,13 +50,7 @@ def exact_draws(seed: int = 11) -> torch.Tensor:
 
 
 def transitions(kernel: NUTS, steps: int, seed: int = 12):
-    generator = torch.Generator().manual_seed(seed)
-    state = kernel.init(TARGET, exact_draws())
-    infos = []
-    for _ in range(steps):
-        state, info = kernel.step(TARGET, state, generator)
-        infos.append(info)
-    return state, infos, generator.get_state()
+    return run_transitions(kernel, TARGET, exact_draws(), steps, seed)
 
 
 @pytest.mark.parametrize("step_size", [0.7, torch.logspace(math.log10(0.3), math.log10(1.2), CHAINS,

@@ -25,6 +25,7 @@ from ebmlab.samplers.compiled_loop import StepCompiler
 from ebmlab.samplers.metric import Metric
 from ebmlab.samplers.nuts import NUTS
 from ebmlab.samplers.nuts_compiled import compiled_nuts
+from ebmlab.testing import run_transitions
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
@@ -52,13 +53,7 @@ METRICS = {
 
 
 def transitions(kernel: NUTS, energy, x0: torch.Tensor, steps: int = 3, seed: int = 21):
-    generator = torch.Generator().manual_seed(seed)
-    state = kernel.init(energy, x0)
-    infos = []
-    for _ in range(steps):
-        state, info = kernel.step(energy, state, generator)
-        infos.append(info)
-    return state, infos, generator.get_state()
+    return run_transitions(kernel, energy, x0, steps, seed)
 
 
 def start(dtype=torch.float64) -> torch.Tensor:

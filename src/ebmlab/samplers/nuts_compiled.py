@@ -46,15 +46,11 @@ from ebmlab.samplers.base import ChainState, uniform_log
 from ebmlab.samplers.compiled_loop import StepCompiler, energy_value_and_grad, metric_tensors
 from ebmlab.samplers.metric import IDENTITY
 from ebmlab.samplers.nuts import NUTS, NUTSInfo
-from ebmlab.samplers.nuts_doubling import begin_doubling, end_doubling, where_choice
+from ebmlab.samplers.nuts_doubling import (TRAJECTORY_COUNTS, TRAJECTORY_FLAGS, TRAJECTORY_FLOATS, TRAJECTORY_VECTORS,
+                                          begin_doubling, end_doubling, where_choice)
 from ebmlab.samplers.nuts_leaf import DEFAULT_UNROLL, LeafSpec, block_index, leaves
 from ebmlab.samplers.nuts_tree import Edge, Subtree
 
-#: the order of the trajectory's ``(C, D)`` entries in ``tv`` (module docstring)
-TRAJECTORY_VECTORS = ("left_x", "left_p", "left_sharp", "left_g", "right_x", "right_p", "right_sharp", "right_g",
-                      "rho", "x", "g")
-TRAJECTORY_FLOATS, TRAJECTORY_FLAGS, TRAJECTORY_COUNTS = ("e", "error", "log_weight", "sum_accept"), \
-    ("active", "diverged", "moved"), ("depth", "num_leaves")
 SUBTREE_VECTORS = ("x", "p", "g", "cand_x", "cand_g", "cum", "cum_prev")
 SUBTREE_FLOATS = ("energy0", "kinetic0", "log_weight", "sum_accept", "cand_e", "cand_err")
 

@@ -31,9 +31,14 @@ from ebmlab.samplers.nuts_tree import Edge, Subtree, persists
 #: The trajectory's entries: the two ends (``x``, ``p``, ``p♯``, ``∇E``), ``ρ = Σ p``, the
 #: candidate (``x``, ``e``, ``g``, its energy error), ``log W``, and per chain the flags
 #: ``active``, ``diverged``, ``moved`` and the counts ``depth``, ``num_leaves``, ``sum_accept``.
-TRAJECTORY = ("left_x", "left_p", "left_sharp", "left_g", "right_x", "right_p", "right_sharp", "right_g", "rho",
-              "x", "e", "g", "error", "log_weight", "active", "diverged", "moved", "depth", "num_leaves",
-              "sum_accept")
+#: the trajectory's entries by kind: ``(C, D)`` vectors, float, boolean and integer ``(C,)`` rows
+#: (the compiled kernel packs each kind into one tensor in this order)
+TRAJECTORY_VECTORS = ("left_x", "left_p", "left_sharp", "left_g", "right_x", "right_p", "right_sharp", "right_g",
+                      "rho", "x", "g")
+TRAJECTORY_FLOATS = ("e", "error", "log_weight", "sum_accept")
+TRAJECTORY_FLAGS = ("active", "diverged", "moved")
+TRAJECTORY_COUNTS = ("depth", "num_leaves")
+TRAJECTORY = TRAJECTORY_VECTORS + TRAJECTORY_FLOATS + TRAJECTORY_FLAGS + TRAJECTORY_COUNTS
 
 Choice = Callable[[torch.Tensor], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 
@@ -96,4 +101,5 @@ def end_doubling(choice: Choice, t: dict, sub: Subtree, forward: torch.Tensor, n
     return out
 
 
-__all__ = ["TRAJECTORY", "begin_doubling", "end_doubling", "start_trajectory", "where_choice"]
+__all__ = ["TRAJECTORY", "TRAJECTORY_COUNTS", "TRAJECTORY_FLAGS", "TRAJECTORY_FLOATS", "TRAJECTORY_VECTORS",
+           "begin_doubling", "end_doubling", "start_trajectory", "where_choice"]
