@@ -30,9 +30,9 @@ from ebmlab.samplers.nuts_tree import Edge, Subtree, persists
 
 #: The trajectory's entries: the two ends (``x``, ``p``, ``p♯``, ``∇E``), ``ρ = Σ p``, the
 #: candidate (``x``, ``e``, ``g``, its energy error), ``log W``, and per chain the flags
-#: ``active``, ``diverged``, ``moved`` and the counts ``depth``, ``num_leaves``, ``sum_accept``.
-#: the trajectory's entries by kind: ``(C, D)`` vectors, float, boolean and integer ``(C,)`` rows
-#: (the compiled kernel packs each kind into one tensor in this order)
+#: ``active``, ``diverged``, ``moved`` and the counts ``depth``, ``num_leaves``, ``sum_accept``;
+#: grouped by kind (``(C, D)`` vectors, float, boolean and integer ``(C,)`` rows), the order in
+#: which the compiled kernel packs each kind into one tensor.
 TRAJECTORY_VECTORS = ("left_x", "left_p", "left_sharp", "left_g", "right_x", "right_p", "right_sharp", "right_g",
                       "rho", "x", "g")
 TRAJECTORY_FLOATS = ("e", "error", "log_weight", "sum_accept")
