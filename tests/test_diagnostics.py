@@ -274,6 +274,32 @@ def test_summary_of_a_chain_record():
     assert "energy" in text and "acceptance mean" in text and "step_size" in text
 
 
+def test_nuts_summary_reports_the_tuned_acceptance_probability_beside_the_move_rate():
+    """NUTS moves on almost every draw, so its move rate says nothing about the step size; the
+    summary also reports the mean accept statistic, which window adaptation tunes to 0.8."""
+    from ebmlab.energy import Gaussian
+    from ebmlab.samplers import NUTS, sample
+
+    target = Gaussian(torch.zeros(20), torch.eye(20))
+    gen = torch.Generator().manual_seed(1)
+    record = sample(target, NUTS(), target.sample(32, generator=gen), num_steps=200, burn_in=600, generator=gen)
+    acc = summary(record).acceptance
+    assert acc.mean > 0.95  # nearly every draw moves
+    assert abs(acc.accept_prob - 0.8) < 0.05, acc.accept_prob
+    assert f"mean acceptance probability {acc.accept_prob:.3f}" in format_summary(record)
+    untuned = summary(sample(target, NUTS(step_size=0.05), target.sample(32, generator=gen), num_steps=50,
+                             adapt=False, generator=gen)).acceptance
+    assert untuned.accept_prob > 0.95  # negative control: a small untuned step reads as such
+
+
+def test_summary_without_per_draw_statistics_has_no_acceptance_probability():
+    record = SimpleNamespace(samples=torch.zeros(5, 2, 1) + torch.arange(10.0).view(5, 2, 1),
+                             energy=torch.arange(10.0).view(5, 2), acceptance_rate=torch.tensor([0.5, 1.0]),
+                             divergences=torch.tensor([0, 0]), step_size=None, kernel=SimpleNamespace(name="rwmh"))
+    assert summary(record).acceptance.accept_prob is None
+    assert "acceptance probability" not in format_summary(record)
+
+
 def test_summary_accepts_record_like_objects():
     record = SimpleNamespace(samples=torch.zeros(5, 2, 1) + torch.arange(10.0).view(5, 2, 1),
                              energy=torch.arange(10.0).view(5, 2), acceptance_rate=torch.tensor([0.5, 1.0]),

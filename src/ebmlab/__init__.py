@@ -6,10 +6,13 @@ An energy ``E(x)`` defines ``p(x) = exp(-E(x)) / Z``. See :mod:`ebmlab.energy` f
 
 from ebmlab import energy, samplers
 from ebmlab.energy import (
-    Banana, ConvEnergy, Energy, Funnel, Gaussian, GaussianMixture, Ising, MLPEnergy, Potts,
+    Banana, BernoulliRBM, ClassifierEnergy, ConditionalEnergy, ConvEnergy, Energy, Funnel, Gaussian, GaussianMixture, Ising, MLPEnergy, Potts,
     compile_energy, eight_gaussians, log_prob, log_ratio, score,
 )
-from ebmlab.samplers import HMC, MALA, ULA, ChainRecord, Gibbs, RandomWalkMetropolis, SingleSiteMetropolis, sample
+from ebmlab.samplers import (
+    HMC, MALA, NUTS, ULA, BlockGibbs, ChainRecord, Gibbs, GibbsWithGradients, ParallelTempering,
+    RandomWalkMetropolis, SingleSiteMetropolis, sample, window_adaptation,
+)
 
 __version__ = "0.1.0"
 
@@ -31,3 +34,19 @@ def __getattr__(name: str):
     if name in _SUBPACKAGES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    # energies
+    "Banana", "BernoulliRBM", "ClassifierEnergy", "ConditionalEnergy", "ConvEnergy", "Energy", "Funnel", "Gaussian", "GaussianMixture", "Ising",
+    "MLPEnergy", "Potts", "compile_energy", "eight_gaussians", "log_prob", "log_ratio", "score",
+    # samplers
+    "BlockGibbs", "ChainRecord", "Gibbs", "GibbsWithGradients", "HMC", "MALA", "NUTS", "ParallelTempering",
+    "RandomWalkMetropolis", "SingleSiteMetropolis", "ULA", "sample", "window_adaptation",
+    # training (loaded on first use)
+    *_LAZY,
+]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))

@@ -146,8 +146,11 @@ def test_pl_trains_through_fit(options):
     rbm = BernoulliRBM(9, 4, event_shape=(3, 3), weight_scale=0.1, generator=torch.Generator().manual_seed(3))
     result = fit(rbm, "pl", data, steps=4, batch_size=64, seed=0, objective_options=options)
     assert result.step == 4 and all(math.isfinite(r["loss"]) for r in result.history)
-    with pytest.raises(ValueError, match="objective 'pl' needs binary or categorical data"):
+    with pytest.raises(ValueError, match="objective 'pl' needs binary or categorical data.*energy.support = 'binary'"):
         fit(MLPEnergy(2, (8,)), "pl", torch.randn(32, 2), steps=1)
+    net = MLPEnergy(4, (8,))
+    net.support = "binary"  # what the message says to do: a user network on binary data
+    assert fit(net, "pl", data.flatten(1)[:, :4], steps=2, batch_size=64, seed=0).step == 2
 
 
 def test_options_and_data_are_validated():

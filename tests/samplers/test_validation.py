@@ -304,3 +304,35 @@ def test_endpoint_pvalue_accepts_exact_draws():
     _, other = enumerated(PairwiseCategorical(torch.Generator().manual_seed(65)))
     assert endpoint_pvalue(exact_draws(states, other, torch.Generator().manual_seed(64)), probs) < P_VALUE
     assert math.isclose(float(probs.sum()), 1.0, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", [MALA(step_size=0.1), make_kernel("nuts"), make_kernel("pt", num_temperatures=2)],
+                         ids=["mala", "nuts", "pt"])
+def test_x0_of_another_dtype_than_the_network_gets_one_line(kernel):
+    """torch's own error speaks of mat1 and mat2; the sampler names x0's dtype and the weights'."""
+    from ebmlab.energy import MLPEnergy
+
+    net = MLPEnergy(3, hidden=(8,))
+    with pytest.raises(ValueError, match=r"x0 is float64 but the energy .*parameters are float32; pass "
+                                         r"x0.to\(torch.float32\)"):
+        sample(net, kernel, torch.zeros(4, 3, dtype=torch.float64), num_steps=2, adapt=False)
+    assert sample(net, kernel, torch.zeros(4, 3), num_steps=2, adapt=False).samples.shape == (2, 4, 3)
+    assert sample(net.double(), kernel, torch.zeros(4, 3, dtype=torch.float64), num_steps=2,
+                  adapt=False).samples.dtype == torch.float64
+
+
+def test_mixed_dtypes_that_torch_promotes_still_run():
+    """A float32 Potts field with float64 states works (elementwise promotion): no false refusal."""
+    target = Potts(size=2, num_states=3)
+    x0 = torch.zeros(4, 2, 2, dtype=torch.float64)
+    assert sample(target, SingleSiteMetropolis(), x0, num_steps=3).samples.shape == (3, 4, 2, 2)
+
+
+def test_a_real_energy_under_a_discrete_kernel_says_how_to_declare_states():
+    from ebmlab.energy import MLPEnergy
+
+    net = MLPEnergy(4, hidden=(8,))
+    with pytest.raises(ValueError, match=r"declare discrete states with energy.support = 'binary'"):
+        sample(net, Gibbs(), torch.zeros(4, 4), num_steps=2)
+    net.support = "binary"
+    assert sample(net, Gibbs(), torch.zeros(4, 4), num_steps=2).samples.shape == (2, 4, 4)

@@ -37,7 +37,11 @@ class AcceptanceSummary:
 
     ``mean``/``min``/``max`` are over the chains' acceptance rates; ``divergences`` counts
     divergent transitions over all chains, ``chains_with_divergences`` the chains with any,
-    ``never_accepted`` the chains whose acceptance rate is 0 after burn-in.
+    ``never_accepted`` the chains whose acceptance rate is 0 after burn-in. ``accept_prob``
+    is the mean over draws and chains of the per-draw acceptance probability (``None`` when
+    the record has none): what ``target_accept`` tunes. For Metropolis-type kernels it is
+    close to ``mean``; for NUTS it is the accept statistic averaged over the trajectory
+    (Hoffman & Gelman 2014, eq. 12), while ``mean`` is the fraction of draws that moved.
     """
 
     mean: float
@@ -49,6 +53,7 @@ class AcceptanceSummary:
     chains_with_divergences: int = 0
     never_accepted: int = 0
     num_steps: int | None = None
+    accept_prob: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,10 @@ def _acceptance(record: Any) -> AcceptanceSummary:
     if step is not None and np.size(step) > 1:  # one step size per chain: report their median
         step = float(np.median(np.asarray(step)))
     num_steps = getattr(record, "num_steps", None)
+    stats = getattr(record, "stats", None) or {}
+    accept_prob = stats.get("accept_prob")
+    if accept_prob is not None:
+        accept_prob = float(accept_prob.detach().double().mean()) if accept_prob.numel() else None
     return AcceptanceSummary(
         mean=float(rate.mean()), min=float(rate.min()), max=float(rate.max()),
         divergences=int(divergences.sum()), chains_with_divergences=int((divergences > 0).sum()),
@@ -121,6 +130,7 @@ def _acceptance(record: Any) -> AcceptanceSummary:
         step_size=None if step is None else float(step),
         sampler=getattr(record.kernel, "name", "") or type(record.kernel).__name__,
         num_steps=num_steps,
+        accept_prob=accept_prob,
     )
 
 
@@ -258,8 +268,9 @@ def format_summary(result: Summary | Any, max_dims: int = 8) -> str:
     if acc is not None:
         step = "" if acc.step_size is None else f"; step_size {acc.step_size:.4g}"
         where = f" in {acc.chains_with_divergences} chain(s)" if acc.divergences else ""
+        prob = "" if acc.accept_prob is None else f"; mean acceptance probability {acc.accept_prob:.3f}"
         lines.append(f"{acc.sampler}: acceptance mean {acc.mean:.3f} (min {acc.min:.3f}, "
-                     f"max {acc.max:.3f}); divergences {acc.divergences}{where}{step}")
+                     f"max {acc.max:.3f}){prob}; divergences {acc.divergences}{where}{step}")
     lines.extend(f"warning: {w}" for w in result.warnings)
     return "\n".join(lines)
 

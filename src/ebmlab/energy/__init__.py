@@ -15,6 +15,7 @@ from ebmlab.energy.base import (
     site_energies,
     value_and_grad,
 )
+from ebmlab.energy.classifier import ClassifierEnergy, ConditionalEnergy, jem_energy
 from ebmlab.energy.compiled import CompiledEnergy, compile_energy
 from ebmlab.energy.discrete import Ising, Potts
 from ebmlab.energy.enumeration import enumerate_states, exact_log_z, exact_sample
@@ -22,8 +23,8 @@ from ebmlab.energy.neural import ConvEnergy, MLPEnergy
 from ebmlab.energy.rbm import BernoulliRBM
 
 __all__ = [
-    "BernoulliRBM", "Banana", "CompiledEnergy", "ConvEnergy", "Energy", "EnergyShapeError", "Funnel", "Gaussian",
+    "BernoulliRBM", "Banana", "ClassifierEnergy", "CompiledEnergy", "ConditionalEnergy", "ConvEnergy", "Energy", "EnergyShapeError", "Funnel", "Gaussian",
     "GaussianMixture", "Ising", "MLPEnergy", "Potts", "check_energy_output", "compile_energy",
-    "delta_energy_flip", "eight_gaussians", "energy", "enumerate_states", "exact_log_z", "exact_sample", "event_shape_of", "grad",
+    "delta_energy_flip", "eight_gaussians", "energy", "enumerate_states", "exact_log_z", "exact_sample", "event_shape_of", "grad", "jem_energy",
     "log_prob", "log_ratio", "score", "site_energies", "value_and_grad",
 ]

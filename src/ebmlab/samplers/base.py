@@ -148,11 +148,15 @@ class Kernel:
         check_start(self, energy, x)
         x = x.detach()
         where = f"{type(self).__name__}: energy at x0"
-        if self.uses_grad:
-            e, g = value_and_grad(energy, x)
-            return ChainState(x=x, energy=check_energy_output(e, x, where), grad=g)
-        with torch.no_grad():
-            return ChainState(x=x, energy=check_energy_output(energy(x), x, where).detach())
+        try:
+            if self.uses_grad:
+                e, g = value_and_grad(energy, x)
+                return ChainState(x=x, energy=check_energy_output(e, x, where), grad=g)
+            with torch.no_grad():
+                return ChainState(x=x, energy=check_energy_output(energy(x), x, where).detach())
+        except RuntimeError as err:
+            explain_start_failure(type(self).__name__, energy, x, err)
+            raise
 
     def num_states_for(self, energy: EnergyFn, support: Support) -> int | None:
         """K the kernel will use on ``energy`` (``None`` for real states); kernels with their
@@ -205,7 +209,9 @@ def check_start(kernel: Kernel, energy: EnergyFn, x0: torch.Tensor) -> Support:
     support = support_of(energy)
     if support.kind not in kernel.supports:
         raise ValueError(f"{kname} samples {' or '.join(kernel.supports)} states but the energy {ename} has "
-                         f"support {support.kind!r}; use a {support.kind} kernel ({KERNELS_FOR[support.kind]})")
+                         f"support {support.kind!r}; use a {support.kind} kernel ({KERNELS_FOR[support.kind]})"
+                         + (", or declare discrete states with energy.support = 'binary' (or 'categorical' and "
+                            "energy.num_states = K)" if support.kind == "real" else ""))
     shape = event_shape_of(energy)
     if shape is not None and tuple(x0.shape[1:]) != shape:
         raise ValueError(f"{kname}: x0 has event shape {tuple(x0.shape[1:])} (x0 shape {tuple(x0.shape)}) but the "
@@ -218,6 +224,34 @@ def check_start(kernel: Kernel, energy: EnergyFn, x0: torch.Tensor) -> Support:
             raise ValueError(f"{kname}: x0 must hold integer states in {values} (K = {k}) for the {support.kind} "
                              f"energy {ename}, got value(s) {_shown(x0[bad])}")
     return support
+
+
+def _first_floating_tensor(energy: EnergyFn) -> torch.Tensor | None:
+    """The first floating parameter or buffer of a module energy (``None`` for a plain function)."""
+    if not isinstance(energy, torch.nn.Module):
+        return None
+    for t in (*energy.parameters(), *energy.buffers()):
+        if torch.is_floating_point(t):
+            return t
+    return None
+
+
+def explain_start_failure(kname: str, energy: EnergyFn, x0: torch.Tensor, err: RuntimeError) -> None:
+    """Re-raise torch's ``RuntimeError`` from the first energy evaluation at ``x0`` as a one-line
+    ``ValueError`` when ``x0``'s dtype or device differs from the module energy's weights (torch's
+    own message speaks of ``mat1`` and ``mat2``); return (to let the caller re-raise) otherwise.
+    Mixed dtypes that torch promotes (an elementwise energy) never get here."""
+    ref = _first_floating_tensor(energy)
+    if ref is None:
+        return
+    ename = type(energy).__name__
+    if ref.device != x0.device:
+        raise ValueError(f"{kname}: x0 is on {x0.device} but the energy {ename}'s parameters are on {ref.device}; "
+                         f"pass x0.to({str(ref.device)!r}) or move the energy with energy.to(x0.device)") from err
+    if ref.dtype != x0.dtype:
+        name = str(ref.dtype).removeprefix("torch.")
+        raise ValueError(f"{kname}: x0 is {str(x0.dtype).removeprefix('torch.')} but the energy {ename}'s parameters "
+                         f"are {name}; pass x0.to(torch.{name}) or convert the energy with energy.to(x0.dtype)") from err
 
 
 def sq_norm(t: torch.Tensor) -> torch.Tensor:

@@ -99,7 +99,9 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
     support = str(getattr(energy, "support", "real"))
     if support not in objective.supports:
         raise ValueError(f"fit: objective {objective.name!r} needs {' or '.join(objective.supports)} data; "
-                         f"the energy {type(energy).__name__} has support {support!r}")
+                         f"the energy {type(energy).__name__} has support {support!r}"
+                         + (f"; declare the energy's states with energy.support = 'binary' (or 'categorical' and "
+                            f"energy.num_states = K)" if support == "real" else ""))
     settings = OptimSettings(steps=steps, batch_size=batch_size, optimizer=optimizer, lr=float(lr), momentum=momentum,
                              betas=tuple(betas), weight_decay=weight_decay, lr_schedule=lr_schedule,
                              warmup_steps=warmup_steps, lr_decay_steps=lr_decay_steps, grad_clip=grad_clip,
