@@ -130,10 +130,10 @@ def tempered_mixture_draws(target, beta: float, n: int, generator: torch.Generat
     return (edges[cell] + jitter * (edges[1] - edges[0]))[:, None]
 
 
-def mixture_endpoints(kernel_cls, seed: int = 32) -> torch.Tensor:
+def mixture_endpoints(kernel_cls, seed: int = 32, base=None) -> torch.Tensor:
     target = mixture()
     generator = torch.Generator().manual_seed(seed)
-    kernel = kernel_cls(MALA(step_size=0.1), betas=MIXTURE_BETAS)
+    kernel = kernel_cls(MALA(step_size=0.1) if base is None else base, betas=MIXTURE_BETAS)
     x = torch.stack([tempered_mixture_draws(target, b, MIXTURE_CHAINS, generator) for b in MIXTURE_BETAS])
     state = kernel.init_replicas(target, x)
     return run_kernel(kernel, target, state, 60, generator).state.x
@@ -161,6 +161,34 @@ def test_unconditional_swaps_break_the_mixture_weights():
     ``P(x > 0)`` then drifts towards the flatter tempered laws' (measured z = 28; the correct
     kernel's z = 0.4)."""
     assert positive_fraction_z(mixture_endpoints(AlwaysSwap)) > DEFAULT_Z
+
+
+def test_pt_over_nuts_keeps_the_mixture_weights_and_unconditional_swaps_break_them():
+    """NUTS as the base kernel: its trees evaluate only the replicas still building, each with its
+    own β (``TemperedEnergy.select_rows``). From exact tempered draws, 30 steps keep ``P(x > 0)`` and the
+    moments (z = 4.5); with every swap accepted the same run fails (negative control)."""
+    nuts = make_kernel("nuts", step_size=0.4)
+    x = mixture_endpoints(ParallelTempering, base=nuts)
+    assert abs(positive_fraction_z(x)) <= DEFAULT_Z
+    target = mixture()
+    assert_moments_close(x, target.mean, target.covariance, z=DEFAULT_Z)
+    assert positive_fraction_z(mixture_endpoints(AlwaysSwap, base=nuts)) > DEFAULT_Z
+
+
+def test_tempered_rows_are_the_rows_of_the_full_batch():
+    """``TemperedEnergy.select_rows(index)`` evaluates rows ``index`` with their own β and scale."""
+    target = mixture()
+    beta = torch.tensor([1.0, 0.5, 0.25, 0.1], dtype=torch.float64)
+    scale = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    tempered = TemperedEnergy(target, beta, scale)
+    y = torch.linspace(-3.0, 3.0, 4, dtype=torch.float64)[:, None]
+    index = torch.tensor([3, 1])
+    e_all, g_all = value_and_grad(tempered, y)
+    e_sub, g_sub = value_and_grad(tempered.select_rows(index), y[index])
+    torch.testing.assert_close(e_sub, e_all[index])
+    torch.testing.assert_close(g_sub, g_all[index])
+    prefix = TemperedEnergy(target, beta[:2], scale[:2])  # what taking the first rows' β would give
+    assert not torch.allclose(e_sub, prefix(y[index]))
 
 
 ISING_CHAINS = 20000

@@ -197,6 +197,18 @@ def value_and_grad(
     return e.detach(), g.detach()
 
 
+def energy_rows(energy_fn: EnergyFn, index: torch.Tensor) -> EnergyFn:
+    """The energy of rows ``index`` ``(n,)`` of the full batch, for evaluating a subset of chains.
+
+    Most energies treat every row alike and are returned unchanged. An energy with per-row
+    parameters (a tempered replica's β, a class per chain) defines ``select_rows(index)``, returning
+    the energy whose row ``j`` is row ``index[j]`` of the full batch; NUTS uses it to evaluate
+    only the chains still building their trees.
+    """
+    rows = getattr(energy_fn, "select_rows", None)
+    return energy_fn if rows is None else rows(index)
+
+
 def grad(energy_fn: EnergyFn, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
     """``∇ₓE(x)``, shape ``x.shape``."""
     return value_and_grad(energy_fn, x, create_graph=create_graph)[1]

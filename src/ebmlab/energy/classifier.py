@@ -99,10 +99,9 @@ class ConditionalEnergy(Energy):
     ``y`` is one class (every row gets it) or a ``(C,)`` tensor, one class per chain: a batch
     ``(B, *event)`` with ``B`` a multiple of ``C`` reads row ``i`` with class ``y[i mod C]``
     (the stacking of parallel tempering's replicas, row ``k·C + c`` for chain ``c``). Every
-    kernel evaluates all chains at once except NUTS, which evaluates only the chains still
-    building their trees: with NUTS use one fixed class per run (``conditional(k)``); a batch
-    that is not a multiple of ``C`` is refused, never mislabelled. Shares the classifier's
-    parameters (nothing is copied).
+    sampler that evaluates a subset of the chains (NUTS) asks for their rows with
+    :meth:`select_rows`; a batch that is not a multiple of ``C`` is refused, never mislabelled. Shares
+    the classifier's parameters (nothing is copied).
     """
 
     def __init__(self, classifier: ClassifierEnergy, y: int | torch.Tensor):
@@ -122,6 +121,13 @@ class ConditionalEnergy(Energy):
         self.event_shape = classifier.event_shape
         self.num_classes = k
 
+    def select_rows(self, index: torch.Tensor) -> "ConditionalEnergy":
+        """The energy of rows ``index`` ``(n,)`` of the batch: row ``j`` gets class
+        ``y[index[j] mod C]`` (:func:`~ebmlab.energy.base.energy_rows`)."""
+        if self.y.dim() == 0:
+            return self
+        return ConditionalEnergy(self.classifier, self.y.index_select(0, index.to(self.y.device) % self.y.shape[0]))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.classifier.logits(x)
         if self.y.dim() == 0:
@@ -129,8 +135,8 @@ class ConditionalEnergy(Energy):
         c = self.y.shape[0]
         if x.shape[0] % c:
             raise ValueError(f"ConditionalEnergy: a batch of {x.shape[0]} rows is not a multiple of the {c} classes "
-                             f"given (one per chain); a sampler that evaluates a subset of the chains (NUTS) "
-                             f"needs one fixed class, conditional(k)")
+                             f"given (one per chain); a sampler that evaluates a subset of the chains must "
+                             f"ask for their rows, energy.select_rows(index)")
         y = self.y.to(logits.device).repeat(x.shape[0] // c)
         return -logits.gather(1, y.unsqueeze(1)).squeeze(1)
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ebmlab.energy.base import EnergyFn, value_and_grad
+from ebmlab.energy.base import EnergyFn, energy_rows, value_and_grad
 from ebmlab.samplers.base import uniform_log
 from ebmlab.samplers.metric import Metric
 
@@ -182,7 +182,7 @@ def leapfrog_leaf(energy: EnergyFn, metric: Metric, edge: Edge, eps_col: torch.T
         e, g = value_and_grad(energy, x_new)
     else:
         idx = building.nonzero().squeeze(1)
-        e_sub, g_sub = value_and_grad(energy, x_new.index_select(0, idx))
+        e_sub, g_sub = value_and_grad(energy_rows(energy, idx), x_new.index_select(0, idx))
         e = x.new_zeros(x.shape[0]).index_copy_(0, idx, e_sub.to(x.dtype))
         g = torch.zeros_like(x).index_copy_(0, idx, g_sub.to(x.dtype))
     p_new = torch.addcmul(p_half, half_col, g if flat else g.flatten(1), value=-1.0)

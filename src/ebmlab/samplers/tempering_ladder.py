@@ -19,7 +19,7 @@ import dataclasses
 import torch
 
 from ebmlab.energy.base import (
-    Energy, EnergyFn, delta_energy_flip, energy as eval_energy, site_energies, support_of, value_and_grad,
+    Energy, EnergyFn, delta_energy_flip, energy_rows, energy as eval_energy, site_energies, support_of, value_and_grad,
 )
 from ebmlab.samplers.base import ChainState
 
@@ -91,6 +91,13 @@ class TemperedEnergy(Energy):
         e, g = value_and_grad(self.base, x)
         factor = beta if scale is None else beta / scale
         return beta * e, g * _trailing(factor, g)
+
+    def select_rows(self, index: torch.Tensor) -> "TemperedEnergy":
+        """The replicas ``index`` ``(n,)`` of the batch, with their own β and s (and the base's
+        own rows, for a base with per-row parameters): :func:`~ebmlab.energy.base.energy_rows`."""
+        beta = self.beta if self.beta.dim() == 0 else self.beta.index_select(0, index % self.beta.shape[0])
+        scale = None if self.scale is None else self.scale.index_select(0, index % self.scale.shape[0])
+        return TemperedEnergy(energy_rows(self.base, index), beta, scale)
 
     def delta_energy_flip(self, x: torch.Tensor, site: torch.Tensor) -> torch.Tensor:
         return _per_row(self.beta, x.shape[0], "TemperedEnergy") * delta_energy_flip(self.base, x, site)
