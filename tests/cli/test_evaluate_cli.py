@@ -27,7 +27,8 @@ def test_quadrature_with_toy_data_json():
     true density's cross-entropy on the same points, and the metrics see no difference."""
     report = run_json("--energy", "gmm8", "--data", "8gaussians", "--num-examples", 600,
                       "--log-partition", "quadrature", "--grid-points", 257)
-    assert report["method"] == "quadrature" and report["log_z_stderr"] == 0
+    assert report["method"] == "quadrature" and "log_z_stderr" not in report  # a grid has no Monte-Carlo error
+    assert 0 <= report["grid_error"] < 1e-4  # smooth modes: halving the grid changes nothing
     assert report["log_z"] == pytest.approx(eight_gaussians().log_z, abs=1e-6)
     assert report["num_examples"] == 600
     assert report["nll"] == pytest.approx(report["true_nll"], abs=1e-5)
@@ -70,7 +71,7 @@ def test_ais_on_ising_text_report():
 
 def test_boundary_warning_is_reported():
     report = run_json("--energy", "gaussian:1", "--log-partition", "quadrature", "--bounds", "-2,2")
-    assert report["missing_mass"] > 0.01 and "widen the bounds" in report["warnings"][0]
+    assert report["missing_mass"] > 0.01 and "widen --bounds" in report["warnings"][0]
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -88,3 +89,19 @@ def test_bad_input_is_one_line_with_exit_code_2(args, needle):
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1 and message.startswith("ebmlab: error:"), message
     assert needle in message
+
+
+def test_quadrature_on_a_grid_too_coarse_warns_with_its_grid_error_and_no_bare_plus_minus():
+    """Neal's funnel's neck is narrower than a 513-point grid: the report's grid error covers the
+    true error (0.11) and the warning names --grid-points, not --bounds; a fine grid is right."""
+    from ebmlab.energy import Funnel
+
+    coarse = run_json("--energy", "funnel", "--log-partition", "quadrature")
+    truth = Funnel(2).log_z
+    assert coarse["grid_error"] >= abs(coarse["log_z"] - truth) > 0.05
+    assert any("raise --grid-points" in w for w in coarse["warnings"])
+    assert not any("widen --bounds" in w for w in coarse["warnings"])
+    text = run("--energy", "funnel", "--log-partition", "quadrature").output
+    assert "±" not in text.splitlines()[0] and "grid error" in text
+    fine = run_json("--energy", "funnel", "--log-partition", "quadrature", "--grid-points", 2049)
+    assert abs(fine["log_z"] - truth) <= fine["grid_error"] and abs(fine["log_z"] - truth) < 0.01

@@ -28,7 +28,7 @@ def test_one_function_per_method_returns_a_report():
     assert exact.log_z == pytest.approx(exact_log_z(ising)) and exact.draw(5).shape == (5, 2, 2)
     gauss = Gaussian(torch.zeros(1))
     grid = quadrature_report(gauss, (1,), "real", gen, bounds=[-2.0, 2.0], grid_points=65)
-    assert grid.grid_points == 65 and grid.bounds == [(-2.0, 2.0)] and "widen the bounds" in grid.warnings[0]
+    assert grid.grid_points == 65 and grid.bounds == [(-2.0, 2.0)] and "widen --bounds" in grid.warnings[0]
     ais = ais_report(gauss, (1,), "real", gen, temperatures=5, runs=8)
     assert (ais.sampler, ais.num_temperatures, ais.num_runs, ais.upper_bound_source) == ("mala", 5, 8, "exact")
     assert ais.draw(3).shape == (3, 1)

@@ -40,7 +40,7 @@ from ebmlab.partition import BoundaryMassWarning, GaussianBase, exact_log_z, exa
 from ebmlab.partition import quadrature_log_z
 from ebmlab.partition.ais import AISResult, default_kernel, resolve_base
 from ebmlab.partition.likelihood import bits_per_dim, held_out_nll
-from ebmlab.partition.quadrature import MAX_DIMS, resolve_bounds
+from ebmlab.partition.quadrature import MAX_DIMS, GridResolutionWarning, resolve_bounds
 from ebmlab.partition.weights import ADVICE
 from ebmlab.samplers import sample
 
@@ -79,6 +79,11 @@ def known_log_z(energy, event_shape: Sequence[int], support: str, device=None) -
     return None
 
 
+def _as_options(message: str) -> str:
+    """A quadrature warning in the command line's words."""
+    return message.replace("raise num_points", "raise --grid-points").replace("widen the bounds", "widen --bounds")
+
+
 def quadrature_report(energy, event_shape: Sequence[int], support: str, generator: torch.Generator, *,
                       data: torch.Tensor | None = None, bounds=None, grid_points: int | None = None) -> EvaluationReport:
     """log Z on a grid of ``grid_points`` per axis over ``bounds`` (default: from ``data``
@@ -86,12 +91,15 @@ def quadrature_report(energy, event_shape: Sequence[int], support: str, generato
     device = generator.device
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BoundaryMassWarning)
+        warnings.simplefilter("always", GridResolutionWarning)
         result = quadrature_log_z(energy, bounds=bounds, data=data, num_points=grid_points,
                                   event_shape=tuple(event_shape), device=device)
-    found = tuple(str(w.message) for w in caught if issubclass(w.category, BoundaryMassWarning))
+    found = tuple(_as_options(str(w.message)) for w in caught
+                  if issubclass(w.category, (BoundaryMassWarning, GridResolutionWarning)))
     return EvaluationReport(
         method="quadrature", event_shape=tuple(event_shape), support=support, warnings=found, log_z=result.log_z,
-        log_z_stderr=0.0, missing_mass=result.missing_mass, bounds=result.bounds, grid_points=result.num_points,
+        grid_error=result.grid_error, missing_mass=result.missing_mass, bounds=result.bounds,
+        grid_points=result.num_points,
         draw=lambda n: grid_sample(energy, n, result.bounds, result.num_points, generator, device=device))
 
 
@@ -220,7 +228,7 @@ def with_data_metrics(report: EvaluationReport, energy, x: torch.Tensor, *,
     nll = held_out_nll(energy, x, report.log_z)
     with torch.no_grad():
         spread = float(energy(x[:4096]).double().std()) if len(x) > 1 else 0.0
-    out = report.replace(nll=nll, nll_stderr=math.hypot(report.log_z_stderr, spread / math.sqrt(len(x))),
+    out = report.replace(nll=nll, nll_stderr=math.hypot(report.log_z_stderr or 0.0, spread / math.sqrt(len(x))),
                          log_likelihood=-nll, num_examples=int(len(x)),
                          bits_per_dim=bits_per_dim(nll, math.prod(shape), num_levels))
     if true_log_density is not None:

@@ -39,8 +39,9 @@ class EvaluationReport:
     num_visible: int | None = None
     num_hidden: int | None = None
     log_z: float | None = None
-    log_z_stderr: float | None = None             # 0 for exact and quadrature
+    log_z_stderr: float | None = None             # 0 for exact; None for quadrature (no randomness)
     # quadrature
+    grid_error: float | None = None               # |log Z on the grid − on every other point|, nats
     missing_mass: float | None = None             # estimated mass beyond the bounds (fraction)
     bounds: list | None = None
     grid_points: int | None = None                # per axis
@@ -125,7 +126,8 @@ def crossed_bracket(r: EvaluationReport) -> str:
 def format_report(report: EvaluationReport) -> str:
     """The human-readable summary that ``ebmlab evaluate`` prints without ``--json``."""
     r = report
-    error_bar = f"± {r.log_z_stderr:.4f} " if r.reliable is not False and r.log_z is not None else ""  # no bare ±
+    error_bar = (f"± {r.log_z_stderr:.4f} " if r.reliable is not False and r.log_z is not None
+                 and r.log_z_stderr is not None else "")  # no bare ±, and none for a deterministic grid
     lines = [f"log Z = {r.log_z:.4f} {error_bar}nats ({r.method})"] if r.log_z is not None else []
     if r.method == "ais":
         lines[0] += f", K = {r.num_temperatures}, {r.num_runs} runs, ESS {r.ess:.1f}"
@@ -144,7 +146,8 @@ def format_report(report: EvaluationReport) -> str:
                else f"RBM AIS (Salakhutdinov & Murray 2008) from the {r.base}")
         lines.append(f"  RBM with {r.num_visible} visible and {r.num_hidden} hidden units: {how}")
     if r.method == "quadrature":
-        lines.append(f"  {r.grid_points} points per axis on {r.bounds}; estimated missing mass {r.missing_mass:.2g}")
+        lines.append(f"  {r.grid_points} points per axis on {r.bounds}; grid error {r.grid_error:.2g} nats (log Z on "
+                     f"every other point differs by that); estimated missing mass {r.missing_mass:.2g}")
     if r.nll is not None:
         lines.append(f"NLL = {r.nll:.4f} ± {r.nll_stderr:.4f} nats/example over {r.num_examples} examples "
                      f"({r.bits_per_dim:.4f} bits/dim)")

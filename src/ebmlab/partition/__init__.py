@@ -16,7 +16,9 @@ from ebmlab.energy.base import EnergyFn
 from ebmlab.partition.ais import AISResult, ais, combine_log_weights, log_weight_statistics
 from ebmlab.partition.bases import AnnealedEnergy, CategoricalBase, GaussianBase, fit_base
 from ebmlab.energy.enumeration import MAX_STATES, exact_log_z, exact_sample
-from ebmlab.partition.quadrature import BoundaryMassWarning, QuadratureResult, grid_sample, quadrature_log_z
+from ebmlab.partition.quadrature import (
+    BoundaryMassWarning, GridResolutionWarning, QuadratureResult, grid_sample, quadrature_log_z,
+)
 from ebmlab.partition.schedules import linear_schedule, make_schedule, sigmoid_schedule
 
 METHODS = ("exact", "quadrature", "ais")
@@ -56,7 +58,7 @@ def estimate_log_z(energy: EnergyFn, method: str, **options) -> LogZEstimate:
 
 
 __all__ = [
-    "AISResult", "AnnealedEnergy", "BoundaryMassWarning", "CategoricalBase", "GaussianBase", "LogZEstimate",
+    "AISResult", "AnnealedEnergy", "BoundaryMassWarning", "CategoricalBase", "GridResolutionWarning", "GaussianBase", "LogZEstimate",
     "MAX_STATES", "METHODS", "QuadratureResult", "ais", "combine_log_weights", "estimate_log_z", "exact_log_z",
     "exact_sample", "fit_base", "grid_sample", "linear_schedule", "log_weight_statistics", "make_schedule",
     "quadrature_log_z", "sigmoid_schedule",

@@ -31,7 +31,7 @@ import torch
 
 from ebmlab.data import is_image_like
 from ebmlab.metrics import mmd2
-from ebmlab.partition import BoundaryMassWarning, quadrature_log_z
+from ebmlab.partition import BoundaryMassWarning, GridResolutionWarning, quadrature_log_z
 from ebmlab.training.callbacks import Callback
 from ebmlab.training.checkpoint import save_checkpoint
 from ebmlab.training.loading import energy_on_raw_data
@@ -131,6 +131,7 @@ class HeldoutEvaluation(Callback):
         energy = energy_on_raw_data(model, self.standardizer, event, loop.support)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BoundaryMassWarning)  # a young model's mass may spill over
+            warnings.simplefilter("ignore", GridResolutionWarning)  # a progress figure, not a final estimate
             result = quadrature_log_z(energy, data=x_raw, num_points=_NUM_POINTS[event[0]])
         with torch.no_grad():
             mean_energy = float(energy(x_raw).double().mean())
