@@ -187,3 +187,16 @@ def test_thresholds_and_the_report_say_so():
     with pytest.raises(ValueError, match="target_ess must be in"):
         ais(Gaussian(torch.zeros(1)), base=GaussianBase(torch.zeros(1), 1.0), schedule="adaptive", target_ess=1.0)
     assert math.isfinite(min_ess_for(3))
+
+
+def test_equal_weights_at_the_threshold_are_reliable_and_too_few_runs_say_so():
+    """ESS = N = 30 up to rounding passes the ESS ≥ 30 rule; 20 runs with equal weights are
+    unreliable because there are too few of them (said so), not because log Z is underestimated;
+    20 runs of unequal weights keep the underestimation sentence."""
+    from ebmlab.partition.weights import result_reliability
+
+    assert result_reliability(30 * (1 - 1e-15), 30, 1.0, 1e-9) == (True, None)
+    reliable, few = result_reliability(20.0, 20, 1.0, 1e-9)
+    assert not reliable and "only 20 runs, fewer than the 30" in few and "underestimated" not in few
+    reliable, skewed = result_reliability(5.0, 20, 1.0, 0.3)
+    assert not reliable and "effective sample size is 5.0 of 20 runs" in skewed and "underestimated" in skewed

@@ -52,6 +52,8 @@ REJUVENATION_STEPS, REJUVENATION_SWEEPS = 20, 5
 HEURISTIC_SOURCE = "data (heuristic: valid only if the model fits the data)"
 #: What to raise when AIS is unreliable, in the command's terms (the library's: ADVICE).
 CLI_ADVICE = "raise --temperatures or --runs, or use --temperatures adaptive"
+#: The same advice for a run whose schedule is already adaptive.
+CLI_ADVICE_ADAPTIVE = "raise --runs or --steps-per-temperature, or use a kernel that mixes better (--sampler)"
 
 
 def _num_states(energy) -> int:
@@ -192,7 +194,8 @@ def ais_report(energy, event_shape: Sequence[int], support: str, generator: torc
         ess=result.ess, num_temperatures=result.num_temperatures, num_runs=result.num_runs, sampler=sampler,
         mean_acceptance=acceptance, log_z_upper=result.log_z_upper, log_z_upper_stderr=result.log_z_upper_stderr,
         upper_bound_source=source if upper else None, reliable=result.reliable,
-        warning=None if result.warning is None else result.warning.replace(ADVICE, CLI_ADVICE),
+        warning=None if result.warning is None else result.warning.replace(
+            ADVICE, CLI_ADVICE_ADAPTIVE if schedule == "adaptive" else CLI_ADVICE),
         draw=resample_move(energy, result, sampler, base, shape, generator))
 
 

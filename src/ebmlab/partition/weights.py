@@ -91,8 +91,12 @@ def min_ess_for(num_runs: int, min_ess: float | None = None) -> float:
 def _ess_reason(ess: float, num_runs: int, stderr: float, min_ess: float | None, whose: str, what: str) -> str | None:
     """Why weights of this ESS are too few for their standard error, or None."""
     threshold = min_ess_for(num_runs, min_ess)
-    if math.isfinite(stderr) and ess >= threshold:
+    if math.isfinite(stderr) and ess >= threshold * (1 - 1e-9):  # equal weights give ESS = N up to rounding
         return None
+    if math.isfinite(stderr) and int(num_runs) < threshold and ess >= 0.9 * int(num_runs):
+        runs = "reverse runs" if "reverse" in whose else "runs"
+        return (f"there are only {int(num_runs)} {runs}, fewer than the {threshold:g} a standard error "
+                f"needs (their weights agree: ESS {ess:.1f}), so {what} ({stderr:.3g}) cannot be trusted yet")
     return (f"the {whose} effective sample size is {ess:.1f} of {int(num_runs)} runs (below {threshold:g}), so "
             f"{what} ({stderr:.3g}) does not bound the error and log Z is likely {'under' if 'upper' not in what else 'over'}estimated")
 
