@@ -105,3 +105,35 @@ def test_quadrature_on_a_grid_too_coarse_warns_with_its_grid_error_and_no_bare_p
     assert "±" not in text.splitlines()[0] and "grid error" in text
     fine = run_json("--energy", "funnel", "--log-partition", "quadrature", "--grid-points", 2049)
     assert abs(fine["log_z"] - truth) <= fine["grid_error"] and abs(fine["log_z"] - truth) < 0.01
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--log-partition", "quadrature", "--temperatures", "5"], "--temperatures applies to --log-partition ais only"),
+    (["--log-partition", "quadrature", "--no-reverse"], "--no-reverse applies to --log-partition ais only"),
+    (["--log-partition", "exact", "--sampler", "hmc"], "--sampler applies to --log-partition ais only"),
+    (["--log-partition", "ais", "--grid-points", "65"], "--grid-points applies to --log-partition quadrature only"),
+    (["--log-partition", "ais", "--bounds", "-4,4"], "--bounds applies to --log-partition quadrature only"),
+])
+def test_options_of_another_method_are_refused_not_ignored(args, message):
+    result = run("--energy", "gaussian:2", *args)
+    assert result.exit_code == 2 and message in result.output
+    method = args[1]  # the same option with its own method runs
+    own = {"ais": ["--log-partition", "ais", "--temperatures", "5", "--runs", "30"],
+           "quadrature": ["--log-partition", "quadrature", "--grid-points", "65"]}
+    assert run("--energy", "gaussian:2", *own["quadrature" if method == "ais" else "ais"]).exit_code == 0
+
+
+def test_library_advice_is_given_in_option_terms():
+    """Messages raised by the library name the command's options, not Python arguments."""
+    discrete = run("--energy", "ising:3", "--log-partition", "quadrature")
+    assert discrete.exit_code == 2 and "use --log-partition exact (enumeration) or --log-partition ais" in discrete.output
+    assert "ebmlab.partition" not in discrete.output
+
+
+def test_in_option_terms_translates_the_quadrature_bounds_advice():
+    from ebmlab.jobs.evaluation_job import in_option_terms
+    from ebmlab.partition.quadrature import resolve_bounds
+
+    with pytest.raises(ValueError) as err:
+        resolve_bounds(2)
+    assert "--bounds LO,HI" in in_option_terms(str(err.value)) and "bounds=[" not in in_option_terms(str(err.value))

@@ -72,10 +72,24 @@ class EvaluationJob:
     lean_threads: bool = False                     # torch threads from the problem size (ebmlab.jobs.threads)
 
 
+#: Other library phrases -> the command's.
+PHRASES = (("give bounds=[(low, high), ...] or data", "give --bounds LO,HI (or one pair per dimension) or --data"),
+           ("use ebmlab.partition.exact_log_z (enumeration) or ebmlab.partition.ais",
+            "use --log-partition exact (enumeration) or --log-partition ais"),
+           ("pass event_shape=(d,)", "pass --event-shape D"))
+#: Options that apply to one log-Z method only: (method, the job's field, the option, its unset value).
+METHOD_OPTIONS = (("ais", "temperatures", "--temperatures", None), ("ais", "sampler", "--sampler", None),
+                  ("ais", "steps_per_temperature", "--steps-per-temperature", None),
+                  ("ais", "base_std", "--base-std", None), ("ais", "reverse", "--no-reverse", True),
+                  ("quadrature", "bounds", "--bounds", None), ("quadrature", "grid_points", "--grid-points", None))
+
+
 def in_option_terms(message: str) -> str:
     """A library message in the command's terms: AIS advice as ``use --log-partition ais``,
-    ``num_temperatures`` as ``--temperatures`` (see :data:`OPTION_NAMES`), kernel advice as
-    ``use --sampler ...`` (:func:`ebmlab.jobs.sampling.in_option_terms`)."""
+    ``num_temperatures`` as ``--temperatures`` (see :data:`OPTION_NAMES`), :data:`PHRASES`, kernel
+    advice as ``use --sampler ...`` (:func:`ebmlab.jobs.sampling.in_option_terms`)."""
+    for library, command in PHRASES:
+        message = message.replace(library, command)
     return kernel_terms(_PARAMETER.sub(lambda m: OPTION_NAMES[m[1]], message.replace(*AIS_ADVICE)))
 
 
@@ -164,6 +178,10 @@ def validate(job: EvaluationJob) -> None:
     for option, value, low in counts:
         if value is not None and int(value) < low:
             raise ValueError(f"{option} must be >= {low}, got {value}")
+    for method, name, option, unset in METHOD_OPTIONS:
+        if getattr(job, name) != unset and job.method != method:
+            raise ValueError(f"{option} applies to --log-partition {method} only, not to "
+                             f"{'--log-partition ' + job.method if job.method else '--ksd alone'}; drop it")
     if job.base_std is not None and not (math.isfinite(job.base_std) and job.base_std > 0):
         raise ValueError(f"--base-std must be a finite number > 0, got {job.base_std}")
     if not 0 <= int(job.seed) < 2**64:
