@@ -178,3 +178,12 @@ def test_report_renders_in_a_browser(runs, tmp_path):
 
     pixels = imread(shot)[..., :3]
     assert pixels.shape[:2] == (1600, 1280) and pixels.std() > 0.05  # text, tables and plots, not a blank page
+
+
+def test_report_values_keep_their_unicode():
+    """Warnings such as "≈ 0.0577" read as written in Markdown and HTML, not as JSON escapes."""
+    from ebmlab.jobs.report_runs import format_value
+
+    assert format_value(["missing mass ≈ 0.0577", 1.5]) == '["missing mass ≈ 0.0577", 1.5]'
+    assert format_value({"σ": "≈"}) == '{"σ": "≈"}'
+    assert "\\u" not in format_value(["κ₀ → ∞"])

@@ -157,9 +157,10 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(format_value(v) if not isinstance(v, str) else json.dumps(v) for v in value) + "]"
+        return "[" + ", ".join(format_value(v) if not isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+                               for v in value) + "]"
     if isinstance(value, dict):
-        return json.dumps(value, default=str)
+        return json.dumps(value, default=str, ensure_ascii=False)
     return str(value)
 
 
