@@ -54,7 +54,8 @@ def test_train_writes_run_and_config_repeats_it_exactly(tmp_path, monkeypatch):
 def test_resume_continues_to_more_steps(tmp_path):
     assert run(*SMALL, "--out", tmp_path / "r").exit_code == 0
     refused = run("--resume", tmp_path / "r", "--steps", "25")  # the cosine schedule spans the first 15 steps
-    assert refused.exit_code == 2 and "would restart mid-run" in refused.output and "lr_decay_steps" in refused.output
+    assert refused.exit_code == 2 and "ended its cosine learning-rate schedule" in refused.output
+    assert "--set lr_decay_steps=25" in refused.output
     result = run("--resume", tmp_path / "r", "--steps", "25", "--set", "lr_decay_steps=25")
     assert result.exit_code == 0, result.output
     assert load_checkpoint(tmp_path / "r")["step"] == 25

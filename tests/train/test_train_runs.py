@@ -139,8 +139,8 @@ def test_binary_data_is_not_standardised_and_needs_a_discrete_sampler(tmp_path):
     assert result.standardizer is None
     energy = ebmlab.load(result.run_dir)
     assert energy.support == "binary" and energy.event_shape == (64,)
-    with pytest.raises(ValueError, match="sampler 'ula'"):
-        train(small_config(tmp_path / "bad", data="digits-binary-flat", num_samples=100, objective="cd"))
+    with pytest.raises(ValueError, match="sampler 'ula'"):  # named: refused; the default "auto" picks gibbs
+        train(small_config(tmp_path / "bad", data="digits-binary-flat", num_samples=100, objective="cd", sampler="ula"))
     with pytest.raises(ValueError, match="needs real data"):
         train(small_config(tmp_path / "bad2", data="digits-binary-flat", num_samples=100, objective="dsm"))
 

@@ -43,6 +43,23 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
+#: Settings that have an option of their own (the others are ``--set KEY=VALUE``).
+_OPTION_SETTINGS = ("data", "model", "objective", "steps", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
+                    "sampler", "sampler_steps", "step_size", "noise_scale", "seed", "device")
+
+
+def as_options(settings: dict) -> str:
+    """Settings as this command's options: ``{"steps": 40, "lr_decay_steps": 40}`` ->
+    ``--steps 40 --set lr_decay_steps=40`` (for the library's :class:`SettingsError` fixes)."""
+    from ebmlab.training.config import toml_value
+
+    def text(value) -> str:
+        return value if isinstance(value, str) and value.replace("_", "").isalnum() else toml_value(value)
+
+    return " ".join(f"--{key.replace('_', '-')} {text(value)}" if key in _OPTION_SETTINGS else f"--set {key}={text(value)}"
+                    for key, value in settings.items())
+
+
 #: Models whose ``--hidden`` is one integer: the model option it sets.
 _HIDDEN_AS_ONE = {"rbm": "num_hidden", "conv": "base_width"}
 
@@ -153,7 +170,8 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
 @click.option("--weight-decay", type=float, default=None,
               help=f"L2 weight decay of the model's parameters [default: {_D.weight_decay}].")
 @click.option("--sampler", default=None, metavar="NAME",
-              help=f"MCMC kernel for contrastive objectives and pictures [default: {_D.sampler}]: {', '.join(available())}.")
+              help=f"MCMC kernel for contrastive objectives and pictures [default: {_D.sampler}: ula on real data, "
+                   f"gibbs on binary or categorical data]: {', '.join(available())}.")
 @click.option("--sampler-steps", type=int, default=None, help=f"Sampler transitions per update [default: {_D.sampler_steps}].")
 @click.option("--step-size", type=float, default=None, help=f"Sampler step size [default: {_D.step_size}].")
 @click.option("--noise-scale", type=float, default=None, help=f"ULA noise scale [default: {_D.noise_scale}].")
@@ -163,13 +181,17 @@ def build_config(config_file: str | None, resume: str | None, options: dict, ass
 @click.option("--seed", type=int, default=None, help=f"Seed of every random stream of the run [default: {_D.seed}].")
 @click.option("--device", default=None, help=f"cpu, cuda, cuda:N or auto [default: {_D.device}].")
 @click.option("--out", default=None, metavar="RUN_DIR", help="Run directory [default: runs/DATA-OBJECTIVE-TIME].")
-@click.option("--resume", default=None, metavar="RUN_DIR", help="Continue the run in RUN_DIR (e.g. with more --steps).")
+@click.option("--resume", default=None, metavar="RUN_DIR",
+              help="Continue the run in RUN_DIR: a stopped run to its steps, or a finished one to more --steps (the "
+                   "run's total, not the steps to add; a cosine schedule then needs its new length, e.g. --steps "
+                   "6000 --set lr_decay_steps=6000).")
 @click.option("--config", "config_file", default=None, metavar="FILE.toml", help="Start from the settings in FILE.toml.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Any setting, e.g. --set ema_decay=0.999 --set objective_kwargs.sigma=0.2 (repeatable).")
 @click.option("--threads", type=int, default=None, help=LEAN_THREADS_HELP.format(size="the batch size"))
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
-@click.option("--no-plots", is_flag=True, help="Skip the pictures.")
+@click.option("--no-plots", is_flag=True, help="Skip the pictures (the metrics, and a classifier's held-out accuracy "
+                                                "and calibration in classification.json, are still written).")
 @click.option("--log", "log", type=click.Choice(["csv", "tensorboard", "none"]), default="none", show_default=True,
               help="Also log the metrics to RUN_DIR/metrics.csv or TensorBoard event files in RUN_DIR/tensorboard/ "
                    "(needs pip install tensorboard).")
@@ -190,6 +212,7 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
     from ebmlab.training.loading import default_run_dir
     from ebmlab.training.interrupts import TrainingInterrupted
     from ebmlab.training.loop import TrainingDivergedError
+    from ebmlab.training.settings import SettingsError
 
     options = {"data": data, "model": model, "objective": objective, "steps": steps, "batch_size": batch_size,
                "lr": lr, "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay, "sampler": sampler,
@@ -214,6 +237,8 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
         result = run_train_job(config, out, resume=resume is not None, progress=shown, plots=not no_plots,
                                plot_samples=plot_samples, plot_sampler_steps=plot_sampler_steps, log=log,
                                log_every=log_every, lean_threads=threads is None)
+    except SettingsError as err:  # the library's sentence, its fixes named as this command's options
+        raise UserError(err.render(as_options)) from err
     except TrainingDivergedError as err:
         raise UserError(str(err)) from err
     except TrainingInterrupted as err:
@@ -231,6 +256,9 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
         raise SystemExit(130) from None
     if not D.is_main_process():
         return
+    if result.already_complete:
+        _report_complete(result)
+        return
     last = result.metrics[-1] if result.metrics else {}
     figures = ", ".join(f"{k} {last[k]:.4g}" for k in ("loss", "cd_gap", "log_z") if k in last)
     files = ", ".join(p.name for p in result.pictures)
@@ -238,6 +266,20 @@ def command(data, model, model_kwargs, objective, steps, batch_size, lr, optimiz
                f"{result.wall_time:.1f} s" + (f" ({figures})" if figures else ""))
     if result.classification:
         c = result.classification
+        shown = "; class-conditional samples: class_samples.png" if "class_samples" in c else ""
         click.echo(f"held-out accuracy {c['accuracy']:.3f}, expected calibration error {c['ece']:.3f} "
-                   f"(15 bins), NLL {c['nll']:.3f} nats; class-conditional samples: class_samples.png")
+                   f"(15 bins), NLL {c['nll']:.3f} nats (classification.json){shown}")
     click.echo(f"run directory: {result.run_dir}" + (f" (pictures: {files})" if files else ""))
+
+
+def _report_complete(result) -> None:
+    """What ``--resume`` says of a run that had done its steps: nothing trained, how to go on."""
+    config, out = result.config, result.run_dir
+    cosine = config.lr_schedule == "cosine" and not config.lr_decay_steps
+    more = " --steps N" + (" --set lr_decay_steps=N" if cosine else "")
+    click.echo(f"the run in {out} is already complete ({result.step} of {config.steps} steps): nothing was trained "
+               f"and its files are unchanged; to train further: ebmlab train --resume {out}{more} "
+               f"(N > {result.step}, the new total)")
+    if result.not_applied:
+        click.echo(f"ebmlab: note: not applied, as no step is left to use them: "
+                   f"{', '.join(result.not_applied)} (config.toml keeps the run's values)", err=True)

@@ -15,6 +15,8 @@ from typing import Any
 
 from ebmlab.jobs.logging import make_logger
 from ebmlab.jobs.pictures import RunPictures
+from ebmlab import distributed as D
+from ebmlab.jobs.guards import OS_REASONS
 from ebmlab.jobs.sampling import check_path_names, format_bytes, output_errors
 from ebmlab.training.config import TrainConfig
 from ebmlab.training.loop import Callback, TrainLoop
@@ -103,15 +105,17 @@ def run_train_job(config: TrainConfig, out: str | Path, resume: bool = False, pr
     check_run_directory(config, out, resume)
     with output_errors("run directory", out):
         result = train(config, resume=resume, out=out, callbacks=callbacks, log_every=log_every)
-        if plots and getattr(result.objective, "uses_labels", False) and callable(getattr(result.model, "logits", None)):
-            result.classification = classifier_report(config, out)
-            result.pictures.append(Path(result.classification["class_samples"]))
+        classifier = getattr(result.objective, "uses_labels", False) and callable(getattr(result.model, "logits", None))
+        if classifier and not result.already_complete and D.is_main_process():  # metrics, pictures or not
+            result.classification = classifier_report(result.config, out, samples=plots)
+            if "class_samples" in result.classification:
+                result.pictures.append(Path(result.classification["class_samples"]))
     return result
 
 
-def classifier_report(config: TrainConfig, out: str | Path) -> dict:
-    """A classifier EBM's held-out accuracy, ECE (15 bins) and NLL, and ``class_samples.png``
-    (SGLD on E(x | y) from noise with the run's sampler), saved as ``RUN/classification.json``."""
+def classifier_report(config: TrainConfig, out: str | Path, samples: bool = True) -> dict:
+    """A classifier EBM's held-out accuracy, ECE (15 bins) and NLL, saved as ``RUN/classification.json``,
+    and with ``samples`` ``class_samples.png`` (SGLD on E(x | y) from noise with the run's sampler)."""
     import json
 
     import torch
@@ -129,7 +133,8 @@ def classifier_report(config: TrainConfig, out: str | Path) -> dict:
         x_test = run.standardizer.transform(x_test)
     kernel = make_kernel("ula", step_size=config.step_size, noise_scale=config.noise_scale)
     generator = torch.Generator().manual_seed(int(config.seed))
-    report = jem_report(run.model, x_test, labels[run.heldout_index].long(), out, kernel, generator=generator)
+    report = jem_report(run.model, x_test, labels[run.heldout_index].long(), out, kernel, generator=generator,
+                        samples=samples)
     figures = {k: (str(v) if isinstance(v, Path) else v) for k, v in report.items() if k != "samples"}
     (Path(out) / "classification.json").write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
     return figures
@@ -140,16 +145,40 @@ METRICS_BYTES_PER_STEP = 64
 
 
 def check_run_directory(config: TrainConfig, out: str | Path, resume: bool = False) -> None:
-    """Refuse a run directory with a name the file system cannot hold, and a run whose
+    """Refuse a run directory with a name the file system cannot hold, one that cannot be created
+    or written (a read-only or virtual file system such as /proc, no permission), and a run whose
     ``metrics.jsonl`` (one line per step) would not fit on its disk, saying how much it needs."""
-    path = check_path_names(out, "--resume" if resume else "--out")
+    option = "--resume" if resume else "--out"
+    path = check_path_names(out, option)
     probe = next((p for p in [path, *path.parents] if p.is_dir()), Path("."))
+    check_writable(probe, out, option)
     need = int(config.steps) * METRICS_BYTES_PER_STEP
     free = shutil.disk_usage(probe).free
     if need > free:
         raise ValueError(f"--steps {config.steps} would write at least {format_bytes(need)} of metrics "
                          f"(metrics.jsonl, one line per step) into {str(out)!r}, more than the {format_bytes(free)} "
                          f"free there; lower --steps")
+
+
+def check_writable(directory: Path, out: str | Path, option: str) -> None:
+    """Refuse ``out`` when ``directory`` (itself or its nearest existing parent) takes no new
+    entries: a directory is made there and removed at once, as the run would make its files."""
+    import errno
+    import os
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ebmlab-probe-", dir=directory))
+    except OSError as err:
+        if shutil.disk_usage(directory).total == 0:
+            reason = "a virtual file system, which holds no files"
+        elif err.errno in (errno.EACCES, errno.EPERM):
+            reason = "not writable (permission denied)"
+        else:
+            reason = f"not writable ({OS_REASONS.get(err.errno, err.strerror or type(err).__name__)})"
+        where = "it" if directory == Path(out) else repr(str(directory))
+        raise ValueError(f"{option} {str(out)!r}: the run directory cannot be written: {where} is {reason}; "
+                         f"choose a directory you can write to") from None
 
 
 __all__ = ["KEY_FIGURES", "LeanThreads", "Notices", "PROGRESS", "ProgressBar", "run_train_job", "show_progress"]

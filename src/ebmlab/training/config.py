@@ -58,9 +58,9 @@ class TrainConfig:
     ``heldout_fraction`` (kept out of training, for evaluation).
     Model: ``model`` (a name in :mod:`ebmlab.training.models`) and ``model_kwargs``.
     Objective: ``objective`` (a name in :mod:`ebmlab.objectives`) and ``objective_kwargs``.
-    Sampler (contrastive objectives, and model samples for pictures): ``sampler`` (a name in
-    :mod:`ebmlab.samplers`), ``sampler_steps`` (transitions per update), ``step_size``,
-    ``noise_scale`` (ULA only) and ``sampler_kwargs`` (e.g. ``num_states``, ``num_leapfrog``).
+    Sampler (contrastive objectives, pictures): ``sampler`` (a name in :mod:`ebmlab.samplers`; ``auto``:
+    ula on real data, gibbs on binary or categorical), ``sampler_steps`` (transitions per update),
+    ``step_size``, ``noise_scale`` (ULA only), ``sampler_kwargs`` (``num_states``, ``num_leapfrog``...).
     Optimisation: ``steps``, ``batch_size``, ``optimizer`` (adam | sgd), ``lr``, ``momentum``
     (sgd), ``betas`` (adam), ``weight_decay``, ``lr_schedule`` (constant | cosine),
     ``warmup_steps``, ``lr_decay_steps``, ``grad_clip`` (max global norm), ``ema_decay``. The
@@ -80,7 +80,7 @@ class TrainConfig:
     objective: str = "dsm"
     objective_kwargs: dict = field(default_factory=dict)
 
-    sampler: str = "ula"
+    sampler: str = "auto"
     sampler_steps: int = 20
     step_size: float = 0.01
     noise_scale: float = 1.0

@@ -38,12 +38,16 @@ from ebmlab.training.loading import CONFIG_NAME, energy_on_raw_data, load_run_da
 from ebmlab.training.loop import (
     Callback, OptimSettings, TrainingDivergedError, TrainLoop, as_callbacks, derive_seed,
 )
+from ebmlab.training.schedules import learning_rate_at
+from ebmlab.training.settings import SettingsError
 from ebmlab.training.sharding import TrainSharding
 from ebmlab.training.user_models import make_model
 
 #: Settings that a resumed run must share with its checkpoint (they shape the saved state).
 STRUCTURAL = ("data", "num_samples", "standardize", "heldout_fraction", "model", "model_kwargs", "objective",
               "objective_kwargs", "optimizer", "seed")
+#: ``sampler = "auto"`` (the default): the kernel for the data's states.
+AUTO_SAMPLER = {"real": "ula", "binary": "gibbs", "categorical": "gibbs"}
 
 
 @dataclass
@@ -66,6 +70,9 @@ class RunResult:
     wall_time: float
     pictures: list[Path] = field(default_factory=list)
     classification: dict[str, Any] = field(default_factory=dict)  # classifier EBMs: held-out figures
+    start_step: int = 0  # the step this call began at: a resumed run's checkpoint step
+    already_complete: bool = False  # resumed with nothing left to do: nothing was trained or written
+    not_applied: tuple[str, ...] = ()  # settings changed on resuming a complete run: no step used them
 
 
 def build_kernel(config: TrainConfig) -> Kernel:
@@ -99,7 +106,7 @@ class Trainer:
         self.config = config
         self.sharding = TrainSharding.current()
         self.device = D.local_device(resolve_device(config.device))
-        checkpoint = None
+        checkpoint, self.start_step, self.saved_config = None, 0, None
         if out is None:
             if resume:
                 raise ValueError("resume: name the run directory (out=RUN_DIR)")
@@ -117,17 +124,10 @@ class Trainer:
                 checkpoint = load_checkpoint(Path(out) / CHECKPOINT_NAME)
                 if "config" not in checkpoint:
                     raise ValueError(f"resume: {str(out)!r} was trained by fit(); resume it with fit(..., resume=True)")
-                saved = TrainConfig.from_dict(checkpoint["config"])
-                _check_resumable(saved, config, out)
-                if (config.lr_schedule == "cosine" and not config.lr_decay_steps and not saved.lr_decay_steps
-                        and config.steps != saved.steps):
-                    raise ValueError(f"resume: the run's cosine learning-rate schedule spans its {saved.steps} steps; "
-                                     f"with steps={config.steps} it would restart mid-run. Set lr_decay_steps (e.g. "
-                                     f"{config.steps}, a new schedule from here on) or lr_schedule=\"constant\"")
-                done = int(checkpoint["step"])
-                if config.steps < done:
-                    raise ValueError(f"resume: the run in {str(out)!r} has done {done} steps; steps must be at least "
-                                     f"{done}, got {config.steps} (nothing was changed)")
+                self.saved_config = TrainConfig.from_dict(checkpoint["config"])
+                _check_resumable(self.saved_config, config, out)
+                self.start_step = int(checkpoint["step"])
+                _check_steps(self.saved_config, config, self.start_step, out)
             elif (Path(out) / CHECKPOINT_NAME).exists():
                 raise ValueError(f"{str(out)!r} already holds a run (checkpoint.pt); resume it or choose another out")
             self.run_dir = Path(out)
@@ -178,6 +178,8 @@ class Trainer:
             self.model.support = self.support
             if self.support == "categorical":
                 self.model.num_states = int(self.x_train.max().item()) + 1
+        if cfg.sampler == "auto":  # recorded as the kernel chosen, so config.toml repeats the run
+            cfg.sampler = AUTO_SAMPLER.get(self.support, "ula")
         self.kernel = build_kernel(cfg)
         if self.support not in objective_cls.supports:
             raise ValueError(f"objective {cfg.objective!r} needs {' or '.join(objective_cls.supports)} data; "
@@ -187,8 +189,10 @@ class Trainer:
             kernel_supports = getattr(self.kernel, "supports", ("real",) if self.kernel.support == "real" else
                                       ("binary", "categorical"))
             if self.support not in kernel_supports:
-                raise ValueError(f"sampler {cfg.sampler!r} works on {' or '.join(kernel_supports)} states but "
-                                 f"{self.dataset.name} is {self.support} data")
+                raise SettingsError(f"sampler {cfg.sampler!r} works on {' or '.join(kernel_supports)} states but "
+                                    f"{self.dataset.name} is {self.support} data; choose a sampler for "
+                                    f"{self.support} states", [({"sampler": AUTO_SAMPLER.get(self.support, "ula")}, ""),
+                                                               ({"sampler": "auto"}, "chosen by the data's states")])
             options.setdefault("kernel", self.kernel)
             options.setdefault("num_steps", cfg.sampler_steps)
         self.objective = make_objective(cfg.objective, **self.sharding.objective_options(objective_cls, options))
@@ -277,18 +281,34 @@ class Trainer:
         self.loop.save()
 
     def run(self) -> RunResult:
-        """Train to ``config.steps``; writes ``config.toml`` (rank 0) first."""
+        """Train to ``config.steps``; writes ``config.toml`` (rank 0) first. A resumed run that
+        has done its steps already trains, draws and writes nothing (``already_complete``)."""
+        if self.saved_config is not None and self.start_step == self.config.steps:
+            return self._complete()
         if self.sharding.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.run_dir / CONFIG_NAME)
         fitted = self.loop.run()
-        model = fitted.model
+        pictures = [p for c in self.loop.callbacks for p in getattr(c, "written", [])]
+        return self._result(fitted.model, fitted.step, fitted.wall_time, pictures=pictures)
+
+    def _complete(self) -> RunResult:
+        """The result of resuming a run that is done: its state as saved; which given settings differ."""
+        if self.loop.lock is not None:
+            self.loop.lock.release()
+            self.loop.lock = None
+        old, new = self.saved_config.to_dict(), self.config.to_dict()
+        changed = tuple(k for k in new if new[k] != old.get(k))
+        return self._result(self.loop.trained_model.eval(), self.start_step, 0.0, config=self.saved_config,
+                            already_complete=True, not_applied=changed)
+
+    def _result(self, model: nn.Module, step: int, wall_time: float, **extra: Any) -> RunResult:
         standardizer = None if self.standardizer is None else self.standardizer.to(self.device)
         energy = energy_on_raw_data(model, standardizer, self.dataset.event_shape, self.support)
-        pictures = [p for c in self.loop.callbacks for p in getattr(c, "written", [])]
-        return RunResult(run_dir=self.run_dir, config=self.config, step=fitted.step, model=model, energy=energy,
-                         objective=self.objective, standardizer=self.standardizer, metrics=read_metrics(self.run_dir),
-                         wall_time=fitted.wall_time, pictures=pictures)
+        fields = {"config": self.config, **extra}
+        return RunResult(run_dir=self.run_dir, step=step, model=model, energy=energy, objective=self.objective,
+                         standardizer=self.standardizer, metrics=read_metrics(self.run_dir), wall_time=wall_time,
+                         start_step=self.start_step, **fields)
 
 
 def _check_resumable(saved: TrainConfig, config: TrainConfig, out: str | Path) -> None:
@@ -301,6 +321,38 @@ def _check_resumable(saved: TrainConfig, config: TrainConfig, out: str | Path) -
                          f"another out directory")
 
 
+def _check_steps(saved: TrainConfig, config: TrainConfig, done: int, out: str | Path) -> None:
+    """Refuse a resume to fewer steps than the run has done, and one that would change a cosine
+    schedule spanning the run's ``steps`` without saying how the rate goes on."""
+    cosine = saved.lr_schedule == config.lr_schedule == "cosine" and not config.lr_decay_steps
+    where = f"resume: the run in {str(out)!r}"
+    if config.steps < done:
+        more = done + config.steps
+        settings = {"steps": more, **({"lr_decay_steps": more} if cosine else {})}
+        raise SettingsError(f"{where} has done {done} steps, more than the {config.steps} asked for: steps counts "
+                            f"the run's total, not the steps to add; to train {config.steps} more",
+                            [(settings, f"the cosine schedule stretched over {more} steps" if cosine else "")],
+                            "nothing was changed")
+    span = saved.lr_decay_steps or saved.steps
+    if not cosine or config.steps == done or config.steps == span:
+        return
+    rate = learning_rate_at(done + 1, 1.0, "cosine", config.warmup_steps, config.steps)
+    if done >= span:
+        problem = (f"{where} ended its cosine learning-rate schedule at step {span} (the rate has decayed to 0); "
+                   f"to train on to step {config.steps}, say how the rate goes on")
+    else:
+        was = learning_rate_at(done + 1, 1.0, "cosine", config.warmup_steps, span)
+        problem = (f"{where} stopped at step {done} of a cosine learning-rate schedule over {span} steps; "
+                   f"training to step {config.steps} would stretch it mid-run (the rate of step {done + 1}: "
+                   f"{rate:.2g} x lr instead of {was:.2g} x lr); say how the rate goes on")
+    fixes = [({"lr_decay_steps": config.steps}, f"the cosine over {config.steps} steps: {rate:.2g} x lr at step "
+                                               f"{done + 1}, 0 at step {config.steps}"),
+             ({"lr_schedule": "constant"}, f"lr = {config.lr:g} for every further step")]
+    if done < span:
+        fixes.append(({"steps": span}, "finish the run as planned"))
+    raise SettingsError(problem, fixes, "nothing was changed")
+
+
 def train(config: TrainConfig | dict, resume: bool = False, callback: Callable | None = None, *,
           out: str | Path | None = None, callbacks: Iterable[Callback | Callable] = (),
           log_every: int | None = None, heldout_every: int | None = None) -> RunResult:
@@ -311,11 +363,15 @@ def train(config: TrainConfig | dict, resume: bool = False, callback: Callable |
     the NLL for data of ≤ 3 dimensions) and the ``best.pt`` checkpoint every this many updates
     when the run holds out data (default ``max(1, steps // 10)``; 0 = off).
     ``log_every``: records in ``metrics.jsonl`` every this many updates (default: a few thousand
-    rows at most, ``max(1, steps // 2000)``). Returns a :class:`RunResult`. Raises ``ValueError`` for bad settings or data,
+    rows at most, ``max(1, steps // 2000)``). Returns a :class:`RunResult`; resuming a run that has
+    done its ``steps`` trains nothing (``already_complete``). ``steps`` is the run's total; a cosine
+    schedule spanning it (``lr_decay_steps = 0``) goes on to more steps only with a new
+    ``lr_decay_steps`` or ``lr_schedule="constant"``. Raises ``ValueError`` (a :class:`SettingsError`
+    naming the settings that would do, for refused combinations) for bad settings or data,
     :class:`TrainingDivergedError` when the loss, an energy or a gradient turns NaN or infinite.
     """
     return Trainer(config, resume=resume, callback=callback, out=out, callbacks=callbacks, log_every=log_every,
                    heldout_every=heldout_every).run()
 
 
-__all__ = ["RunResult", "STRUCTURAL", "Trainer", "TrainingDivergedError", "build_kernel", "train"]
+__all__ = ["AUTO_SAMPLER", "RunResult", "STRUCTURAL", "SettingsError", "Trainer", "TrainingDivergedError", "build_kernel", "train"]

@@ -1,5 +1,6 @@
 """What a training run is given and gives back: :class:`OptimSettings`, :class:`FitResult`,
-:class:`TrainingDivergedError`, and :func:`derive_seed` for the run's named random streams.
+:class:`TrainingDivergedError`, :class:`SettingsError` (refused settings, with the settings that
+would do), and :func:`derive_seed` for the run's named random streams.
 
 Shared by the loop (:mod:`ebmlab.training.loop`, which re-exports them), :func:`ebmlab.fit`
 and the config-driven trainer.
@@ -25,6 +26,30 @@ class TrainingDivergedError(RuntimeError):
         self.step, self.what = step, what
         super().__init__(f"training diverged at step {step}: {what} is NaN or infinite; the last checkpoint "
                          f"is kept; lower the learning rate or the sampler's step size, or set grad_clip")
+
+
+class SettingsError(ValueError):
+    """Settings a run refuses, with the settings that would do instead.
+
+    ``problem`` says what is wrong; ``fixes`` lists alternatives, each ``(settings, effect)``
+    (``({"lr_decay_steps": 40}, "the cosine over 40 steps")``); ``tail`` ends the message
+    (``"nothing was changed"``). ``str()`` names the settings as Python does
+    (``lr_decay_steps=40``); :meth:`render` lets a caller name them its own way (the command line:
+    ``--set lr_decay_steps=40``), so both read the same sentence.
+    """
+
+    def __init__(self, problem: str, fixes: Sequence[tuple[dict[str, Any], str]] = (), tail: str = ""):
+        self.problem, self.fixes, self.tail = problem, [(dict(s), str(e)) for s, e in fixes], tail
+        super().__init__(self.render())
+
+    def render(self, name: Any = None) -> str:
+        """The message with each fix's settings written by ``name(settings) -> str`` (default:
+        ``key=value, ...`` with Python's ``repr``)."""
+        name = name or (lambda settings: ", ".join(f"{k}={v!r}" for k, v in settings.items()))
+        text = self.problem
+        if self.fixes:
+            text += ": " + " or ".join(f"{name(s)} ({e})" if e else name(s) for s, e in self.fixes)
+        return text + (f"; {self.tail}" if self.tail else "")
 
 
 @dataclass
@@ -82,4 +107,4 @@ def derive_seed(seed: int, stream: str) -> int:
     return value
 
 
-__all__ = ["FitResult", "OptimSettings", "TrainingDivergedError", "derive_seed"]
+__all__ = ["FitResult", "OptimSettings", "SettingsError", "TrainingDivergedError", "derive_seed"]
