@@ -206,9 +206,9 @@ def bad_input_cases(tmp_path: Path, user_file: Path) -> list[tuple[list, str]]:
         ([*gauss, "--init", tmp_path / "bad_shape.npy"], "expected a real array of shape (16, 2) or (2,)"),
         ([*gauss, "--device", "nosuchdevice"], "--device 'nosuchdevice' is not a device name"),
         ([*gauss, "--chains", "many"], "'many' is not a valid integer"),
-        # checked once, by ebmlab.samplers.sample; the kernel advice is put in option terms
-        (["--energy", "ising:3", "--sampler", "mala"], "MALA samples real states but the energy Ising has support "
-                                                       "'binary'; use --sampler gibbs, metropolis"),
+        # checked by the job in option terms (ebmlab.samplers.sample checks it for library callers)
+        (["--energy", "ising:3", "--sampler", "mala"], "--sampler mala samples real states, but energy 'ising:3' has "
+                                                       "support binary; use --sampler gibbs, gwg or metropolis"),
         (["--energy", "gmm8", "--sampler", "gibbs"], "use --sampler mala, hmc"),
         ([*gauss, "--sampler", "gibbs", "--step-size", "0.1"], "unknown option(s) 'step_size'"),
         ([*gauss, "--out", tmp_path / "missing_dir" / "s.npz"], "does not exist"),
@@ -237,6 +237,7 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, user_file):
 def test_unwritable_output_directory_is_refused_before_sampling(tmp_path, monkeypatch):
     """Permission bits do not stop root, so the directory's write probe is made to fail instead;
     resolving the energy or sampling first would raise AssertionError (exit code 1)."""
+    import ebmlab.jobs.sample_files as file_module
     import ebmlab.jobs.sampling as job_module
 
     def refuse(*args, **kwargs):
@@ -245,7 +246,7 @@ def test_unwritable_output_directory_is_refused_before_sampling(tmp_path, monkey
     def must_not_run(*args, **kwargs):
         raise AssertionError("ran before checking the output path")
 
-    monkeypatch.setattr(job_module.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(file_module.tempfile, "TemporaryFile", refuse)
     monkeypatch.setattr(job_module, "resolve_energy", must_not_run)
     monkeypatch.setattr(job_module, "sample", must_not_run)
     result = run("--energy", "gmm8", "--sampler", "mala", "--out", tmp_path / "s.npz")

@@ -98,7 +98,7 @@ def test_parallel_tempering_over_gibbs_on_a_discrete_energy(tmp_path):
     (["--sampler", "mala", "--base", "hmc", "--max-temperature", "5"],
      "--base, --max-temperature apply to --sampler pt, not mala"),
     (["--sampler", "nuts", "--metric", "diag", "--burn-in", "0"], "--metric diag is learned during burn-in"),
-    (["--sampler", "rwmh", "--metric", "diag"], "use HMC, MALA or NUTS"),
+    (["--sampler", "rwmh", "--metric", "diag"], "--metric diag applies to --sampler hmc, mala or nuts"),
     (["--sampler", "nuts", "--metric", "full"], "'full' is not one of 'diag', 'dense'"),
     (["--sampler", "pt", "--base", "nosuch"], "nosuch"),
     (["--sampler", "pt", "--temperatures", "1"], "num_temperatures must be an integer >= 2"),

@@ -1,19 +1,21 @@
-"""``ebmlab sample``: draw MCMC samples from an energy SPEC and save them as ``.npz``.
+"""``ebmlab sample``: draw MCMC samples from an energy SPEC and save them as ``.npz`` or ``.nc``.
 
 Thin: parse options -> :class:`ebmlab.jobs.sampling.SampleJob` -> :func:`run_sampling_job`
--> print the summary. Exit status: 0 on success; 2 on bad input (one line, no traceback) and
-when a chain's energy turns NaN or infinite during the run (the message names the step and
-the chains; lower ``--step-size``). No output file is written in either failure case.
+(annealed Langevin for noise-conditional runs: :func:`run_annealed_job`, told which options
+were given so that it can refuse those it cannot honour) -> print the summary. Exit status: 0
+on success; 2 on bad input (one line, no traceback) and when a chain's energy turns NaN or
+infinite during the run (the message names the step and the chains; lower ``--step-size``).
+No output file is written in either failure case.
 """
 
 from __future__ import annotations
 
 import click
-import torch
+from click.core import ParameterSource
 
 from ebmlab.distributed import is_main_process
 from ebmlab.jobs.distributed import run_sampling_job_distributed
-from ebmlab.jobs.sampling import SampleJob, check_figure_path, check_output_file, format_result, in_option_terms
+from ebmlab.jobs.sampling import SampleJob, format_result, in_option_terms
 from ebmlab.jobs.sampling_defaults import DEFAULT_STEPS, MCMC_STEPS
 from ebmlab.samplers import ChainDivergedError, available
 from ebmlab.jobs.annealed_sampling import (
@@ -33,7 +35,7 @@ _ENERGY_HELP = (
 )
 
 
-@click.command(cls=OneLineErrors, help="Draw MCMC samples from an energy SPEC and save them as .npz.",
+@click.command(cls=OneLineErrors, help="Draw MCMC samples from an energy SPEC and save them as .npz or .nc.",
                epilog="Exit status: 0 ok; 2 bad input or a diverged chain (nothing is written then).")
 @click.option("--energy", "energy_spec", required=True, metavar="SPEC", help=_ENERGY_HELP)
 @click.option("--sampler", default=None, metavar="NAME",
@@ -52,8 +54,8 @@ _ENERGY_HELP = (
 @click.option("--leapfrog", "num_leapfrog", type=int, default=10, show_default=True, help="HMC leapfrog steps.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the run's generator.")
 @click.option("--init", default="noise", show_default=True, metavar="noise|zeros|FILE.npy",
-              help="Start: noise (N(0,1), or uniform states for discrete energies), zeros, or a .npy "
-                   "of shape (chains, *event) or (*event).")
+              help="Start: noise (N(0,1), or uniform states for discrete energies; annealed: the largest noise "
+                   "level's Gaussian), zeros, or a .npy of shape (chains, *event) or (*event).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto (CUDA when available).")
 @click.option("--threads", type=int, default=None, help=LEAN_THREADS_HELP.format(size="chains"))
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
@@ -84,14 +86,15 @@ _ENERGY_HELP = (
               help="pt: the hottest temperature [default: 10]; the ladder starts geometric and adapts during "
                    "burn-in toward equal swap rates.")
 @click.option("--out", required=True, metavar="FILE.npz|FILE.nc",
-              help="Output file (written atomically): .npz, or .nc for netCDF via ArviZ (pip install ebmlab[arviz]).")
+              help="Output file (written atomically): .npz, or .nc for netCDF via ArviZ (pip install ebmlab[arviz]). "
+                   "An earlier ebmlab sample file of that name is replaced; any other existing file is refused.")
 @click.option("--plot", default=None, metavar="FILE.png",
               help="Also plot: density contours with samples (2-D), an image grid (image-shaped events) "
-                   "or chain traces.")
+                   "or chain traces (.png, .pdf or .svg; replaces only a picture ebmlab wrote).")
 @click.option("--plot-chains", default=None, metavar="FILE.png",
               help="Also plot the chains over time: for image-shaped events a grid with one row per chain "
                    "(the first 8) and one column per snapshot (10, evenly spaced over the kept draws); "
-                   "otherwise trace plots.")
+                   "otherwise trace plots (replaces only a picture ebmlab wrote).")
 @user_errors(terms=in_option_terms)
 def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_size, num_leapfrog, seed, init,
             device, threads, progress, compile_, compile_mode, event_shape, support, target_accept, max_tree_depth, metric, base,
@@ -103,31 +106,31 @@ def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_siz
         energy=energy_spec, sampler=sampler, out=out, num_chains=num_chains, num_steps=num_steps, burn_in=burn_in,
         thin=thin, step_size=step_size, num_leapfrog=num_leapfrog, seed=seed, init=init,
         device=device, compile=compile_ or compile_mode is not None, compile_mode=compile_mode, event_shape=parse_event_shape(event_shape),
-        target_accept=target_accept, plot=plot, progress=progress, max_tree_depth=max_tree_depth,
-        metric=metric, base=base, num_temperatures=num_temperatures, max_temperature=max_temperature,
-        support=support, lean_threads=threads is None,
+        target_accept=target_accept, plot=plot, plot_chains=plot_chains, progress=progress,
+        max_tree_depth=max_tree_depth, metric=metric, base=base, num_temperatures=num_temperatures,
+        max_temperature=max_temperature, support=support, lean_threads=threads is None,
     )
     annealed_run = noise_conditional_run(energy_spec) if sampler in (None, ANNEALED) else None
-    if annealed_run is not None:
-        check_output_file(out)
-        meta = run_annealed_job(annealed_run, out, num_chains, num_steps, step_size, seed, plot, device=device,
-                                progress=progress, lean_threads=threads is None)
-        click.echo(format_annealed_summary(meta))
-        return
-    if sampler == ANNEALED:
+    if annealed_run is None and sampler == ANNEALED:
         raise UserError(f"--sampler annealed needs a run directory trained with --objective ncsn; choose one of "
                         f"{', '.join(available())}")
-    if plot_chains is not None:
-        check_figure_path(plot_chains, "--plot-chains")
     try:
+        if annealed_run is not None:
+            click.echo(format_annealed_summary(run_annealed_job(annealed_run, job, given=_given_options())))
+            return
         result = run_sampling_job_distributed(job)  # = run_sampling_job(job) outside torchrun
     except ChainDivergedError as err:
         raise UserError(f"sampling stopped, nothing written: {err}") from err
     if is_main_process():
-        if plot_chains is not None:
+        if plot_chains is not None and result.plot_chains is None:  # the distributed job draws only --plot
             from ebmlab.jobs.plots import plot_chains as draw_chains
 
-            draw_chains(result.record.samples, plot_chains)
+            result.plot_chains = draw_chains(result.record.samples, plot_chains)
         click.echo(format_result(result))
-        if plot_chains is not None:
-            click.echo(f"wrote {plot_chains}")
+
+
+def _given_options() -> set[str]:
+    """The options named on the command line (or in the environment), e.g. ``{"--burn-in"}``."""
+    ctx = click.get_current_context()
+    return {param.opts[0] for param in ctx.command.params
+            if ctx.get_parameter_source(param.name) not in (None, ParameterSource.DEFAULT)}

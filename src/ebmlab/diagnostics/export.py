@@ -3,7 +3,7 @@
 
 The record is read by its attributes (duck typing, as the rest of :mod:`ebmlab.diagnostics`):
 ``samples`` ``(draws, chains, *event)``, ``energy`` ``(draws, chains)``, ``acceptance_rate``
-``(chains,)``, ``divergences`` ``(chains,)``, ``kernel`` (its ``name``), ``step_size`` (a float,
+``(chains,)``, ``divergences`` ``(chains,)``, ``kernel`` (its ``name``; or a ``sampler`` name), ``step_size`` (a float,
 a ``(chains,)`` tensor or ``None``) or ``kernel.step_size``, and optionally ``stats``: a dict of
 per-draw tensors ``(draws, chains)`` such as NUTS's ``tree_depth``, ``num_grad_evals``,
 ``energy_error``, ``accept_prob``, ``diverged``.
@@ -95,16 +95,20 @@ def to_arviz(record: Any, var_name: str = "x", library: str | None = None):
         stats["step_size"] = np.broadcast_to(step[:, None] if step.size == chains else step[:1, None],
                                              (chains, draws)).copy()
     kernel = getattr(record, "kernel", None)
-    attrs = {"created_by": "ebmlab", "sampler": getattr(kernel, "name", "") or type(kernel).__name__,
+    sampler = getattr(record, "sampler", None) or getattr(kernel, "name", "") or type(kernel).__name__
+    attrs = {"created_by": "ebmlab", "sampler": sampler,
              "acceptance_rate_per_chain": rate,
              "divergences_per_chain": _numpy(record.divergences).astype(np.int64).reshape(-1)}
     for key in ("num_steps", "burn_in", "thin", "wall_time"):
         if getattr(record, key, None) is not None:
             attrs[key] = getattr(record, key)
     posterior = {var_name: np.swapaxes(samples, 0, 1)}
-    if flavour == "arviz0":
-        return from_dict(posterior=posterior, sample_stats=stats, posterior_attrs=dict(attrs), sample_stats_attrs=dict(attrs))
-    return from_dict({"posterior": posterior, "sample_stats": stats}, attrs={"posterior": attrs, "sample_stats": attrs})
+    with _warnings.catch_warnings():  # the arrays are chain-major by construction, even with fewer draws than chains
+        _warnings.filterwarnings("ignore", message="More chains", category=UserWarning)
+        if flavour == "arviz0":
+            return from_dict(posterior=posterior, sample_stats=stats, posterior_attrs=dict(attrs),
+                             sample_stats_attrs=dict(attrs))
+        return from_dict({"posterior": posterior, "sample_stats": stats}, attrs={"posterior": attrs, "sample_stats": attrs})
 
 
 __all__ = ["INSTALL_HINT", "STAT_NAMES", "arviz_available", "to_arviz"]

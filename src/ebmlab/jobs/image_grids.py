@@ -5,12 +5,17 @@ integer factor (nearest neighbour) to at least 600 pixels wide, rows and columns
 :func:`chain_grid_figure` lays out chains over time, one row per chain and one column per
 snapshot. The ``save_*`` functions write atomically (format from the path's suffix). Imported
 by, and re-exported from, :mod:`ebmlab.jobs.plots`.
+
+Every picture ebmlab saves names ebmlab as its creator (:func:`figure_metadata`: the PNG text
+chunk ``Software``, the PDF and SVG ``Creator``), which :func:`is_own_figure` reads back, so that
+an output option replaces only ebmlab's own pictures, never a user's file.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import struct
 from pathlib import Path
 from typing import Sequence
 
@@ -29,10 +34,75 @@ def _numpy(a: ArrayLike) -> np.ndarray:
     return np.asarray(a)
 
 
+#: The creator every ebmlab picture names (then the version), and where each format keeps it.
+FIGURE_CREATOR = "ebmlab"
+_CREATOR_KEYS = {"png": "Software", "pdf": "Creator", "svg": "Creator"}
+_HEAD = 1 << 16
+
+
+def figure_metadata(fmt: str) -> dict[str, str]:
+    """The ``metadata=`` of ``Figure.savefig`` for format ``fmt``: ``{"Software": "ebmlab X"}`` for
+    PNG, ``{"Creator": "ebmlab X"}`` for PDF and SVG, ``{}`` for formats without text metadata."""
+    key = _CREATOR_KEYS.get(fmt.lower())
+    if key is None:
+        return {}
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return {key: f"{FIGURE_CREATOR} {version('ebmlab')}"}
+    except PackageNotFoundError:
+        return {key: FIGURE_CREATOR}
+
+
+def _png_creator(data: bytes) -> bool:
+    """Whether a PNG's text chunks (before its image data) hold ``Software`` = ``ebmlab ...``."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        if kind in (b"tEXt", b"iTXt"):
+            key, _, text = body.partition(b"\0")
+            if kind == b"iTXt":  # compression flag and method, language tag, translated keyword
+                text = text[2:].split(b"\0", 2)[-1] if text[:1] == b"\0" else b""
+            if key == b"Software" and text.startswith(FIGURE_CREATOR.encode()):
+                return True
+        pos += 12 + length
+    return False
+
+
+def is_own_figure(path: str | os.PathLike) -> bool:
+    """Whether the picture at ``path`` names ebmlab as its creator (:func:`figure_metadata`); any
+    other file (a user's picture, text, a picture of another format than its suffix) is not."""
+    fmt = Path(path).suffix.lstrip(".").lower()
+    with open(path, "rb") as f:
+        head = f.read(_HEAD)
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(size - _HEAD, 0))
+        tail = f.read()
+    if fmt == "png":
+        return head.startswith(b"\x89PNG\r\n\x1a\n") and _png_creator(head)
+    if fmt == "pdf":  # matplotlib writes the document information dictionary at the end
+        return head.startswith(b"%PDF") and f"/Creator ({FIGURE_CREATOR}".encode() in tail
+    if fmt == "svg":  # in the <metadata> block at the top
+        return b"<svg" in head and f"<dc:title>{FIGURE_CREATOR}".encode() in head
+    return False
+
+
+def save_figure_file(fig: Figure, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """``fig.savefig`` to ``path`` atomically, the format from the suffix, with ebmlab named as
+    the creator (:func:`figure_metadata`)."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    metadata = figure_metadata(fmt)
+    if metadata:
+        savefig_kwargs["metadata"] = {**metadata, **savefig_kwargs.get("metadata", {})}
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, **savefig_kwargs))
+
+
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     """``fig`` at its own size (``figsize · dpi`` pixels), atomically; the format from the suffix."""
-    fmt = Path(path).suffix.lstrip(".").lower() or "png"
-    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=fig.dpi))
+    return save_figure_file(fig, path, dpi=fig.dpi)
 
 
 def image_grid(images: ArrayLike, nrow: int | None = None, padding: int = 1, pad_value: float = 0.5,
@@ -185,5 +255,5 @@ def save_chain_grid(snapshots: ArrayLike, path: str | os.PathLike, max_chains: i
     return _save(fig, path)
 
 
-__all__ = ["GRID_MARGINS", "chain_grid_figure", "chain_grid_images", "image_grid", "image_grid_figure",
+__all__ = ["FIGURE_CREATOR", "GRID_MARGINS", "chain_grid_figure", "figure_metadata", "is_own_figure", "save_figure_file", "chain_grid_images", "image_grid", "image_grid_figure",
            "save_chain_grid", "save_image_grid", "snapshot_indices"]

@@ -22,11 +22,10 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ebmlab.atomic import atomic_write
 from ebmlab.data.images import is_image_like
 from ebmlab.jobs.image_grids import (  # noqa: F401  (re-exported: plots is the one module of pictures)
-    GRID_MARGINS, chain_grid_figure, chain_grid_images, image_grid, image_grid_figure, save_chain_grid, save_image_grid,
-    snapshot_indices,
+    GRID_MARGINS, chain_grid_figure, chain_grid_images, image_grid, image_grid_figure, is_own_figure, save_chain_grid,
+    save_figure_file, save_image_grid, snapshot_indices,
 )
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -38,15 +37,12 @@ def _numpy(a: ArrayLike) -> np.ndarray:
     return np.asarray(a)
 
 
-def _fmt(path: str | os.PathLike) -> str:
-    return Path(path).suffix.lstrip(".").lower() or "png"
-
-
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120, tight: bool = True) -> Path:
     """Save ``fig`` atomically to ``path`` (format from the suffix); ``tight=False`` keeps the
-    figure's own size (``figsize · dpi`` pixels)."""
+    figure's own size (``figsize · dpi`` pixels). The file names ebmlab as its creator
+    (:func:`~ebmlab.jobs.image_grids.figure_metadata`), so that :func:`is_own_figure` knows it."""
     kwargs = {"bbox_inches": "tight"} if tight else {}
-    return atomic_write(path, lambda f: fig.savefig(f, format=_fmt(path), dpi=dpi, **kwargs))
+    return save_figure_file(fig, path, dpi=dpi, **kwargs)
 
 
 def bounds_from_samples(samples: ArrayLike, pad: float = 0.1, min_width: float = 1.0) -> tuple[float, float, float, float]:
@@ -150,18 +146,23 @@ def plot_energy_2d(energy: Callable[[torch.Tensor], torch.Tensor], ax: Axes, bou
     return contours
 
 
-def plot_chains(samples: ArrayLike, path: str | os.PathLike) -> Path:
+def plot_chains(samples: ArrayLike, path: str | os.PathLike, times: Sequence[int] | None = None,
+                time_label: str = "kept draw") -> Path:
     """Chains over time, ``samples`` ``(draws, chains, *event)``: for image-like events
     (:func:`ebmlab.data.is_image_like`) a grid with one row per chain and one column per
-    kept draw (:func:`save_chain_grid`), otherwise trace plots (:func:`plot_chain_trace`)."""
+    kept draw (:func:`save_chain_grid`), otherwise trace plots (:func:`plot_chain_trace`).
+    ``times``: the ``time_label`` of each draw (default ``0 .. draws - 1``)."""
+    times = range(samples.shape[0]) if times is None else times
     if is_image_like(tuple(samples.shape[2:])):
-        return save_chain_grid(samples, path, times=range(samples.shape[0]), time_label="kept draw")
-    return plot_chain_trace(samples, path)
+        return save_chain_grid(samples, path, times=times, time_label=time_label)
+    return plot_chain_trace(samples, path, times=times, time_label=time_label)
 
 
-def plot_chain_trace(samples: ArrayLike, path: str | os.PathLike, max_dims: int = 4, max_chains: int = 4) -> Path:
+def plot_chain_trace(samples: ArrayLike, path: str | os.PathLike, max_dims: int = 4, max_chains: int = 4,
+                     times: Sequence[int] | None = None, time_label: str = "kept draw") -> Path:
     """Trace plots of ``samples`` (shape ``(draws, chains, *event)``): one panel per coordinate
-    (the first ``max_dims`` of the flattened event), one line per chain (the first ``max_chains``)."""
+    (the first ``max_dims`` of the flattened event), one line per chain (the first ``max_chains``),
+    against ``times`` (default ``0 .. draws - 1``) labelled ``time_label``."""
     arr = _numpy(samples)
     if arr.ndim < 2 or arr.shape[0] < 1:
         raise ValueError(f"plot_chain_trace: samples must be (draws >= 1, chains, *event), got {arr.shape}")
@@ -170,15 +171,18 @@ def plot_chain_trace(samples: ArrayLike, path: str | os.PathLike, max_dims: int 
     chains = min(max_chains, flat.shape[1])
     fig = Figure(figsize=(8, 1.3 + 1.6 * dims), layout="constrained")
     axes = fig.subplots(dims, 1, sharex=True, squeeze=False)[:, 0]
+    steps = np.arange(flat.shape[0]) if times is None else np.asarray(list(times))
+    if steps.shape != (flat.shape[0],):
+        raise ValueError(f"plot_chain_trace: need one time per draw ({flat.shape[0]}), got {steps.shape[0]}")
     for d, ax in enumerate(axes):
         for c in range(chains):
-            ax.plot(flat[:, c, d], lw=0.7, label=f"chain {c + 1}")
+            ax.plot(steps, flat[:, c, d], lw=0.7, label=f"chain {c + 1}")
         ax.set_ylabel(f"x[{d}]")
     axes[0].set_title(f"traces of {chains} chain{'s' if chains > 1 else ''} (first {dims} coordinates)")
     if chains > 1:
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncols=chains, frameon=False)
-    axes[-1].set_xlabel("kept draw")
+    axes[-1].set_xlabel(time_label)
     return save_figure(fig, path)
 
 

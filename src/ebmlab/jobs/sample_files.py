@@ -23,6 +23,14 @@ ebmlab[arviz]``): group ``posterior`` with ``x`` ``(chain, draw, *event)``, grou
 ``sample_stats`` with ``lp = -energy``, ``acceptance_rate``, ``step_size`` (and NUTS's per-draw
 statistics when the record has them), the metadata JSON as the attribute ``ebmlab_metadata``;
 read it with ``arviz.from_netcdf`` (or ``xarray.open_datatree``).
+
+Before anything runs, :func:`check_outputs` checks every output path of a job: ``--out`` must end
+in ``.npz`` or ``.nc`` and may replace only an empty file or a file ebmlab wrote
+(:func:`is_own_output`: a ``.npz`` with ``metadata``, a netCDF file whose ``posterior`` group has
+the ``ebmlab_metadata`` attribute); ``--plot`` and ``--plot-chains`` must end in ``.png``,
+``.pdf`` or ``.svg`` and may replace only an empty file or a picture ebmlab wrote
+(:func:`ebmlab.jobs.image_grids.is_own_figure`, the creator metadata of every ebmlab picture);
+no two outputs may name the same file. Every refusal is one line naming the option.
 """
 
 from __future__ import annotations
@@ -36,7 +44,11 @@ import numpy as np
 import torch
 
 from ebmlab.atomic import atomic_write
+from ebmlab.jobs.guards import check_path_names, is_sample_file
 from ebmlab.samplers import ChainRecord
+
+OUT_SUFFIXES = (".npz", ".nc")
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def save_record(path: str | os.PathLike, record: ChainRecord, meta: dict) -> Path:
@@ -83,4 +95,92 @@ def save_netcdf(path: str | os.PathLike, record: ChainRecord, meta: dict) -> Pat
     return atomic_write(path, write)
 
 
-__all__ = ["save_netcdf", "save_record"]
+def is_own_netcdf(path: str | os.PathLike) -> bool:
+    """Whether the netCDF file ``path`` was written by :func:`save_netcdf`: its ``posterior`` group
+    carries the ``ebmlab_metadata`` attribute (an ArviZ file written elsewhere does not)."""
+    with open(path, "rb") as f:
+        if not f.read(8).startswith((b"\x89HDF", b"CDF")):
+            return False
+    try:
+        import xarray
+
+        with xarray.open_dataset(path, group="posterior") as posterior:
+            return "ebmlab_metadata" in posterior.attrs
+    except Exception:  # no xarray, no such group, not readable: not a file of ours
+        return False
+
+
+def is_own_output(path: str | os.PathLike) -> bool:
+    """Whether ``--out`` may replace the existing regular file ``path``: it is empty, or an output
+    of ``ebmlab sample`` (:func:`is_own_netcdf` for ``.nc``, an ``.npz`` with ``metadata`` else)."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        return True
+    return is_own_netcdf(path) if path.suffix == ".nc" else is_sample_file(path)
+
+
+def check_writable(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse an output path whose directory is missing or not writable, or that is a directory."""
+    path = check_path_names(path, option)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {str(path)!r} is a directory; give a file name")
+    if path.exists() and not path.is_file():  # writing would replace a FIFO or a device with a zip file
+        raise ValueError(f"{option} {str(path)!r} exists and is not a regular file (a FIFO, socket or device); "
+                         f"give a new file name")
+    if not parent.is_dir():
+        reason = "is not a directory" if parent.exists() else "does not exist"
+        raise FileNotFoundError(f"{option} {str(path)!r}: directory {str(parent)!r} {reason}")
+    try:  # a real probe: permission bits alone say nothing for root or read-only mounts
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise PermissionError(f"{option} {str(path)!r}: directory {str(parent)!r} is not writable ({err.strerror})") from None
+    return path
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse an output path that does not end in ``.npz`` or ``.nc``, is not writable
+    (:func:`check_writable`), or is an existing file that ebmlab did not write (:func:`is_own_output`)."""
+    path = check_writable(path, option)
+    if path.suffix not in OUT_SUFFIXES:
+        raise ValueError(f"{option} {str(path)!r}: the file name must end in .npz or .nc (netCDF)")
+    if path.is_file() and not is_own_output(path):
+        raise FileExistsError(f"{option} {str(path)!r} exists and is not an ebmlab sample file; remove it or choose "
+                              f"another name (sampling replaces only its own outputs)")
+    return path
+
+
+def check_figure_path(path: str | os.PathLike, option: str = "--plot") -> Path:
+    """Refuse a figure path that does not end in .png, .pdf or .svg, is not writable, or is an
+    existing non-empty file that is not a picture ebmlab wrote (:func:`~ebmlab.jobs.image_grids.is_own_figure`)."""
+    if Path(path).suffix.lower() not in FIGURE_SUFFIXES:
+        raise ValueError(f"{option} {str(path)!r}: the file name must end in .png, .pdf or .svg")
+    path = check_writable(path, option)
+    if path.is_file() and path.stat().st_size > 0:
+        from ebmlab.jobs.image_grids import is_own_figure
+
+        if not is_own_figure(path):
+            raise FileExistsError(f"{option} {str(path)!r} exists and is not a picture ebmlab wrote; remove it or "
+                                  f"choose another name (sampling replaces only its own outputs)")
+    return path
+
+
+def check_outputs(out: str | os.PathLike, plot: str | os.PathLike | None = None,
+                  plot_chains: str | os.PathLike | None = None) -> None:
+    """Check every output of a sampling job before it runs (:func:`check_output_file` for ``--out``,
+    :func:`check_figure_path` for ``--plot`` and ``--plot-chains``) and that no two name one file."""
+    check_output_file(out, "--out")
+    named = {"--out": Path(out)}
+    for option, path in (("--plot", plot), ("--plot-chains", plot_chains)):
+        if path is None:
+            continue
+        check_figure_path(path, option)
+        for other, seen in named.items():
+            if os.path.abspath(seen) == os.path.abspath(path):
+                raise ValueError(f"{option} and {other} name the same file {str(path)!r}; give each its own name")
+        named[option] = Path(path)
+
+
+__all__ = ["FIGURE_SUFFIXES", "OUT_SUFFIXES", "check_figure_path", "check_output_file", "check_outputs",
+           "check_writable", "is_own_netcdf", "is_own_output", "save_netcdf", "save_record"]

@@ -25,10 +25,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,14 +43,16 @@ from ebmlab.distributed import is_main_process, resolve_device
 from ebmlab.jobs.progress import progress_bar
 from ebmlab.samplers import ChainRecord, Kernel, get_kernel_class, kernel_options, make_kernel, sample
 from ebmlab.jobs.specs import resolve_energy, support_of
-from ebmlab.jobs.sample_files import save_netcdf, save_record  # noqa: F401 - re-exported
+from ebmlab.jobs.sample_files import (  # noqa: F401 - re-exported
+    FIGURE_SUFFIXES, check_figure_path, check_output_file, check_outputs, check_writable, save_netcdf, save_record,
+)
 from ebmlab.jobs.sampling_defaults import (
-    compile_note, compiled, default_sampler, default_steps, init_event_shape, step_compiler,
+    check_sampler_options, check_sampler_support, compile_note, compiled, default_sampler, default_steps,
+    init_event_shape, step_compiler,
 )
 from ebmlab.jobs.threads import lean_threads
 
 INITS = ("noise", "zeros")
-FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 _KERNEL_ADVICE = re.compile(r"use an? \w+ kernel \(([^)]*)\)")
 SUMMARY_DIMS = 4
 
@@ -64,6 +64,8 @@ class SampleJob:
     ``max_tree_depth``: NUTS's; ``metric``: ``"diag"``/``"dense"``/``"diag_per_chain"`` learns a mass matrix during
     burn-in (window adaptation; hmc, mala, nuts); ``base``, ``num_temperatures``,
     ``max_temperature``: parallel tempering's (``sampler="pt"``; the ladder adapts during burn-in).
+    ``plot``, ``plot_chains``: pictures of the samples and of the chains over time (``.png``, ``.pdf``
+    or ``.svg``); every output is checked before the energy is loaded (:func:`check_outputs`).
     ``sampler=None``: :func:`default_sampler` of the energy's support; ``num_steps=None``:
     :func:`default_steps` of the sampler. ``support``: ``binary`` or ``categorical:K`` for an
     energy that declares none; ``lean_threads``: set torch's thread count from the problem size
@@ -86,6 +88,7 @@ class SampleJob:
     event_shape: tuple[int, ...] | None = None
     target_accept: float | None = None
     plot: str | None = None
+    plot_chains: str | None = None
     progress: bool = False
     max_tree_depth: int | None = None
     metric: str | None = None
@@ -120,48 +123,13 @@ class SampleResult:
     record: ChainRecord
     out: Path
     plot: Path | None
-
-
-def check_writable(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Refuse an output path whose directory is missing or not writable, or that is a directory."""
-    path = check_path_names(path, option)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise IsADirectoryError(f"{option} {str(path)!r} is a directory; give a file name")
-    if path.exists() and not path.is_file():  # writing would replace a FIFO or a device with a zip file
-        raise ValueError(f"{option} {str(path)!r} exists and is not a regular file (a FIFO, socket or device); "
-                         f"give a new file name")
-    if not parent.is_dir():
-        reason = "is not a directory" if parent.exists() else "does not exist"
-        raise FileNotFoundError(f"{option} {str(path)!r}: directory {str(parent)!r} {reason}")
-    try:  # a real probe: permission bits alone say nothing for root or read-only mounts
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as err:
-        raise PermissionError(f"{option} {str(path)!r}: directory {str(parent)!r} is not writable ({err.strerror})") from None
-    return path
-
-
-def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
-    """:func:`check_writable`, and refuse to replace an existing file that is not an ebmlab sample file."""
-    path = check_writable(path, option)
-    if path.is_file() and not is_sample_file(path):
-        raise FileExistsError(f"{option} {str(path)!r} exists and is not an ebmlab sample file; remove it or choose "
-                              f"another name (sampling replaces only its own outputs)")
-    return path
+    plot_chains: Path | None = None
 
 
 def in_option_terms(message: str) -> str:
     """A library error in ``ebmlab sample``'s terms: the samplers' advice ``use a binary kernel
     (gibbs, metropolis, ...)`` becomes ``use --sampler gibbs, metropolis, ...``."""
     return _KERNEL_ADVICE.sub(r"use --sampler \1", message)
-
-
-def check_figure_path(path: str | os.PathLike, option: str = "--plot") -> Path:
-    """Refuse a figure path that does not end in .png, .pdf or .svg, or is not writable."""
-    if Path(path).suffix.lower() not in FIGURE_SUFFIXES:
-        raise ValueError(f"{option} {str(path)!r}: the file name must end in .png, .pdf or .svg")
-    return check_writable(path, option)
 
 
 def validate(job: SampleJob) -> None:
@@ -193,6 +161,7 @@ def validate(job: SampleJob) -> None:
     if pt_given and job.sampler != "pt":
         raise ValueError(f"{', '.join(pt_given)} appl{'ies' if len(pt_given) == 1 else 'y'} to --sampler pt, "
                          f"not {job.sampler}")
+    check_sampler_options(job.sampler, job.metric, job.base)
     if job.metric is not None and job.burn_in == 0:
         raise ValueError(f"--metric {job.metric} is learned during burn-in; give --burn-in > 0")
     if Path(job.out).suffix == ".nc" and not arviz_available():
@@ -216,13 +185,17 @@ def initial_states(job: SampleJob, event_shape: tuple[int, ...], support: str, n
         raise FileNotFoundError(f"--init {job.init!r}: expected noise, zeros or an existing FILE.npy")
     from ebmlab.data.files import read_npy
 
-    arr = read_npy(path, f"--init {job.init!r}")  # a ValueError naming the option and what the file is
+    arr = raw = read_npy(path, f"--init {job.init!r}")  # a ValueError naming the option and what the file is
     if arr.shape == tuple(event_shape):
         arr = np.broadcast_to(arr, shape)
     if arr.shape != shape or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise ValueError(f"--init {job.init!r}: expected a real array of shape {shape} or {tuple(event_shape)}, "
                          f"got {arr.dtype} {arr.shape}")
-    # finite values and discrete states in 0..K-1 are checked once, by ebmlab.samplers.sample
+    bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+    if bad:
+        raise ValueError(f"--init {job.init!r}: {bad} of {raw.size} values are NaN or infinite; give finite "
+                         f"starting states")
+    # discrete states in 0..K-1 are checked once, by ebmlab.samplers.sample
     return torch.as_tensor(np.array(arr, dtype=np.float64), dtype=dtype, device=device)
 
 
@@ -258,9 +231,7 @@ def prepare(job: SampleJob) -> PreparedJob:
     first transition; :func:`in_option_terms` phrases those errors for the command line.
     """
     validate(job)
-    check_output_file(job.out, "--out")
-    if job.plot is not None:
-        check_figure_path(job.plot, "--plot")
+    check_outputs(job.out, job.plot, job.plot_chains)
     device = resolve_device(job.device, what="--device")
 
     extras = {"support": job.support} if job.support is not None else {}  # keyword arguments only where used
@@ -280,6 +251,7 @@ def prepare(job: SampleJob) -> PreparedJob:
     generator = torch.Generator(device=device).manual_seed(int(job.seed))
     x0 = initial_states(job, event_shape, support, num_states, generator, device)
     kernel = make_kernel(job.sampler, **kernel_arguments(job))
+    check_sampler_support(job.sampler, job.base, kernel, energy, job.energy, support)
     compiler = step_compiler(kernel, support, job.compile_mode) if job.compile else None
     if compiler is not None:
         compiler.check(x0, "--compile-mode")
@@ -290,12 +262,8 @@ def prepare(job: SampleJob) -> PreparedJob:
 
 def metadata(prepared: PreparedJob, record: ChainRecord | None = None) -> dict:
     """The job's options and (when ``record`` is given) its results, as JSON-able values."""
-    options = dataclasses.asdict(prepared.job)
-    options.pop("progress")
-    options["initial_step_size"] = options.pop("step_size")
-    options["event_shape"] = list(prepared.event_shape)
     kernel = prepared.kernel if record is None else record.kernel
-    meta = {"ebmlab_version": _version(), **options, "support": prepared.support, "kernel": repr(kernel)}
+    meta = metadata_of(prepared.job, prepared.event_shape, prepared.support, repr(kernel))
     if record is not None:
         step = record.step_size  # a float, or one per chain (a (C,) tensor) when tuned per chain
         meta.update(step_size=step.tolist() if isinstance(step, torch.Tensor) else step, wall_time=record.wall_time,
@@ -303,6 +271,16 @@ def metadata(prepared: PreparedJob, record: ChainRecord | None = None) -> dict:
         if record.compile_time is not None:
             meta["compile_time"] = record.compile_time
     return meta
+
+
+def metadata_of(job: SampleJob, event_shape: tuple[int, ...], support: str, kernel: str) -> dict:
+    """The options of ``job`` as JSON-able values (``step_size`` as ``initial_step_size``), with
+    the ebmlab version, the event shape, the support and a description of the kernel."""
+    options = dataclasses.asdict(job)
+    options.pop("progress")
+    options["initial_step_size"] = options.pop("step_size")
+    options["event_shape"] = list(event_shape)
+    return {"ebmlab_version": _version(), **options, "support": support, "kernel": kernel}
 
 
 def _version() -> str:
@@ -355,7 +333,20 @@ def run_sampling_job(job: SampleJob) -> SampleResult:
 
         with output_errors("--plot", job.plot):
             plot = plot_samples(prepared.energy, record.samples, job.plot)
-    return SampleResult(prepared, record, out, plot)
+    chains = None
+    if job.plot_chains is not None:
+        from ebmlab.jobs.plots import plot_chains as draw_chains
+
+        with output_errors("--plot-chains", job.plot_chains):
+            chains = draw_chains(record.samples, job.plot_chains)
+    return SampleResult(prepared, record, out, plot, chains)
+
+
+def wrote_line(out, plot=None, plot_chains=None) -> str:
+    """What a job reports of its files: ``wrote s.npz`` or ``wrote s.npz and s.png``, then a line
+    ``wrote chains.png`` for the picture of the chains over time."""
+    line = f"wrote {out}" + (f" and {plot}" if plot is not None else "")
+    return line + (f"\nwrote {plot_chains}" if plot_chains is not None else "")
 
 
 def format_result(result: SampleResult, max_dims: int = SUMMARY_DIMS) -> str:
@@ -376,10 +367,10 @@ def format_result(result: SampleResult, max_dims: int = SUMMARY_DIMS) -> str:
     lines.extend(tempering_lines(record.final_state))
     speed = chains * (job.burn_in + job.num_steps) / max(record.wall_time, 1e-12)
     lines.append(f"speed: {speed:.4g} samples/s (chain transitions incl. burn-in, {record.wall_time:.2f} s)")
-    lines.append(f"wrote {result.out}" + (f" and {result.plot}" if result.plot is not None else ""))
+    lines.append(wrote_line(result.out, result.plot, result.plot_chains))
     return "\n".join(lines)
 
 
-__all__ = ["FIGURE_SUFFIXES", "PreparedJob", "SampleJob", "SampleResult", "check_figure_path", "check_writable",
-           "format_result", "in_option_terms", "initial_states", "kernel_arguments", "metadata", "prepare",
-           "run_sampling_job", "sampling_options", "save_netcdf", "save_record", "validate"]
+__all__ = ["FIGURE_SUFFIXES", "PreparedJob", "SampleJob", "SampleResult", "check_figure_path", "check_output_file",
+           "check_outputs", "check_writable", "format_result", "in_option_terms", "initial_states", "kernel_arguments", "metadata", "metadata_of", "prepare",
+           "run_sampling_job", "sampling_options", "save_netcdf", "save_record", "validate", "wrote_line"]

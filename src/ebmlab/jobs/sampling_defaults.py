@@ -3,7 +3,9 @@ shape of an ``--init`` file, the compiled sampler step or energy (:mod:`ebmlab.j
 
 The sampler follows the energy's support as ``ebmlab evaluate``'s AIS transitions do (mala for
 real, gibbs for binary or categorical; noise-conditional runs: annealed Langevin, see
-:mod:`ebmlab.jobs.annealed_sampling`), and each sampler has its own default step count.
+:mod:`ebmlab.jobs.annealed_sampling`), and each sampler has its own default step count. :func:`check_sampler_options` and
+:func:`check_sampler_support` refuse, in option terms, a sampler the options or the energy cannot
+use, naming the samplers (or ``--base`` samplers for ``--sampler pt``) that would do.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 
 from ebmlab.distributed import is_main_process
 from ebmlab.jobs.guards import StepCounter, energy_errors
-from ebmlab.samplers import Kernel
+from ebmlab.samplers import Kernel, available, get_kernel_class, kernel_options
 
 #: Transitions after burn-in when ``num_steps`` is not given: each sampler's own (NUTS's
 #: transitions cost up to 2^depth gradients each); annealed Langevin's is per noise level
@@ -48,6 +50,69 @@ def init_event_shape(job) -> tuple[int, ...] | None:
 
     shape = read_npy(path, f"--init {job.init!r}").shape
     return tuple(shape[1:]) if len(shape) >= 2 and shape[0] == job.num_chains else tuple(shape)
+
+
+#: Kernels that parallel tempering cannot run at every temperature: itself, and block Gibbs, whose
+#: exact conditionals a tempered energy does not have.
+NOT_TEMPERED = ("pt", "block_gibbs")
+
+
+def _listed(names: list[str], option: str = "--sampler") -> str:
+    return f"{option} " + (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0])
+
+
+def metric_samplers() -> list[str]:
+    """The samplers ``--metric`` applies to: those whose kernel takes a ``metric`` (hmc, mala, nuts)."""
+    return [name for name in available() if "metric" in kernel_options(name)]
+
+
+def base_samplers() -> list[str]:
+    """The samplers ``--sampler pt`` can run at every temperature (``--base``)."""
+    return [name for name in available() if name not in NOT_TEMPERED]
+
+
+def check_sampler_options(sampler: str, metric: str | None, base: str | None) -> None:
+    """Refuse ``--metric`` for a sampler without a mass matrix and a ``--base`` that parallel
+    tempering cannot run, each in one line naming the option and the samplers that take it."""
+    if metric is not None and sampler not in metric_samplers():
+        raise ValueError(f"--metric {metric} applies to {_listed(metric_samplers())} (a mass matrix learned "
+                         f"during burn-in), not --sampler {sampler}; drop --metric")
+    if sampler != "pt" or base is None:
+        return
+    if base == "block_gibbs":
+        raise ValueError("--base block_gibbs: block Gibbs draws from the energy's own conditionals, which a tempered "
+                         "energy does not have; use --base gibbs or gwg")
+    if base == "pt":
+        raise ValueError(f"--base pt: parallel tempering cannot run itself at every temperature; choose "
+                         f"{_listed(base_samplers(), '--base')}")
+    if base not in base_samplers():
+        raise ValueError(f"--base {base!r} is not a sampler; choose "
+                         f"{_listed(base_samplers(), '--base')}")
+
+
+def _samplers_for(kind: str, energy: nn.Module, tempered: bool) -> list[str]:
+    """The registered samplers of states of ``kind`` that can run on ``energy`` (block Gibbs only on
+    two-layer models; under parallel tempering neither it nor pt), the default first."""
+    two_layer = hasattr(energy, "sample_hidden") and hasattr(energy, "sample_visible")
+    names = [name for name in available() if name != "pt" and kind in get_kernel_class(name).supports
+             and (name != "block_gibbs" or (two_layer and not tempered))]
+    first = default_sampler(kind)
+    return sorted(names, key=lambda name: name != first)
+
+
+def check_sampler_support(sampler: str, base: str | None, kernel: Kernel, energy: nn.Module, spec: str,
+                          support: str) -> None:
+    """Refuse a kernel that does not sample states of the energy's ``support``, naming the
+    ``--sampler`` (for ``pt``: ``--base``) choices that do; :func:`ebmlab.samplers.sample` checks
+    the same for library callers, in the library's terms."""
+    if support in kernel.supports:
+        return
+    tempered = sampler == "pt"
+    given = f"--sampler pt runs --base {base or 'mala'}, which" if tempered else f"--sampler {sampler}"
+    choices = _samplers_for(support, energy, tempered)
+    advice = f"use {_listed(choices, '--base' if tempered else '--sampler')}" if choices else "no sampler does"
+    raise ValueError(f"{given} samples {' or '.join(kernel.supports)} states, but energy {spec!r} has support "
+                     f"{support}; {advice}")
 
 
 def step_compiler(kernel: Kernel, support: str, mode: str | None = None):
@@ -99,5 +164,6 @@ def compiled(energy: nn.Module, kernel: Kernel, x0: torch.Tensor, support: str) 
     return energy
 
 
-__all__ = ["DEFAULT_STEPS", "MCMC_STEPS", "compile_note", "compiled", "step_compiler", "default_sampler", "default_steps", "init_event_shape"]
+__all__ = ["DEFAULT_STEPS", "MCMC_STEPS", "NOT_TEMPERED", "base_samplers", "check_sampler_options",
+           "check_sampler_support", "metric_samplers", "compile_note", "compiled", "step_compiler", "default_sampler", "default_steps", "init_event_shape"]
 

@@ -23,6 +23,7 @@ here, with a message naming the SPEC, rather than deep inside a sampler. Every p
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import re
 from pathlib import Path
@@ -54,9 +55,12 @@ def _int_arg(spec: str, name: str, text: str, minimum: int) -> int:
 
 def _float_arg(spec: str, name: str, text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError(f"energy {spec!r}: {name} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"energy {spec!r}: {name} must be a finite number, got {text!r}")
+    return value
 
 
 def _gaussian(spec: str, args: list[str]) -> nn.Module:
@@ -229,12 +233,15 @@ def declared_support(energy: nn.Module) -> str | None:
     return None
 
 
-def apply_support(spec: str, energy: nn.Module, support: tuple[str, int], text: str | None = None) -> None:
+def apply_support(spec: str, energy: nn.Module, support: tuple[str, int], text: str | None = None,
+                  declared: str | None = None) -> None:
     """Give ``energy`` the ``support`` (and ``num_states``) of ``--support`` when it declares none
-    (sets the attributes on the module); ``ValueError`` when it declares a different one."""
+    (sets the attributes on the module); ``ValueError`` when it declares a different one.
+    ``declared``: the support the energy is known to have though it does not say so itself (a
+    built-in target's ``real``)."""
     name, k = support
     given = text or (name if name == "binary" else f"{name}:{k}")
-    declared = declared_support(energy)
+    declared = declared_support(energy) or declared
     if declared is None:
         energy.support, energy.num_states = name, k
         return
@@ -290,7 +297,8 @@ def resolve_energy(spec: str, event_shape: Sequence[int] | None = None, support:
     ``--init`` file or of ``--data``) gives it. ``support`` is ``"real"``, ``"binary"`` or
     ``"categorical"`` (from the energy's ``support`` attribute, default ``"real"``); the
     argument ``support`` (``"binary"`` or ``"categorical:K"``, :func:`parse_support`) declares
-    it for a module that declares none, and must agree with one that does. The
+    it for a module that declares none, and must agree with one that does (a built-in target
+    always does). Numeric SPEC parameters must be finite (``ising:4:nan`` is refused here). The
     energy is checked by a forward pass on a batch of two, which must give shape ``(2,)``
     (or ``(2, 1)``). Raises ``ValueError`` / ``FileNotFoundError`` naming ``spec``.
     """
@@ -298,11 +306,11 @@ def resolve_energy(spec: str, event_shape: Sequence[int] | None = None, support:
     if not spec:
         raise ValueError("energy: empty SPEC; use a built-in name, path/to/file.py:NAME, package.module:NAME or a run directory")
     given_support = parse_support(support)
-    declared_by_run = None
+    declared_by_run = builtin = None
     if os.path.isdir(spec):
         energy, declared_by_run = _from_run_dir(spec, Path(spec))
     else:
-        energy = _builtin(spec)
+        energy = builtin = _builtin(spec)
         if energy is None:
             energy = _from_object_spec(spec)
     declared = getattr(energy, "event_shape", None) or declared_by_run
@@ -317,8 +325,9 @@ def resolve_energy(spec: str, event_shape: Sequence[int] | None = None, support:
     if shape is None:
         raise ValueError(f"energy {spec!r} does not declare an event_shape; pass --event-shape (e.g. 2 or 1,28,28), "
                          f"or a start --init FILE.npy (sample) or --data (evaluate) of that shape")
-    if given_support is not None:
-        apply_support(spec, energy, given_support, support)
+    if given_support is not None:  # a built-in target's support is its own, declared or not
+        apply_support(spec, energy, given_support, support,
+                      declared=support_of(energy)[0] if builtin is not None else None)
     support, num_states = support_of(energy)
     if support not in SUPPORTS:
         raise ValueError(f"energy {spec!r}: support must be one of {', '.join(SUPPORTS)}, got {support!r}")
