@@ -179,3 +179,23 @@ def test_callbacks_see_every_update(data):
 
     fit(DiagonalGaussian(2), "sm", np.asarray(data), steps=4, callbacks=[Hooks(), lambda step, record, loop: seen.append(step)])
     assert seen == ["start", 1, 2, 3, 4, "end"]
+
+
+def test_resume_refuses_to_stretch_a_cosine_schedule_and_names_the_fixes(tmp_path, data):
+    """A cosine spanning ``steps`` cannot silently change length on resume (the resumed updates
+    would get other rates than the run as started); the refusal names the settings that would do,
+    and each of them runs."""
+    from ebmlab.training.settings import SettingsError
+
+    options = dict(lr=0.05, batch_size=64, seed=4, lr_schedule="cosine")
+    fit(DiagonalGaussian(2), "nce", data, steps=6, run_dir=tmp_path / "run", **options)
+    with pytest.raises(SettingsError, match=r"cosine learning-rate schedule over its 6 steps.*lr_decay_steps=10 "
+                                            r".*lr_schedule='constant'"):
+        fit(DiagonalGaussian(2), "nce", data, steps=10, run_dir=tmp_path / "run", resume=True, **options)
+    assert load_checkpoint(tmp_path / "run")["step"] == 6  # nothing was changed
+    again = fit(DiagonalGaussian(2), "nce", data, steps=10, run_dir=tmp_path / "run", resume=True,
+                **{**options, "lr_decay_steps": 10})
+    assert again.step == 10
+    same = fit(DiagonalGaussian(2), "nce", data, steps=4, run_dir=tmp_path / "cut", **options)
+    assert same.step == 4
+    fit(DiagonalGaussian(2), "nce", data, steps=4, run_dir=tmp_path / "cut", resume=True, **options)  # the same total: nothing to refuse

@@ -25,6 +25,7 @@ from ebmlab.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, remove_
 from ebmlab.training.lock import RunLock, check_run_directory
 from ebmlab.training.data_input import as_training_tensor
 from ebmlab.training.loop import Callback, FitResult, OptimSettings, TrainLoop, derive_seed
+from ebmlab.training.settings import SettingsError
 from ebmlab.training.sharding import TrainSharding
 from ebmlab.training.user_models import describe_module
 
@@ -135,7 +136,8 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
         objective.setup(energy, x, objective_generator, support=support, **setup_labels)
         info = describe_module(energy, model_spec, model_kwargs, tuple(x.shape[1:]))
         run_state = {"fit": {"steps": steps, "batch_size": settings.batch_size, "optimizer": optimizer,
-                             "objective": objective.name, "num_data": int(x.shape[0])},
+                             "objective": objective.name, "num_data": int(x.shape[0]), "lr_schedule": lr_schedule,
+                             "lr_decay_steps": lr_decay_steps},
                      "data": {"event_shape": list(x.shape[1:]), "support": support}}
         loop = TrainLoop(energy, objective, x, settings, batch_generator, objective_generator, support=support,
                          run_dir=run_dir, sharding=sharding, run_state=run_state, model_info=info, callbacks=callbacks,
@@ -147,6 +149,7 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
             if changed:
                 raise ValueError("fit: resume with other settings than the run's: " + "; ".join(
                     f"{k}: {saved[k]!r} -> {run_state['fit'][k]!r}" for k in changed))
+            _check_schedule(saved, settings, int(checkpoint["step"]), run_dir)
             loop.load_state_dict(checkpoint, reseed=lambda step: sharding.objective_seed(
                 derive_seed(base_seed, f"objective@{step}")))
     except BaseException:
@@ -154,6 +157,22 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
             lock.release()  # a refused run leaves the directory to others at once
         raise
     return loop.run()
+
+
+def _check_schedule(saved: dict, settings: OptimSettings, done: int, run_dir) -> None:
+    """Refuse a resume whose cosine schedule, spanning ``steps`` (``lr_decay_steps = 0``), would
+    change length mid-run: the resumed updates would not get the rates of the run as started."""
+    saved_steps = saved.get("steps")
+    cosine = settings.lr_schedule == saved.get("lr_schedule", settings.lr_schedule) == "cosine"
+    if not cosine or settings.lr_decay_steps or saved_steps in (None, settings.steps) or done == settings.steps:
+        return
+    fixes = [({"lr_decay_steps": settings.steps}, f"a cosine over {settings.steps} steps from here on"),
+             ({"lr_schedule": "constant"}, f"lr = {settings.lr:g} for every further update")]
+    if done < saved_steps:
+        fixes.append(({"steps": saved_steps}, "finish the run as planned"))
+    raise SettingsError(f"fit: the run in {str(run_dir)!r} follows a cosine learning-rate schedule over its "
+                        f"{saved_steps} steps; resuming with steps={settings.steps} would change it mid-run, so "
+                        f"say how the rate goes on", fixes, "nothing was changed")
 
 
 __all__ = ["fit"]
