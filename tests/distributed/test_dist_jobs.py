@@ -125,6 +125,15 @@ def check_sampling(rank: int, tmp: Path) -> None:
     assert meta["num_chains"] == 5 and meta["world_size"] == 2 and meta["chains_per_rank"] == [3, 2]
     out = printed.getvalue()
     assert ("sampled gaussian:2 with mala: 4 chains" in out) == (rank == 0) and (out == "") == (rank == 1)
+    # --metric reaches every process: each adapts a metric on its own chains, as one process would
+    windowed = dataclasses.replace(job, metric="diag", burn_in=30, out=str(tmp / "windowed.npz"))
+    metric_result = distributed_jobs.run_sampling_job_distributed(windowed)
+    mine = prepare(dataclasses.replace(windowed, seed=D.rank_seed(windowed.seed, rank)))
+    lo, hi = D.shard_bounds(windowed.num_chains, rank, WORLD)
+    alone = sample(mine.energy, mine.kernel, mine.x0[lo:hi], num_steps=windowed.num_steps, burn_in=windowed.burn_in,
+                   generator=mine.generator, adapt="window", metric="diag")
+    assert torch.equal(metric_result.record.samples[:, lo:hi], alone.samples)
+    assert alone.kernel.metric is not None
 
 
 def check_ais(rank: int, tmp: Path) -> None:

@@ -33,7 +33,8 @@ from ebmlab.jobs.progress import progress_bar
 from ebmlab.partition.ais import AISResult, ais, log_weight_statistics
 from ebmlab.samplers import ChainRecord, ChainState, Kernel, sample
 from ebmlab.jobs.sampling import (
-    SampleJob, SampleResult, StepCounter, energy_errors, metadata, output_errors, prepare, save_record,
+    SampleJob, SampleResult, StepCounter, energy_errors, metadata, output_errors, prepare, sampling_options,
+    save_record,
 )
 
 
@@ -93,8 +94,9 @@ def run_sampling_job_distributed(job: SampleJob) -> SampleResult:
         with progress_bar(job.burn_in + job.num_steps, prepared.kernel.name, local_job.progress) as advance, \
                 energy_errors(prepared.energy, prepared.kernel, steps):
             return sample(prepared.energy, prepared.kernel, x0, num_steps=job.num_steps, burn_in=job.burn_in,
-                          thin=job.thin, generator=prepared.generator, adapt=True, target_accept=job.target_accept,
-                          callback=steps.track(advance), compile=prepared.compiler or False)
+                          thin=job.thin, generator=prepared.generator, target_accept=job.target_accept,
+                          callback=steps.track(advance), compile=prepared.compiler or False,
+                          **sampling_options(job))  # each process adapts the metric on its own chains
 
     local = D.collectively(run)
     step_sizes = D.all_gather_objects(local.step_size)
