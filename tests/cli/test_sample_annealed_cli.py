@@ -55,3 +55,11 @@ def test_other_energies_default_to_their_supports_sampler(tmp_path):
                                        "--out", str(tmp_path / "x.npz")])
     assert result.exit_code == 0, result.output
     assert "with mala" in result.output
+
+
+def test_a_score_model_under_another_sampler_is_told_the_option(tmp_path):
+    _train_tiny_ncsn(tmp_path / "run", "score")
+    result = CliRunner().invoke(main, ["sample", "--energy", str(tmp_path / "run"), "--sampler", "mala",
+                                       "--chains", "4", "--steps", "5", "--out", str(tmp_path / "x.npz")])
+    assert result.exit_code == 2 and "--sampler annealed" in result.output
+    assert "ebmlab.samplers.annealed" not in result.output

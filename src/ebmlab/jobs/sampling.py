@@ -128,7 +128,9 @@ class SampleResult:
 
 def in_option_terms(message: str) -> str:
     """A library error in ``ebmlab sample``'s terms: the samplers' advice ``use a binary kernel
-    (gibbs, metropolis, ...)`` becomes ``use --sampler gibbs, metropolis, ...``."""
+    (gibbs, metropolis, ...)`` becomes ``use --sampler gibbs, metropolis, ...``; a score model's
+    ``annealed Langevin (ebmlab.samplers.annealed)`` becomes ``--sampler annealed``."""
+    message = message.replace("annealed Langevin (ebmlab.samplers.annealed)", "annealed Langevin (--sampler annealed)")
     return _KERNEL_ADVICE.sub(r"use --sampler \1", message)
 
 
