@@ -298,6 +298,14 @@ def test_summary_without_per_draw_statistics_has_no_acceptance_probability():
                              divergences=torch.tensor([0, 0]), step_size=None, kernel=SimpleNamespace(name="rwmh"))
     assert summary(record).acceptance.accept_prob is None
     assert "acceptance probability" not in format_summary(record)
+    from ebmlab.energy import Gaussian
+    from ebmlab.samplers import MALA, sample
+
+    target = Gaussian(torch.zeros(2), torch.eye(2))
+    gen = torch.Generator().manual_seed(0)
+    mala = sample(target, MALA(step_size=0.5), target.sample(64, generator=gen), num_steps=200, generator=gen)
+    assert summary(mala).acceptance.accept_prob is not None  # recorded, but agrees with the move rate: not printed
+    assert "acceptance probability" not in format_summary(mala)
 
 
 def test_summary_accepts_record_like_objects():

@@ -42,6 +42,7 @@ class AcceptanceSummary:
     the record has none): what ``target_accept`` tunes. For Metropolis-type kernels it is
     close to ``mean``; for NUTS it is the accept statistic averaged over the trajectory
     (Hoffman & Gelman 2014, eq. 12), while ``mean`` is the fraction of draws that moved.
+    :func:`format_summary` prints it when the two differ by more than 0.02.
     """
 
     mean: float
@@ -268,7 +269,8 @@ def format_summary(result: Summary | Any, max_dims: int = 8) -> str:
     if acc is not None:
         step = "" if acc.step_size is None else f"; step_size {acc.step_size:.4g}"
         where = f" in {acc.chains_with_divergences} chain(s)" if acc.divergences else ""
-        prob = "" if acc.accept_prob is None else f"; mean acceptance probability {acc.accept_prob:.3f}"
+        shown = acc.accept_prob is not None and abs(acc.accept_prob - acc.mean) > 0.02  # NUTS; else they agree
+        prob = f"; mean acceptance probability {acc.accept_prob:.3f}" if shown else ""
         lines.append(f"{acc.sampler}: acceptance mean {acc.mean:.3f} (min {acc.min:.3f}, "
                      f"max {acc.max:.3f}){prob}; divergences {acc.divergences}{where}{step}")
     lines.extend(f"warning: {w}" for w in result.warnings)
