@@ -199,3 +199,66 @@ def test_resume_refuses_to_stretch_a_cosine_schedule_and_names_the_fixes(tmp_pat
     same = fit(DiagonalGaussian(2), "nce", data, steps=4, run_dir=tmp_path / "cut", **options)
     assert same.step == 4
     fit(DiagonalGaussian(2), "nce", data, steps=4, run_dir=tmp_path / "cut", resume=True, **options)  # the same total: nothing to refuse
+
+
+def test_a_module_that_keeps_no_constructor_config_says_how_to_make_the_run_loadable(tmp_path, data):
+    """ClassifierEnergy(net, K) built by hand cannot be rebuilt from what fit records: the load
+    error names the fix (a factory as model_spec), and with it the run loads."""
+    from ebmlab.energy import ClassifierEnergy
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.SiLU(), torch.nn.Linear(8, 3))
+    labels = torch.arange(len(data)) % 3
+    fit(ClassifierEnergy(net, 3, event_shape=(2,)), "jem", data, labels=labels, steps=2, batch_size=64,
+        run_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"missing 2 required.*to make such a run loadable, pass "
+                                         r"fit\(\.\.\., model_spec='package.module:factory'"):
+        ebmlab.load(tmp_path / "run")
+    from ebmlab.energy.classifier import mlp_classifier
+
+    fit(mlp_classifier((2,), num_classes=3, hidden=(8,)), "jem", data, labels=labels, steps=2, batch_size=64, run_dir=tmp_path / "factory",
+        model_spec="ebmlab.energy.classifier:mlp_classifier", model_kwargs={"num_classes": 3, "hidden": [8]})
+    assert ebmlab.load(tmp_path / "factory")(data[:4]).shape == (4,)
+
+
+def test_a_float64_run_loads_back_in_float64(tmp_path, data):
+    model = MLPEnergy(2, (8,)).double()
+    trained = fit(model, "dsm", data.double(), steps=3, batch_size=64, run_dir=tmp_path / "run").model
+    loaded = ebmlab.load(tmp_path / "run")
+    assert next(loaded.parameters()).dtype == torch.float64
+    x = data[:5].double()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), trained(x), rtol=0, atol=0)
+
+
+def test_an_explicit_batch_size_wins_over_the_dataloaders_even_at_256(data):
+    loader = DataLoader(TensorDataset(data), batch_size=17)
+    seen = []
+    fit(DiagonalGaussian(2), "sm", loader, steps=1, callbacks=[lambda step, record, loop: seen.append(
+        loop.settings.batch_size)], log_every=1)
+    fit(DiagonalGaussian(2), "sm", loader, steps=1, batch_size=256, callbacks=[lambda step, record, loop: seen.append(
+        loop.settings.batch_size)], log_every=1)
+    assert seen == [17, 256]
+
+
+def test_a_dataset_of_dicts_is_refused_in_one_line(data):
+    class Dicts(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            return {"x": data[i]}
+
+    with pytest.raises(TypeError, match=r"the Dataset's items are dicts \(keys \['x'\]\)"):
+        fit(DiagonalGaussian(2), "sm", Dicts(), steps=1)
+
+
+@pytest.mark.parametrize("optimizer, change", [("adam", {"weight_decay": 0.5}), ("adam", {"betas": (0.5, 0.6)}),
+                                               ("sgd", {"momentum": 0.0})])
+def test_resume_refuses_optimiser_settings_its_state_would_override(tmp_path, data, optimizer, change):
+    """The optimiser's state holds momentum, betas and weight decay: a changed value would be
+    silently ignored, so it is refused; the same call with the run's values resumes."""
+    base = dict(steps=6, lr=0.05, batch_size=64, seed=4, optimizer=optimizer, momentum=0.9)
+    fit(DiagonalGaussian(2), "nce", data, run_dir=tmp_path / "run", **{**base, "steps": 3})
+    with pytest.raises(ValueError, match=r"resume with other settings than the run's: " + next(iter(change))):
+        fit(DiagonalGaussian(2), "nce", data, run_dir=tmp_path / "run", resume=True, **{**base, **change})
+    assert fit(DiagonalGaussian(2), "nce", data, run_dir=tmp_path / "run", resume=True, **base).step == 6

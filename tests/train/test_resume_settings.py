@@ -92,3 +92,13 @@ def test_the_auto_sampler_is_recorded_as_the_kernel_it_chose(tmp_path):
         train(dict(data="digits-binary-flat", num_samples=100, objective="pcd", sampler="mala", steps=2),
               out=tmp_path / "m")
     assert caught.value.fixes[0][0] == {"sampler": "gibbs"}
+
+
+@pytest.mark.parametrize("change", [{"weight_decay": 0.1}, {"betas": [0.5, 0.6]}])
+def test_resume_refuses_optimiser_settings_its_state_would_ignore(tmp_path, change):
+    out = tmp_path / "run"
+    settings = {**SMALL, "steps": 10, "lr_schedule": "constant"}
+    train({**settings, "steps": 5}, out=out)
+    with pytest.raises(ValueError, match=r"trained with other settings \(" + next(iter(change))):
+        train({**settings, **change}, out=out, resume=True)
+    assert train(settings, out=out, resume=True).step == 10

@@ -41,7 +41,15 @@ def _stack_dataset(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor | None]
             if len(item) > 1:
                 labels.append(torch.as_tensor(item[1]))
             item = item[0]
-        items.append(torch.as_tensor(np.asarray(item)) if not isinstance(item, torch.Tensor) else item)
+        if isinstance(item, dict):
+            raise TypeError(f"fit: the Dataset's items are dicts (keys {sorted(map(str, item))}); fit takes items "
+                            f"that are an example, or an (example, label) pair: stack the examples into a tensor "
+                            f"(e.g. torch.stack([d['x'] for d in dataset])) and pass that")
+        try:
+            items.append(torch.as_tensor(np.asarray(item)) if not isinstance(item, torch.Tensor) else item)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"fit: item {i} of the Dataset is a {type(item).__name__}, not an array of numbers "
+                            f"({err})") from None
     y = torch.stack(labels) if len(labels) == n and all(label.dim() == 0 for label in labels) else None
     return torch.stack(items), y
 

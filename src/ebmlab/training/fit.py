@@ -26,11 +26,17 @@ from ebmlab.training.lock import RunLock, check_run_directory
 from ebmlab.training.data_input import as_training_tensor
 from ebmlab.training.loop import Callback, FitResult, OptimSettings, TrainLoop, derive_seed
 from ebmlab.training.settings import SettingsError
+
+#: Settings a resumed fit must share with its checkpoint: the optimiser's own (restored from its
+#: state, so a new value would be ignored) and what shapes the batches.
+RESUME_FIXED = ("batch_size", "optimizer", "objective", "num_data", "momentum", "betas", "weight_decay")
+#: The batch size when neither ``batch_size`` nor a DataLoader gives one.
+DEFAULT_BATCH_SIZE = 256
 from ebmlab.training.sharding import TrainSharding
 from ebmlab.training.user_models import describe_module
 
 
-def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int, batch_size: int = 256,
+def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int, batch_size: int | None = None,
         optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9, betas: Sequence[float] = (0.9, 0.999),
         weight_decay: float = 0.0, lr_schedule: str = "constant", warmup_steps: int = 0, lr_decay_steps: int = 0,
         generator: torch.Generator | None = None, seed: int | None = None, ema_decay: float = 0.0,
@@ -59,7 +65,12 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
         grad_clip: maximum global gradient norm (0 = off).
         callbacks: :class:`Callback` objects or functions ``f(step, record, loop)``.
         run_dir: write ``checkpoint.pt`` (every ``checkpoint_every`` updates, atomically) and
-            ``metrics.jsonl`` there; ``resume=True`` continues the run it holds exactly.
+            ``metrics.jsonl`` there; ``resume=True`` continues the run it holds exactly when
+            called with the same arguments. The batch size, optimiser (with its momentum, betas
+            and weight decay), objective and number of rows must not change (refused);
+            ``steps`` may grow (a cosine schedule then needs ``lr_decay_steps`` or
+            ``lr_schedule="constant"``); ``lr``, ``warmup_steps``, ``ema_decay``, ``grad_clip``
+            and the objective's options are taken as given from the resumed step on.
         labels: class indices ``(N,)`` for objectives that train on labelled data (``uses_labels``:
             classifier EBMs); also read from a Dataset of ``(x, y)`` pairs or a labelled data name.
         log_every: keep a record in ``history`` (and ``metrics.jsonl``) every this many updates
@@ -93,8 +104,8 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
                              f" (got labels of shape {tuple(labels.shape)} for {x.shape[0]} rows)"))
     elif labels is not None:
         raise ValueError(f"fit: labels were given but objective {objective.name!r} does not train on labels")
-    if loader_batch is not None and batch_size == 256:
-        batch_size = loader_batch
+    if batch_size is None:  # a DataLoader's own batch size, else 256
+        batch_size = loader_batch if loader_batch is not None else DEFAULT_BATCH_SIZE
     device = next((t.device for t in list(energy.parameters()) + list(energy.buffers())), x.device)
     x = x.to(device)
     support = str(getattr(energy, "support", "real"))
@@ -137,7 +148,8 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
         info = describe_module(energy, model_spec, model_kwargs, tuple(x.shape[1:]))
         run_state = {"fit": {"steps": steps, "batch_size": settings.batch_size, "optimizer": optimizer,
                              "objective": objective.name, "num_data": int(x.shape[0]), "lr_schedule": lr_schedule,
-                             "lr_decay_steps": lr_decay_steps},
+                             "lr_decay_steps": lr_decay_steps, "momentum": float(momentum),
+                             "betas": [float(b) for b in betas], "weight_decay": float(weight_decay)},
                      "data": {"event_shape": list(x.shape[1:]), "support": support}}
         loop = TrainLoop(energy, objective, x, settings, batch_generator, objective_generator, support=support,
                          run_dir=run_dir, sharding=sharding, run_state=run_state, model_info=info, callbacks=callbacks,
@@ -145,10 +157,11 @@ def fit(energy: nn.Module, objective: str | Objective, data: Any, *, steps: int,
         loop.lock = lock
         if checkpoint is not None:
             saved = checkpoint.get("fit", {})
-            changed = [k for k in ("batch_size", "optimizer", "objective", "num_data") if k in saved and saved[k] != run_state["fit"][k]]
+            changed = [k for k in RESUME_FIXED if k in saved and saved[k] != run_state["fit"][k]]
             if changed:
                 raise ValueError("fit: resume with other settings than the run's: " + "; ".join(
-                    f"{k}: {saved[k]!r} -> {run_state['fit'][k]!r}" for k in changed))
+                    f"{k}: {saved[k]!r} -> {run_state['fit'][k]!r}" for k in changed) + " (the optimiser's state "
+                    "holds them; set them back, or start a new run_dir from the trained weights)")
             _check_schedule(saved, settings, int(checkpoint["step"]), run_dir)
             loop.load_state_dict(checkpoint, reseed=lambda step: sharding.objective_seed(
                 derive_seed(base_seed, f"objective@{step}")))

@@ -165,6 +165,9 @@ def load_run(run_dir: str | os.PathLike, ema: bool = True, device: str | torch.d
     event_shape = tuple(int(s) for s in info["event_shape"])
     model = build_from_info(info, where=str(run_dir))
     weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
+    saved_dtypes = {w.dtype for w in weights.values() if torch.is_tensor(w) and w.is_floating_point()}
+    if len(saved_dtypes) == 1:  # one precision throughout (a mixed model keeps the dtypes it builds with)
+        model.to(saved_dtypes.pop())  # else load_state_dict would copy float64 weights into float32 ones
     try:
         model.load_state_dict(weights)
     except (RuntimeError, ValueError, TypeError, AttributeError) as err:

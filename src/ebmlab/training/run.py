@@ -43,9 +43,10 @@ from ebmlab.training.settings import SettingsError
 from ebmlab.training.sharding import TrainSharding
 from ebmlab.training.user_models import make_model
 
-#: Settings that a resumed run must share with its checkpoint (they shape the saved state).
+#: Settings that a resumed run must share with its checkpoint (they shape the saved state; the
+#: optimiser's momentum, betas and weight decay are restored from it, so a new value would be ignored).
 STRUCTURAL = ("data", "num_samples", "standardize", "heldout_fraction", "model", "model_kwargs", "objective",
-              "objective_kwargs", "optimizer", "seed")
+              "objective_kwargs", "optimizer", "momentum", "betas", "weight_decay", "seed")
 #: ``sampler = "auto"`` (the default): the kernel for the data's states.
 AUTO_SAMPLER = {"real": "ula", "binary": "gibbs", "categorical": "gibbs"}
 

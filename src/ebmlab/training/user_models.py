@@ -200,7 +200,15 @@ def build_from_info(info: dict[str, Any], where: str = "run") -> nn.Module:
         factory = import_object(info["factory"], what=f"{where}: model {info['name']!r}")
         return factory(shape, **kwargs)
     if "import" in info:
-        model = build_user_model(info["import"], kwargs, what=f"{where}: model", event_shape=shape or None)
+        try:
+            model = build_user_model(info["import"], kwargs, what=f"{where}: model", event_shape=shape or None)
+        except ValueError as err:
+            if "required" not in str(err):
+                raise
+            recorded = f"only the arguments {kwargs}" if kwargs else "no arguments"
+            raise ValueError(f"{err}; the run recorded {recorded} for it (the module keeps no config of its "
+                             f"constructor's arguments): to make such a run loadable, pass fit(..., model_spec='package.module:"
+                             f"factory', model_kwargs={{...}}) naming a function that rebuilds it") from None
         if getattr(model, "event_shape", None) is None and shape:
             try:
                 model.event_shape = shape
