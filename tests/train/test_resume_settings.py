@@ -102,3 +102,9 @@ def test_resume_refuses_optimiser_settings_its_state_would_ignore(tmp_path, chan
     with pytest.raises(ValueError, match=r"trained with other settings \(" + next(iter(change))):
         train({**settings, **change}, out=out, resume=True)
     assert train(settings, out=out, resume=True).step == 10
+
+
+def test_auto_sampler_takes_block_gibbs_for_a_two_layer_model(tmp_path):
+    rbm = train(dict(data="digits-binary-flat", num_samples=100, model="rbm", model_kwargs={"num_hidden": 8},
+                     objective="cd", steps=2, batch_size=32, sampler="auto"), out=tmp_path / "rbm")
+    assert rbm.config.sampler == "block_gibbs"

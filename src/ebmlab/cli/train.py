@@ -11,7 +11,7 @@ RUN_DIR receives ``checkpoint.pt``, ``metrics.jsonl``, ``config.toml`` (every se
 experiment, so ``--config RUN_DIR/config.toml`` repeats the run into a new directory) and the
 pictures. ``--model`` takes a registered name or ``path/to/file.py:NAME`` /
 ``package.module:NAME`` (an ``nn.Module`` class or factory, called with ``--model-kwargs``).
-Exit status: 0 ok; 2 bad input or a diverged run (one line, the last checkpoint is kept);
+Exit status: 0 ok; 2 bad input or a diverged run (one line saying which checkpoint, if any, is kept);
 130 on SIGINT, 143 on SIGTERM (a checkpoint at the current step is written first: continue with ``--resume RUN_DIR``).
 """
 

@@ -12,7 +12,8 @@ penalty of Du & Mordatch (2019). Negatives never carry gradient: they come from
 :func:`run_chains`, which samples the frozen energy and detaches the result. The kernel is
 any :mod:`ebmlab.samplers` kernel, chosen by name + hyperparameters
 (:func:`ebmlab.samplers.make_kernel`): ULA/MALA/HMC for real data, Gibbs/Metropolis (or a
-block-Gibbs kernel) for discrete data.
+block-Gibbs kernel) for discrete data. When none is given, :meth:`ContrastiveDivergence.setup`
+picks one for the data's support (:func:`default_kernel`); a kernel the user gave is never replaced.
 
 Variants differ only in where chains start:
 
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 
 from ebmlab.energy.base import EnergyFn, check_energy_output
-from ebmlab.samplers import ULA, Kernel, make_kernel
+from ebmlab.samplers import ULA, BlockGibbs, Gibbs, Kernel, make_kernel
 from ebmlab.samplers.driver import run_kernel
 from ebmlab.objectives.base import Metrics, Objective, check_positive, frozen
 from ebmlab.objectives.buffers import NOISE_KINDS, NoiseSource, ReplayBuffer
@@ -60,9 +61,28 @@ def run_chains(energy: EnergyFn, kernel: Kernel, x0: torch.Tensor, num_steps: in
     return run.state.x.detach(), {"accept": run.mean_accept_prob}
 
 
+def default_kernel(energy: EnergyFn, support: str) -> Kernel:
+    """The kernel for contrastive negatives when the user gave none, by the data's ``support``.
+
+    * ``"real"``: ``ULA(step_size=0.01, noise_scale=1.0)`` (short-run Langevin, Du & Mordatch 2019);
+    * ``"binary"`` / ``"categorical"`` on a two-layer model (``sample_hidden`` and
+      ``sample_visible``, e.g. :class:`~ebmlab.energy.rbm.BernoulliRBM`): ``BlockGibbs()``, the
+      exact alternating conditional draws ``h ~ p(h | v)``, ``v ~ p(v | h)`` of CD-k / PCD-k
+      (Hinton 2002; Tieleman 2008), which is also the kernel of the closed-form fast path
+      (:mod:`ebmlab.objectives.rbm_lean`);
+    * other ``"binary"`` / ``"categorical"`` energies: single-site ``Gibbs()`` (heat bath), the
+      kernel the trainer's ``sampler = "auto"`` chooses for such data.
+    """
+    if support == "real":
+        return ULA(step_size=0.01, noise_scale=1.0)
+    if all(callable(getattr(energy, m, None)) for m in ("sample_hidden", "sample_visible")):
+        return BlockGibbs()
+    return Gibbs()
+
+
 def _as_kernel(kernel: Kernel | str | dict | None) -> Kernel:
     if kernel is None:
-        return ULA(step_size=0.01, noise_scale=1.0)
+        return ULA(step_size=0.01, noise_scale=1.0)  # until setup() sees the data's support
     if isinstance(kernel, str):
         return make_kernel(kernel)
     if isinstance(kernel, dict):
@@ -77,8 +97,11 @@ class ContrastiveDivergence(Objective):
     """CD-k: negatives from ``num_steps`` kernel transitions started at the data batch.
 
     Args:
-        kernel: a sampler kernel, a registry name, or ``{"name": ..., **hyperparameters}``
-            (default ``ULA(step_size=0.01)``).
+        kernel: a sampler kernel, a registry name, or ``{"name": ..., **hyperparameters}``;
+            by default :meth:`setup` picks one for the data's support (:func:`default_kernel`:
+            ULA for real data, block Gibbs for an RBM, single-site Gibbs for other discrete
+            energies). A kernel given here is used as is, and refused by its own ``init`` if it
+            cannot sample the energy's states.
         num_steps: transitions per update (k).
         alpha: weight of the energy-magnitude penalty ``α(E(x⁺)² + E(x⁻)²)``.
         clamp: clip negatives to the training data's range (set up by :meth:`setup`).
@@ -94,6 +117,7 @@ class ContrastiveDivergence(Objective):
     def __init__(self, kernel: Kernel | str | dict | None = None, num_steps: int = 20, alpha: float = 0.0,
                  clamp: bool = False, lean: bool = True):
         self.kernel = _as_kernel(kernel)
+        self.kernel_is_default = kernel is None  # setup() then picks it by the data's support
         if not isinstance(lean, bool):
             raise ValueError(f"{self.name}: lean must be true or false, got {lean!r}")
         self.lean = lean
@@ -107,6 +131,9 @@ class ContrastiveDivergence(Objective):
 
     def setup(self, energy: EnergyFn, data: torch.Tensor, generator: torch.Generator | None = None,
               support: str = "real") -> None:
+        """Choose the default kernel for ``support`` (unless one was given) and fit the start noise."""
+        if self.kernel_is_default:
+            self.kernel = default_kernel(energy, support)
         self.noise = NoiseSource(self.noise_kind, support=support,
                                  num_states=getattr(self.kernel, "num_states", None) or int(getattr(energy, "num_states", 2))).fit(data)
 

@@ -4,6 +4,8 @@
   models by score matching"):
   ``J(θ) = E_data[½‖s_θ(x)‖² + tr ∇ₓ s_θ(x)]``, equal to ``½E‖s_θ - ∇ log p_data‖²`` up to a
   constant. The trace is exact: one extra backward pass per dimension, so D ≤ ``max_dim``.
+  A score that does not depend on x (``E = xᵀw``, ``s = -w``) has ``tr ∇ₓs = 0`` exactly, so
+  ``J = ½‖w‖²`` (both here and in ``ssm``; see :func:`grad_x`).
 * ``ssm`` — sliced score matching (Song, Garg, Shi & Ermon 2019, "Sliced score matching"):
   ``J(θ) = E_data E_v[vᵀ∇ₓ(vᵀs_θ(x)) + ½(vᵀs_θ(x))²]`` with random projections ``v``
   (``E[vvᵀ] = I``); the variance-reduced form (SSM-VR) replaces ``½(vᵀs)²`` by its
@@ -42,6 +44,20 @@ def score_with_graph(energy: EnergyFn, x: torch.Tensor) -> tuple[torch.Tensor, t
     return x_leaf, e, -g
 
 
+def grad_x(output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``∇ₓ Σ output`` with the graph kept (shape of ``x``), exactly 0 where ``output`` does not depend on x.
+
+    A score that is constant in x (an energy linear in x, ``E = xᵀw``: ``s = -w``) leaves x out
+    of the graph of ``s``; its derivative is then the zero tensor, which carries no gradient to
+    the parameters (correctly: ``∂/∂θ`` of an identically-zero term is 0), while the other terms
+    of the loss still do.
+    """
+    if not output.requires_grad:  # e.g. an energy with no parameters that is linear in x
+        return torch.zeros_like(x)
+    (d,) = torch.autograd.grad(output.sum(), x, create_graph=True, allow_unused=True)
+    return torch.zeros_like(x) if d is None else d
+
+
 class ScoreMatching(Objective):
     """Exact score matching (Hyvärinen 2005); refuses events with more than ``max_dim`` values."""
 
@@ -63,8 +79,7 @@ class ScoreMatching(Objective):
         flat = s.flatten(1)
         trace = torch.zeros_like(e)
         for i in range(dim):
-            (ds_i,) = torch.autograd.grad(flat[:, i].sum(), x, create_graph=True)
-            trace = trace + ds_i.flatten(1)[:, i]
+            trace = trace + grad_x(flat[:, i], x).flatten(1)[:, i]
         sq = 0.5 * flat.square().sum(1)
         loss = (sq + trace).mean()
         return loss, {"loss": float(loss.detach()), "energy_pos": float(e.mean().detach()), "score_sq": float(sq.mean().detach()),
@@ -104,8 +119,7 @@ class SlicedScoreMatching(Objective):
         v = self.projections(tuple(x_rep.shape), batch, generator)
         x, e, s = score_with_graph(energy, x_rep)
         vs = (v * s).flatten(1).sum(1)
-        (d_vs,) = torch.autograd.grad(vs.sum(), x, create_graph=True)
-        curvature = (v * d_vs).flatten(1).sum(1)  # vᵀ ∇ₓ(vᵀ s)
+        curvature = (v * grad_x(vs, x)).flatten(1).sum(1)  # vᵀ ∇ₓ(vᵀ s)
         sq = 0.5 * (s.flatten(1).square().sum(1) if self.variance_reduction else vs.square())
         loss = (sq + curvature).mean()
         return loss, {"loss": float(loss.detach()), "energy_pos": float(e.mean().detach()), "score_sq": float(sq.mean().detach()),

@@ -16,8 +16,7 @@ and the batch order, make up the checkpoint. With a ``run_dir`` the checkpoint i
 atomically every ``checkpoint_every`` updates and at the end, one JSON record every
 ``log_every`` updates goes to ``metrics.jsonl`` (each metric averaged over the updates since
 the previous record: :mod:`ebmlab.training.history`; flushed before every checkpoint and at
-least once a second), and
-``resume=True`` continues a stopped run bit for bit on one device.
+least once a second), and ``resume=True`` continues a stopped run bit for bit on one device.
 
 Per update the loop does only the update: records are built at logged steps and at the steps
 callbacks ask for (:attr:`Callback.record_every`), so between them it never returns to
@@ -29,7 +28,7 @@ Divergence guard: a NaN or infinite loss, metric or gradient norm stops the run 
 :class:`TrainingDivergedError` naming the step, before the optimiser applies it (the lean path
 checks once per call and replays the call update by update when one failed, to the same
 effect); a state with non-finite values is never written, so the last checkpoint stays the
-last good one.
+last good one (the error says which step it holds, or that none was written yet).
 
 The loop prints nothing and draws nothing: progress bars, pictures and loggers are callbacks
 (:class:`Callback`), passed by the CLI's jobs or by anyone.
@@ -207,7 +206,7 @@ class TrainLoop:
         flags = D.all_reduce_mean({part: 0.0 if all_finite(value) else 1.0 for part, value in local.items()})
         bad = [part for part, flag in flags.items() if flag > 0]
         if bad:
-            raise TrainingDivergedError(self.step, f"the {' and '.join(bad)} state")
+            raise TrainingDivergedError(self.step, f"the {' and '.join(bad)} state", self.run_dir, self.saved_step)
         if self.sharding.is_main:
             remove_stale_temporaries(self.run_dir)  # left by a write killed midway; we hold the lock
             save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
@@ -239,7 +238,8 @@ class TrainLoop:
         metrics, loss_value = self.sharding.reduce_metrics(metrics, loss)  # means over ranks
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if not math.isfinite(loss_value) or bad:
-            raise TrainingDivergedError(step, "the loss" if not bad else f"the metric(s) {', '.join(bad)}")
+            what = "the loss" if not bad else f"the metric(s) {', '.join(bad)}"
+            raise TrainingDivergedError(step, what, self.run_dir, self.saved_step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in self.params if p.grad is not None]
@@ -250,7 +250,7 @@ class TrainLoop:
         else:
             grad_norm = _total_norm(grads)
         if not math.isfinite(grad_norm):
-            raise TrainingDivergedError(step, "the gradient")
+            raise TrainingDivergedError(step, "the gradient", self.run_dir, self.saved_step)
         if lr != self._group_lr:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -345,7 +345,7 @@ class TrainLoop:
                                                               lambda: signals.received)
                         fold_rows(self, rows, lrs, times, start, log, callbacks)
                         if bad is not None:
-                            raise TrainingDivergedError(*bad)
+                            raise TrainingDivergedError(*bad, self.run_dir, self.saved_step)
                         continue
                     self.model.train()
                     for i in range(n):

@@ -47,7 +47,8 @@ from ebmlab.training.user_models import make_model
 #: optimiser's momentum, betas and weight decay are restored from it, so a new value would be ignored).
 STRUCTURAL = ("data", "num_samples", "standardize", "heldout_fraction", "model", "model_kwargs", "objective",
               "objective_kwargs", "optimizer", "momentum", "betas", "weight_decay", "seed")
-#: ``sampler = "auto"`` (the default): the kernel for the data's states.
+#: ``sampler = "auto"`` (the default): the kernel for the data's states (block Gibbs for a two-layer
+#: model such as an RBM on discrete data, as :func:`ebmlab.objectives.contrastive.default_kernel`).
 AUTO_SAMPLER = {"real": "ula", "binary": "gibbs", "categorical": "gibbs"}
 
 
@@ -180,7 +181,8 @@ class Trainer:
             if self.support == "categorical":
                 self.model.num_states = int(self.x_train.max().item()) + 1
         if cfg.sampler == "auto":  # recorded as the kernel chosen, so config.toml repeats the run
-            cfg.sampler = AUTO_SAMPLER.get(self.support, "ula")
+            two_layer = all(callable(getattr(self.model, m, None)) for m in ("sample_hidden", "sample_visible"))
+            cfg.sampler = "block_gibbs" if two_layer and self.support != "real" else AUTO_SAMPLER.get(self.support, "ula")
         self.kernel = build_kernel(cfg)
         if self.support not in objective_cls.supports:
             raise ValueError(f"objective {cfg.objective!r} needs {' or '.join(objective_cls.supports)} data; "

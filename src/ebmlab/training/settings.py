@@ -20,12 +20,29 @@ from ebmlab.training.schedules import OPTIMIZERS
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss, an energy or a gradient became NaN or infinite at ``step``."""
+    """The loss, an energy or a gradient became NaN or infinite at ``step``.
 
-    def __init__(self, step: int, what: str):
+    The message says what is left on disk, as the loop knows it: ``run_dir`` (``None``: the run
+    writes nothing) and ``checkpoint_step``, the step of the checkpoint there (``None``: none
+    was written yet, e.g. a divergence before the first ``checkpoint_every`` updates). A state
+    with non-finite values is never written, so that checkpoint is the last good one.
+    """
+
+    def __init__(self, step: int, what: str, run_dir: str | Path | None = None, checkpoint_step: int | None = None):
         self.step, self.what = step, what
-        super().__init__(f"training diverged at step {step}: {what} is NaN or infinite; the last checkpoint "
-                         f"is kept; lower the learning rate or the sampler's step size, or set grad_clip")
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.checkpoint_step = None if checkpoint_step is None else int(checkpoint_step)
+        if self.run_dir is None:
+            kept = "nothing was saved (no run_dir was given)"
+        elif self.checkpoint_step is None:
+            kept = f"no checkpoint was written to {str(self.run_dir)!r} yet"
+        else:
+            kept = f"the checkpoint of step {self.checkpoint_step} in {str(self.run_dir)!r} is kept"
+        super().__init__(f"training diverged at step {step}: {what} is NaN or infinite; {kept}; lower the "
+                         f"learning rate or the sampler's step size, or set grad_clip")
+
+    def __reduce__(self):  # picklable with its fields (the default would call __init__(message))
+        return type(self), (self.step, self.what, self.run_dir, self.checkpoint_step)
 
 
 class SettingsError(ValueError):
