@@ -8,6 +8,8 @@ autocorrelation ``ρ^t`` and integrated autocorrelation time ``τ = (1+ρ)/(1-ρ
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import math
 from types import SimpleNamespace
 
@@ -362,3 +364,15 @@ def test_warnings_name_the_problem_and_what_to_try():
     assert divergent.startswith("3 divergent transition(s) in 1 of 2 chain(s)") and "sampler='nuts'" in divergent
     assert format_summary(result).splitlines()[-2:] == [f"warning: {stuck}", f"warning: {divergent}"]
     assert warnings(result) == result.warnings
+
+
+def test_an_rhat_just_above_the_threshold_is_not_shown_as_the_threshold():
+    """R-hat 1.0102 must not read "R-hat is 1.010 (above 1.01)": it gets a fourth decimal."""
+    summary_module = importlib.import_module("ebmlab.diagnostics.summary")  # the package exports a function of that name
+
+    draws = np.random.default_rng(3).standard_normal((200, 4, 1))
+    result = summary(draws)
+    near = dataclasses.replace(result, rhat=np.full_like(result.rhat, 1.0102))
+    assert any(w.startswith("R-hat is 1.0102 for") for w in summary_module._sentences(near, 100))
+    far = dataclasses.replace(result, rhat=np.full_like(result.rhat, 1.05))
+    assert any(w.startswith("R-hat is 1.050 for") for w in summary_module._sentences(far, 100))

@@ -48,6 +48,8 @@ def test_exact_on_ising_with_data_file(tmp_path):
     assert report["log_z"] == pytest.approx(log_z, abs=1e-6)
     assert report["nll"] == pytest.approx(held_out_nll(ising, torch.as_tensor(data), log_z), abs=1e-5)
     assert report["num_examples"] == 50 and "mmd2" not in report
+    text = run("--energy", "ising:3:0.4", "--log-partition", "exact").output
+    assert text.startswith(f"log Z = {log_z:.4f} nats (exact)")  # no "± 0.0000" on an exact value
 
 
 def test_ais_json_has_bracket_and_agrees_with_truth():

@@ -159,7 +159,8 @@ def _sentences(s: Summary, min_ess: float) -> tuple[str, ...]:
     sampler = None if s.acceptance is None else s.acceptance.sampler
     worst = _worst(s.rhat, s.names, largest=True)
     if worst is not None and worst[0] > RHAT_THRESHOLD:
-        out.append(f"R-hat is {_fmt(worst[0], 3)} for {worst[1]} (above {RHAT_THRESHOLD}): the chains disagree: they have "
+        shown = _fmt(worst[0], 3) if round(worst[0], 3) > RHAT_THRESHOLD else _fmt(worst[0], 4)  # never "1.010 (above 1.01)"
+        out.append(f"R-hat is {shown} for {worst[1]} (above {RHAT_THRESHOLD}): the chains disagree: they have "
                    "not all reached the target, or are short for their autocorrelation; try a longer burn_in and "
                    "more num_steps" + _other(sampler, "pt", ", or sampler='pt' if the target has separated modes") + ".")
     low = [(kind, *w) for kind, col in (("bulk", s.ess_bulk), ("tail", s.ess_tail))

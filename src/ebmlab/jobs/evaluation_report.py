@@ -127,7 +127,7 @@ def format_report(report: EvaluationReport) -> str:
     """The human-readable summary that ``ebmlab evaluate`` prints without ``--json``."""
     r = report
     error_bar = (f"± {r.log_z_stderr:.4f} " if r.reliable is not False and r.log_z is not None
-                 and r.log_z_stderr is not None else "")  # no bare ±, and none for a deterministic grid
+                 and r.log_z_stderr is not None and r.method != "exact" else "")  # no bare ±; none when exact
     lines = [f"log Z = {r.log_z:.4f} {error_bar}nats ({r.method})"] if r.log_z is not None else []
     if r.method == "ais":
         lines[0] += f", K = {r.num_temperatures}, {r.num_runs} runs, ESS {r.ess:.1f}"
