@@ -187,3 +187,17 @@ def test_report_values_keep_their_unicode():
     assert format_value(["missing mass ≈ 0.0577", 1.5]) == '["missing mass ≈ 0.0577", 1.5]'
     assert format_value({"σ": "≈"}) == '{"σ": "≈"}'
     assert "\\u" not in format_value(["κ₀ → ∞"])
+
+
+def test_a_classifier_runs_held_out_figures_are_in_the_report(runs, tmp_path):
+    """classification.json (accuracy, ECE) shows in the run's section and in the comparison table;
+    a run without one shows none (negative control)."""
+    points, _ = runs
+    jem = tmp_path / "jem"
+    shutil.copytree(points, jem)
+    (jem / "classification.json").write_text(json.dumps({"accuracy": 0.9812, "ece": 0.0421, "nll": 0.07}))
+    out = tmp_path / "report.md"
+    invoke("report", points, jem, "--out", out, "--format", "md")
+    text = out.read_text(encoding="utf-8")
+    assert "held-out accuracy" in text and "0.9812" in text and "### Classification" in text
+    assert text.count("### Classification") == 1  # only the run that has one

@@ -118,6 +118,11 @@ def render_html(runs: Sequence[RunSummary]) -> str:
                          "(<code>ebmlab evaluate --energy RUN --json</code>).</p><table>")
             parts += [f"<tr><th>{html.escape(str(k))}</th>{_cell(v)}</tr>" for k, v in run.evaluation.items()]
             parts.append("</table>")
+        if run.classification:
+            parts.append('<h3>Classification</h3><p class="legend">Held-out figures from <code>classification.json'
+                         "</code> (ECE over 15 bins).</p><table>")
+            parts += [f"<tr><th>{html.escape(str(k))}</th>{_cell(v)}</tr>" for k, v in run.classification.items()]
+            parts.append("</table>")
         png = metric_curves_png(run)
         if png is not None:
             parts.append("<h3>Metrics</h3>")
@@ -195,6 +200,9 @@ def render_markdown(runs: Sequence[RunSummary], out: Path) -> str:
         if run.evaluation:
             lines += ["### Evaluation", ""] + _md_table(["figure", "value"],
                                                        [[str(k), _md(v)] for k, v in run.evaluation.items()])
+        if run.classification:
+            lines += ["### Classification", ""] + _md_table(["figure", "value"],
+                                                           [[str(k), _md(v)] for k, v in run.classification.items()])
         png = metric_curves_png(run)
         if png is not None:
             lines += ["### Metrics", "", f"![{run.name} metrics]({asset(f'run{i}-metrics.png', png)})", ""]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ebmlab.jobs.evaluation_job import EVALUATION_NAME  # the JSON of evaluate --energy RUN --json, saved in RUN
+from ebmlab.jobs.training import CLASSIFICATION_NAME  # a classifier EBM's held-out accuracy and ECE
 from ebmlab.training.history import METRICS_NAME, read_metrics
 
 #: The first line of every report: an existing --out file without it is not overwritten.
@@ -25,6 +26,8 @@ MARKER = "<!-- ebmlab-report -->"
 #: Evaluation figures shown in the comparison table, when a run has them.
 EVALUATION_FIGURES = ("log_z", "log_z_stderr", "nll", "nll_stderr", "bits_per_dim", "excess_nll", "mmd2",
                       "energy_distance", "kl_true_model", "ksd", "ksd_p_value", "fisher_divergence")
+#: Classifier figures (``classification.json``) shown in the comparison table, when a run has them.
+CLASSIFICATION_FIGURES = ("accuracy", "ece")
 #: Metrics drawn for all runs on one plot, when at least two runs have them.
 COMPARED_CURVES = ("loss", "heldout_loss", "heldout_nll", "cd_gap", "log_z")
 #: Record fields that are not metrics to plot.
@@ -35,7 +38,8 @@ NOT_CURVES = ("step", "time")
 class RunSummary:
     """What a report shows of one run directory: ``config`` is ``{section: {key: value}}`` (nested
     tables flattened as ``options.hidden``), ``metrics`` the records of ``metrics.jsonl``,
-    ``pictures`` its PNG files (sorted), ``evaluation`` the saved ``evaluation.json`` or ``None``."""
+    ``pictures`` its PNG files (sorted), ``evaluation`` the saved ``evaluation.json`` or ``None``,
+    ``classification`` a classifier EBM's ``classification.json`` (held-out accuracy, ECE, NLL) or ``None``."""
 
     path: Path
     name: str
@@ -43,6 +47,7 @@ class RunSummary:
     metrics: list[dict[str, Any]]
     pictures: list[Path]
     evaluation: dict[str, Any] | None
+    classification: dict[str, Any] | None = None
 
     @property
     def flat_config(self) -> dict[str, Any]:
@@ -98,17 +103,23 @@ def load_run_summary(run_dir: str | os.PathLike, name: str | None = None) -> Run
             raise ValueError(f"report: {config_path} is not valid TOML: {err}") from None
         top = {k: v for k, v in raw.items() if not isinstance(v, dict)}
         config = ({"settings": top} if top else {}) | {k: _flatten(v) for k, v in raw.items() if isinstance(v, dict)}
-    evaluation = None
-    if (path / EVALUATION_NAME).is_file():
-        try:
-            evaluation = json.loads((path / EVALUATION_NAME).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"report: {path / EVALUATION_NAME} is not valid JSON: {err}") from None
-        if not isinstance(evaluation, dict):
-            raise ValueError(f"report: {path / EVALUATION_NAME} must hold one JSON object")
     pictures = sorted(p for p in path.glob("*.png") if p.is_file() and not p.name.startswith("."))
     return RunSummary(path=path, name=name or path.resolve().name, config=config, metrics=read_metrics(path),
-                      pictures=pictures, evaluation=evaluation)
+                      pictures=pictures, evaluation=_json_object(path / EVALUATION_NAME),
+                      classification=_json_object(path / CLASSIFICATION_NAME))
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, ``None`` when there is no such file; ``ValueError`` when it is not one."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"report: {path} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"report: {path} must hold one JSON object")
+    return value
 
 
 def load_runs(run_dirs: Sequence[str | os.PathLike]) -> list[RunSummary]:
@@ -130,14 +141,15 @@ def differing_keys(runs: Sequence[RunSummary]) -> list[str]:
 
 
 def comparison_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[Any]]]:
-    """``(columns, rows)``: one row per run — name, steps, final loss, wall time, and the
-    evaluation method and figures any run has."""
+    """``(columns, rows)``: one row per run — name, steps, final loss, wall time, the
+    evaluation method and figures any run has, and a classifier's held-out accuracy and ECE."""
     figures = [k for k in EVALUATION_FIGURES if any(r.evaluation and k in r.evaluation for r in runs)]
     if any(r.evaluation for r in runs):
         figures = ["method", *figures]
-    columns = ["run", "steps", "final loss", "wall time (s)", *figures]
-    rows = [[run.name, run.steps, run.final_loss, run.wall_time, *[(run.evaluation or {}).get(k) for k in figures]]
-            for run in runs]
+    classified = [k for k in CLASSIFICATION_FIGURES if any(r.classification and k in r.classification for r in runs)]
+    columns = ["run", "steps", "final loss", "wall time (s)", *figures, *[f"held-out {k}" for k in classified]]
+    rows = [[run.name, run.steps, run.final_loss, run.wall_time, *[(run.evaluation or {}).get(k) for k in figures],
+             *[(run.classification or {}).get(k) for k in classified]] for run in runs]
     return columns, rows
 
 
@@ -208,6 +220,6 @@ def comparison_curves_png(runs: Sequence[RunSummary]) -> bytes | None:
     return _png(fig)
 
 
-__all__ = ["COMPARED_CURVES", "EVALUATION_FIGURES", "EVALUATION_NAME", "MARKER", "RunSummary", "comparison_curves_png",
+__all__ = ["CLASSIFICATION_FIGURES", "COMPARED_CURVES", "EVALUATION_FIGURES", "EVALUATION_NAME", "MARKER", "RunSummary", "comparison_curves_png",
            "comparison_table", "differing_keys", "format_value", "load_run_summary", "load_runs", "metric_curves_png",
            "settings_table"]

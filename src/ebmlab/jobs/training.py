@@ -23,6 +23,9 @@ from ebmlab.training.loop import Callback, TrainLoop
 from ebmlab.training.presets import recommended_picture_steps
 from ebmlab.training.run import RunResult, train
 
+#: A classifier EBM's held-out figures in its run directory (shown by ebmlab report).
+CLASSIFICATION_NAME = "classification.json"
+
 #: Metrics shown on the progress bar, when the objective reports them.
 KEY_FIGURES = ("loss", "cd_gap", "accept", "log_z", "accuracy")
 PROGRESS = ("auto", "on", "off")
@@ -136,7 +139,7 @@ def classifier_report(config: TrainConfig, out: str | Path, samples: bool = True
     report = jem_report(run.model, x_test, labels[run.heldout_index].long(), out, kernel, generator=generator,
                         samples=samples)
     figures = {k: (str(v) if isinstance(v, Path) else v) for k, v in report.items() if k != "samples"}
-    (Path(out) / "classification.json").write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    (Path(out) / CLASSIFICATION_NAME).write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
     return figures
 
 
