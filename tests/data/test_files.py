@@ -218,3 +218,23 @@ def test_dataset_checks_its_fields():
         Dataset(x=torch.zeros(3, 2), name="d", event_shape=(2,), support="categorical")
     with pytest.raises(ValueError, match=r"x has shape \(3, 2\), not \(N, \*\(4,\)\)"):
         Dataset(x=torch.zeros(3, 2), name="d", event_shape=(4,))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1,,3\n4,5,6\n7,8,9\n", r"line 1, column 2 is empty"),
+    ("1,2,NA\n4,5,6\n7,8,9\n", r"line 1, column 3 is not a number: 'NA'"),
+    ("1;2\n3;4\n", r"line 1, column 1 is not a number: '1;2' \(values are separated by commas or whitespace, not semicolons\)"),
+])
+def test_a_bad_first_row_is_reported_not_dropped_as_a_header(tmp_path, text, message):
+    """A first line with numbers in it is data: its bad value is reported with its line (it used
+    to be taken for a header and dropped without a word)."""
+    (tmp_path / "d.csv").write_text(text)
+    with pytest.raises(ValueError, match=r"d\.csv: " + message):
+        load_array(tmp_path / "d.csv")
+
+
+@pytest.mark.parametrize("header", ["x,y,z", ",a,b", ",0,1"], ids=["names", "pandas-index", "pandas-int-columns"])
+def test_headers_of_names_and_of_pandas_are_dropped(tmp_path, header):
+    (tmp_path / "h.csv").write_text(header + "\n0,1.5,2\n1,3.5,4\n")
+    x = load_array(tmp_path / "h.csv")
+    assert x.shape == (2, 3) and float(x[1, 1]) == 3.5

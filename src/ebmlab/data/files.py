@@ -191,6 +191,18 @@ def _parse_floats(line: str, delimiter: str | None) -> list[float] | None:
         return None
 
 
+def _is_header(line: str, delimiter: str | None) -> bool:
+    """A header holds names and no number, or starts with the empty name of pandas' index column
+    (``,a,b``, ``,0,1``); another line with a number (``1,,3``, ``1,2,NA``) is a data row with a
+    bad value, reported as such, not a header to drop."""
+    if ";" in line and _parse_floats(line.replace(";", ","), ",") is not None:
+        return False  # numbers separated by semicolons: data, refused with a line number below
+    fields = [f.strip() for f in line.split(delimiter)]
+    if len(fields) > 1 and not fields[0] and all(fields[1:]):  # pandas' index header, even ",0,1"
+        return True
+    return any(fields) and not any(_parse_floats(f, None) is not None for f in fields if f)
+
+
 def _read_csv(path: Path, name: str) -> tuple[np.ndarray, list[int]]:
     """Parse a numeric CSV; returns the array ``(N, d)`` and the file line of each row."""
     try:
@@ -202,7 +214,7 @@ def _read_csv(path: Path, name: str) -> tuple[np.ndarray, list[int]]:
     if not lines:
         raise ValueError(f"{name}: the file is empty (no data lines)")
     delimiter = "," if "," in lines[0][1] else None
-    if _parse_floats(lines[0][1], delimiter) is None:  # a header line
+    if _is_header(lines[0][1], delimiter):  # a header line: names only
         lines = lines[1:]
         if not lines:
             raise ValueError(f"{name}: has a header line but no data rows")
@@ -227,5 +239,7 @@ def _raise_csv_problem(name: str, lines: list[tuple[int, str]], delimiter: str |
                 float(field)
             except ValueError:
                 what = "is empty" if not field.strip() else f"is not a number: {field.strip()!r}"
+                if ";" in field:
+                    what += " (values are separated by commas or whitespace, not semicolons)"
                 raise ValueError(f"{name}: line {num}, column {col} {what}") from None
     raise ValueError(f"{name}: could not be parsed as numeric CSV")
