@@ -216,3 +216,20 @@ def test_png_folder_errors(tmp_path):
         load_image_folder(empty)
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         load_image_folder(tmp_path / "missing")
+
+
+def test_grey_png_with_alpha_stays_grey(tmp_path):
+    """matplotlib expands grey + alpha (PNG colour type 4) to RGBA; the loader keeps one grey
+    channel (opaque alpha dropped) or grey + alpha, so such a file mixes with plain grey ones."""
+    grey = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
+    Image.fromarray(grey, "L").save(tmp_path / "0.png")
+    Image.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), "LA").save(tmp_path / "1.png")
+    x, _ = load_image_folder(tmp_path)
+    assert x.shape == (2, 1, 4, 4)
+    np.testing.assert_allclose(x[1, 0], grey / 255.0)
+    alpha = tmp_path / "alpha"
+    alpha.mkdir()
+    Image.fromarray(np.stack([grey, grey[::-1]], -1), "LA").save(alpha / "0.png")
+    y, _ = load_image_folder(alpha)
+    assert y.shape == (1, 2, 4, 4)
+    np.testing.assert_allclose(y[0, 1], grey[::-1] / 255.0)

@@ -155,6 +155,20 @@ def load_mnist(
 # ---------------------------------------------------------------------------------------------
 
 
+#: The PNG colour type of grey-scale images with an alpha channel (PNG specification, IHDR).
+GREY_ALPHA = 4
+
+
+def _png_colour_type(path: Path) -> int | None:
+    """The colour type byte of a PNG's IHDR chunk (0 grey, 2 RGB, 3 palette, 4 grey + alpha,
+    6 RGBA), or ``None`` when the header is not a PNG's."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[25]
+
+
 def _read_png(path: Path) -> np.ndarray:
     """One PNG as ``(C, H, W)`` floats in ``[0, 1]``; a fully opaque alpha channel is dropped."""
     import matplotlib.image
@@ -170,6 +184,8 @@ def _read_png(path: Path) -> np.ndarray:
         img = img[:, :, None]
     if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4):
         raise ValueError(f"{path}: unsupported image layout {img.shape}")
+    if img.shape[2] == 4 and _png_colour_type(path) == GREY_ALPHA:  # matplotlib expands grey + alpha to RGBA
+        img = img[:, :, [0, 3]]
     if img.shape[2] in (2, 4) and np.all(img[:, :, -1] == 1.0):
         img = img[:, :, :-1]
     return np.transpose(img, (2, 0, 1))
