@@ -135,3 +135,20 @@ def test_no_plots_still_reports_the_classifier(tmp_path):
     assert set(figures) == {"accuracy", "ece", "nll"} and 0.0 <= figures["accuracy"] <= 1.0
     assert "held-out accuracy" in result.output and "class_samples.png" not in result.output
     assert not (out / "class_samples.png").exists()  # the one picture of the report is skipped
+
+
+def test_too_few_points_left_for_training_names_the_setting(tmp_path):
+    """2 points with the default held-out fraction leave 1 to train on: one line naming
+    --set heldout_fraction=0, which then trains."""
+    from click.testing import CliRunner
+
+    from ebmlab.cli import main
+
+    data = tmp_path / "two.csv"
+    data.write_text("1,2\n3,4\n")
+    args = ["train", "--data", str(data), "--steps", "2", "--no-plots", "--no-progress"]
+    refused = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert refused.exit_code == 2 and "leave 1 for training" in refused.output
+    assert "--set heldout_fraction=0" in refused.output
+    done = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--set", "heldout_fraction=0"])
+    assert done.exit_code == 0, done.output

@@ -233,3 +233,10 @@ def test_grey_png_with_alpha_stays_grey(tmp_path):
     y, _ = load_image_folder(alpha)
     assert y.shape == (1, 2, 4, 4)
     np.testing.assert_allclose(y[0, 1], grey[::-1] / 255.0)
+
+
+def test_mnist_files_with_no_images_are_refused(tmp_path):
+    make_mnist_dir(tmp_path, n_train=0)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz: the IDX file holds no images"):
+        load_mnist(tmp_path)
+    assert load_mnist(tmp_path, split="test")[0].shape == (4, 1, 5, 4)  # the other split is fine

@@ -141,6 +141,8 @@ def load_mnist(
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"{images_path}: expected unsigned-byte images (N, H, W), got {images.dtype} {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{images_path}: the IDX file holds no images (its header says 0)")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise ValueError(
             f"{labels_path}: expected {images.shape[0]} labels (one per image in {images_path.name}), "

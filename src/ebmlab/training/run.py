@@ -154,6 +154,11 @@ class Trainer:
             raise ValueError(f"{self.dataset.name}: need at least 2 data points, got {x.shape[0]}")
         self.train_index, self.heldout_index = split_run_data(cfg, x.shape[0])
         x_train = x[self.train_index]
+        if x_train.shape[0] < 2:
+            raise SettingsError(f"{self.dataset.name}: its {x.shape[0]} data points leave {x_train.shape[0]} for "
+                                f"training after holding out {self.heldout_index.numel()} (heldout_fraction = "
+                                f"{cfg.heldout_fraction:g}); training needs at least 2 (give more data)",
+                                [({"heldout_fraction": 0}, "train on all of them")])
         self.sharding.check_batch(cfg.batch_size, x_train.shape[0])
         self.support = self.dataset.support
         self.standardizer = Standardizer.fit(x_train) if cfg.standardize and self.support == "real" else None
