@@ -12,7 +12,8 @@
 * a path to a ``.npy``, ``.npz`` or ``.csv`` file.
 
 Relative paths are taken relative to ``root`` (default: the working directory); a bare
-``mnist`` or ``images`` means ``DIR = root``. Every random choice (toy draws, the subset
+``mnist`` or ``images`` means ``DIR = root`` when ``root`` is given, and is refused otherwise
+(name the directory). Every random choice (toy draws, the subset
 picked by ``num_samples``) uses ``generator``, by default one seeded with 0.
 """
 
