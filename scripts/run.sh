@@ -5,7 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 OUT=${1:-runs/default}
-.venv/bin/ebmlab train --out "$OUT"
+if [ -f "$OUT/checkpoint.pt" ]; then  # run again: the finished run is kept (or an interrupted one completed)
+    .venv/bin/ebmlab train --resume "$OUT"
+else
+    .venv/bin/ebmlab train --out "$OUT"
+fi
 # the trainer drew samples.png (data beside model samples); the sampler's picture is sampled.png
 .venv/bin/ebmlab sample --energy "$OUT" --sampler pt --base mala --temperatures 8 --chains 200 \
     --steps 2000 --burn-in 500 --out "$OUT/sampled.npz" --plot "$OUT/sampled.png"
