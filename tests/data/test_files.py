@@ -238,3 +238,16 @@ def test_headers_of_names_and_of_pandas_are_dropped(tmp_path, header):
     (tmp_path / "h.csv").write_text(header + "\n0,1.5,2\n1,3.5,4\n")
     x = load_array(tmp_path / "h.csv")
     assert x.shape == (2, 3) and float(x[1, 1]) == 3.5
+
+
+def test_npz_key_names_the_array(tmp_path):
+    """FILE.npz:KEY takes that array; an unknown key lists the keys; the ambiguous archive's error
+    says how to choose."""
+    a, b = np.random.default_rng(1).normal(size=(5, 2)), np.random.default_rng(2).normal(size=(4, 3))
+    np.savez(tmp_path / "two.npz", a=a, b=b)
+    np.testing.assert_array_equal(load_array(f"{tmp_path / 'two.npz'}:b"), b)
+    assert load_dataset(f"{tmp_path / 'two.npz'}:a").x.shape == (5, 2)
+    with pytest.raises(ValueError, match=r"has no array 'c'; found keys 'a', 'b'"):
+        load_array(f"{tmp_path / 'two.npz'}:c")
+    with pytest.raises(ValueError, match=r"cannot tell which array.*name one as .*two\.npz:KEY"):
+        load_array(tmp_path / "two.npz")

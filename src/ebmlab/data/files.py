@@ -6,7 +6,8 @@ that starts with the file name and says what is wrong and where, e.g.
 ``data.csv: line 19 (data row 17) contains NaN``.
 
 * ``.npy`` — one array; loaded with ``allow_pickle=False``.
-* ``.npz`` — the array under key ``x``, else ``data``, else the only array in the archive.
+* ``.npz`` — the array under key ``x``, else ``data``, else the only array in the archive;
+  ``FILE.npz:KEY`` names the array.
 * ``.csv`` — numbers separated by commas (or by whitespace when the first data line has no
   comma), one row per line; one header line is allowed; blank lines and lines starting
   with ``#`` are skipped.
@@ -28,13 +29,24 @@ NPZ_KEYS = ("x", "data")
 
 
 def is_data_file(spec: str | os.PathLike) -> bool:
-    """True when ``spec`` names a file with a supported suffix (whether or not it exists)."""
-    return Path(spec).suffix.lower() in SUPPORTED_SUFFIXES
+    """True when ``spec`` names a file with a supported suffix (whether or not it exists), or
+    an array of one as ``FILE.npz:KEY``."""
+    return _npz_key(spec)[0].suffix.lower() in SUPPORTED_SUFFIXES
+
+
+def _npz_key(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """``("FILE.npz", "KEY")`` for ``FILE.npz:KEY`` (when no file has that whole name), else ``(path, None)``."""
+    text = os.fspath(path)
+    head, sep, key = text.rpartition(":")
+    if sep and key and head.lower().endswith(".npz") and not os.path.exists(text) and "/" not in key:
+        return Path(head), key
+    return Path(text), None
 
 
 def load_array(path: str | os.PathLike) -> np.ndarray:
-    """Load and validate a data file; returns a float64 array ``(N, *event)``."""
-    path = Path(path)
+    """Load and validate a data file; returns a float64 array ``(N, *event)``. ``FILE.npz:KEY``
+    takes the archive's array ``KEY``."""
+    path, key = _npz_key(path)
     name = str(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -53,7 +65,7 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
     if suffix == ".csv":
         array, line_numbers = _read_csv(path, name)
     else:
-        array = _read_npy(path, name) if suffix == ".npy" else _read_npz(path, name)
+        array = _read_npy(path, name) if suffix == ".npy" else _read_npz(path, name, key)
         line_numbers = None
     return validate_array(array, name, line_numbers)
 
@@ -142,7 +154,7 @@ def read_npy(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
     return _read_npy(Path(path), str(path) if name is None else name)
 
 
-def _read_npz(path: Path, name: str) -> np.ndarray:
+def _read_npz(path: Path, name: str, key: str | None = None) -> np.ndarray:
     # The file is opened here (not by np.load) so that it is closed even when np.load fails.
     with open(path, "rb") as fh:
         head = fh.read(64)
@@ -160,19 +172,23 @@ def _read_npz(path: Path, name: str) -> np.ndarray:
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise ValueError(f"{name}: not a .npz archive (it holds a single .npy array; rename it to .npy)")
         with archive:
-            return _pick_npz_array(archive, name)
+            return _pick_npz_array(archive, name, key)
 
 
-def _pick_npz_array(archive: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
-    """The array under ``x``, else ``data``, else the only one; an error listing the keys otherwise."""
+def _pick_npz_array(archive: np.lib.npyio.NpzFile, name: str, key: str | None = None) -> np.ndarray:
+    """The array ``key`` when given, else under ``x``, else ``data``, else the only one; an error
+    listing the keys otherwise."""
     keys = list(archive.files)
     if not keys:
         raise ValueError(f"{name}: the .npz archive holds no arrays")
-    key = next((k for k in NPZ_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
+    found = ", ".join(repr(k) for k in keys)
+    if key is not None and key not in keys:
+        raise ValueError(f"{name}: the .npz archive has no array {key!r}; found keys {found}")
+    key = key or next((k for k in NPZ_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
     if key is None:
         raise ValueError(
             f"{name}: cannot tell which array holds the data; expected key 'x' or 'data' "
-            f"or a single array, found keys {', '.join(repr(k) for k in keys)}"
+            f"or a single array, found keys {found}; name one as {name}:KEY"
         )
     try:
         return archive[key]
