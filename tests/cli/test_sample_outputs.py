@@ -20,7 +20,7 @@ from ebmlab.cli import main
 from ebmlab.energy.rbm import BernoulliRBM
 from ebmlab.jobs.image_grids import is_own_figure
 from ebmlab.jobs.plots import save_figure
-from ebmlab.jobs.sample_files import is_own_netcdf, is_own_output
+from ebmlab.jobs.guards import is_own_netcdf, is_sample_file
 from ebmlab.jobs.sampling_defaults import check_sampler_options, check_sampler_support
 from ebmlab.jobs.specs import resolve_energy
 from ebmlab.samplers import make_kernel
@@ -107,7 +107,7 @@ def test_out_refuses_a_netcdf_file_ebmlab_did_not_write(tmp_path):
     mine = tmp_path / "mine.nc"
     az.from_dict(posterior={"x": np.zeros((2, 5))}).to_netcdf(str(mine))
     before = mine.read_bytes()
-    assert not is_own_netcdf(mine) and not is_own_output(mine)
+    assert not is_own_netcdf(mine) and not is_sample_file(mine)
     refused(*GAUSS, "--out", mine, message=f"--out '{mine}' exists and is not an ebmlab sample file")
     assert mine.read_bytes() == before
     own = tmp_path / "own.nc"

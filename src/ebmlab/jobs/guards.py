@@ -53,16 +53,29 @@ def check_path_names(path: str | os.PathLike, option: str) -> Path:
     return path
 
 
+def is_own_netcdf(path: str | os.PathLike) -> bool:
+    """Whether the netCDF file ``path`` was written by ``ebmlab sample``: its ``posterior`` group
+    carries the ``ebmlab_metadata`` attribute (an ArviZ file written elsewhere does not)."""
+    with open(path, "rb") as f:
+        if not f.read(8).startswith((b"\x89HDF", b"CDF")):
+            return False
+    try:
+        import xarray
+
+        with xarray.open_dataset(path, group="posterior") as posterior:
+            return "ebmlab_metadata" in posterior.attrs
+    except Exception:  # no xarray, no such group, not readable: not a file of ours
+        return False
+
+
 def is_sample_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` holds an output of ``ebmlab sample`` (an ``.npz`` with ``metadata``, a
-    netCDF/HDF5 file for ``.nc``), or is empty: the only regular files ``--out`` may replace."""
+    """Whether ``path`` holds an output of ``ebmlab sample`` (an ``.npz`` with ``metadata``; for
+    ``.nc``, :func:`is_own_netcdf`), or is empty: the only regular files ``--out`` may replace."""
     path = Path(path)
     if path.stat().st_size == 0:
         return True
-    with open(path, "rb") as f:
-        head = f.read(8)
     if path.suffix == ".nc":
-        return head.startswith((b"\x89HDF", b"CDF"))
+        return is_own_netcdf(path)
     try:
         with zipfile.ZipFile(path) as archive:
             return "metadata.npy" in archive.namelist()
@@ -176,4 +189,4 @@ def energy_errors(energy: nn.Module, kernel: Kernel, steps: StepCounter) -> Iter
 
 
 __all__ = ["OS_REASONS", "STATE_COPIES", "WRITE_ERRNOS", "StepCounter", "check_path_names",
-           "check_sizes", "energy_errors", "format_bytes", "is_sample_file", "memory_available", "output_errors"]
+           "check_sizes", "energy_errors", "format_bytes", "is_own_netcdf", "is_sample_file", "memory_available", "output_errors"]

@@ -26,7 +26,7 @@ read it with ``arviz.from_netcdf`` (or ``xarray.open_datatree``).
 
 Before anything runs, :func:`check_outputs` checks every output path of a job: ``--out`` must end
 in ``.npz`` or ``.nc`` and may replace only an empty file or a file ebmlab wrote
-(:func:`is_own_output`: a ``.npz`` with ``metadata``, a netCDF file whose ``posterior`` group has
+(:func:`~ebmlab.jobs.guards.is_sample_file`: a ``.npz`` with ``metadata``, a netCDF file whose ``posterior`` group has
 the ``ebmlab_metadata`` attribute); ``--plot`` and ``--plot-chains`` must end in ``.png``,
 ``.pdf`` or ``.svg`` and may replace only an empty file or a picture ebmlab wrote
 (:func:`ebmlab.jobs.image_grids.is_own_figure`, the creator metadata of every ebmlab picture);
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from ebmlab.atomic import atomic_write
-from ebmlab.jobs.guards import check_path_names, is_sample_file
+from ebmlab.jobs.guards import check_path_names, is_own_netcdf, is_sample_file
 from ebmlab.samplers import ChainRecord
 
 OUT_SUFFIXES = (".npz", ".nc")
@@ -95,30 +95,6 @@ def save_netcdf(path: str | os.PathLike, record: ChainRecord, meta: dict) -> Pat
     return atomic_write(path, write)
 
 
-def is_own_netcdf(path: str | os.PathLike) -> bool:
-    """Whether the netCDF file ``path`` was written by :func:`save_netcdf`: its ``posterior`` group
-    carries the ``ebmlab_metadata`` attribute (an ArviZ file written elsewhere does not)."""
-    with open(path, "rb") as f:
-        if not f.read(8).startswith((b"\x89HDF", b"CDF")):
-            return False
-    try:
-        import xarray
-
-        with xarray.open_dataset(path, group="posterior") as posterior:
-            return "ebmlab_metadata" in posterior.attrs
-    except Exception:  # no xarray, no such group, not readable: not a file of ours
-        return False
-
-
-def is_own_output(path: str | os.PathLike) -> bool:
-    """Whether ``--out`` may replace the existing regular file ``path``: it is empty, or an output
-    of ``ebmlab sample`` (:func:`is_own_netcdf` for ``.nc``, an ``.npz`` with ``metadata`` else)."""
-    path = Path(path)
-    if path.stat().st_size == 0:
-        return True
-    return is_own_netcdf(path) if path.suffix == ".nc" else is_sample_file(path)
-
-
 def check_writable(path: str | os.PathLike, option: str = "--out") -> Path:
     """Refuse an output path whose directory is missing or not writable, or that is a directory."""
     path = check_path_names(path, option)
@@ -141,11 +117,11 @@ def check_writable(path: str | os.PathLike, option: str = "--out") -> Path:
 
 def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
     """Refuse an output path that does not end in ``.npz`` or ``.nc``, is not writable
-    (:func:`check_writable`), or is an existing file that ebmlab did not write (:func:`is_own_output`)."""
+    (:func:`check_writable`), or is an existing file that ebmlab did not write (:func:`~ebmlab.jobs.guards.is_sample_file`)."""
     path = check_writable(path, option)
     if path.suffix not in OUT_SUFFIXES:
         raise ValueError(f"{option} {str(path)!r}: the file name must end in .npz or .nc (netCDF)")
-    if path.is_file() and not is_own_output(path):
+    if path.is_file() and not is_sample_file(path):
         raise FileExistsError(f"{option} {str(path)!r} exists and is not an ebmlab sample file; remove it or choose "
                               f"another name (sampling replaces only its own outputs)")
     return path
@@ -183,4 +159,4 @@ def check_outputs(out: str | os.PathLike, plot: str | os.PathLike | None = None,
 
 
 __all__ = ["FIGURE_SUFFIXES", "OUT_SUFFIXES", "check_figure_path", "check_output_file", "check_outputs",
-           "check_writable", "is_own_netcdf", "is_own_output", "save_netcdf", "save_record"]
+           "check_writable", "is_own_netcdf", "save_netcdf", "save_record"]
