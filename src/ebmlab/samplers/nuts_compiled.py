@@ -12,6 +12,10 @@ kinds of graph call:
 3. **end** (:func:`~ebmlab.samplers.nuts_doubling.end_doubling`): the choice between trajectory
    and subtree, the new end and the U-turn checks of the merged tree.
 
+A doubling of ``2^j ≤ k`` leaves is all three in one call (:func:`doubling_graph`), with one host
+synchronisation: on a cheap energy the cost of a call, not of its arithmetic, sets the time of a
+draw, and most trees are short.
+
 Packed state. On small targets the cost of a call is mostly its inputs and outputs (each tensor
 is guarded, checked and allocated: about 1 µs apiece on a CPU), so the state travels between
 graphs as a few stacked tensors, unpacked and repacked inside each graph:
@@ -109,6 +113,31 @@ def end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u
     return (*_pack_trajectory(t), t["active"].any())
 
 
+def doubling_graph(spec: LeafSpec, vg: Callable, shape: tuple, tv, tf, tb, tl, magnitude, energy0, kinetic0, draws,
+                   index, slots, metric):
+    """A whole doubling of ``2^j ≤ unroll`` leaves: :func:`begin_graph`, :func:`leaves_graph` and
+    :func:`end_graph` in one graph. ``draws`` ``(2^j + 2, C)`` are the uniforms in the eager order
+    (direction, one per leaf, the choice between trajectory and subtree); when every chain stops
+    after leaf ``n < 2^j`` the choice takes row ``n + 1``, as eager NUTS, which draws no more.
+    Returns the packed trajectory and ``(2^j + 1,)`` flags: whether any chain builds after each
+    leaf, and whether any is still active."""
+    forward, eps, ends, cv, cf, cb, cl = begin_graph(tv, tb, draws[0], magnitude, energy0, kinetic0)
+    cv, cf, cb, cl, sharp, first, builds = leaves_graph(spec, vg, shape, cv, cf, cb, cl, eps, draws[1:-1].log(), index,
+                                                        slots, metric)
+    stopped = ~builds
+    used = torch.where(stopped.any(), stopped.to(torch.long).argmax() + 1, builds.shape[0])
+    log_u = draws[1:].index_select(0, used.view(1)).squeeze(0).log()
+    tv, tf, tb, tl, active = end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u)
+    return tv, tf, tb, tl, torch.cat([builds, active.view(1)])
+
+
+def _uniforms(n: int, c: int, generator, dtype, device) -> torch.Tensor:
+    """``(n, C)`` uniforms: the next ``n`` draws of ``rand((C,))`` from ``generator``, in turn."""
+    if device.type == "cpu":  # on the CPU one (n, C) draw is the n (C,) draws in turn
+        return torch.rand((n, c), generator=generator, dtype=dtype, device=device)
+    return torch.stack([torch.rand((c,), generator=generator, dtype=dtype, device=device) for _ in range(n)])
+
+
 def _compiled(compiler: StepCompiler, key, name: str, call: Callable) -> tuple[Callable, float | None]:
     """``torch.compile`` of ``call`` cached in ``compiler`` under ``key`` with the conventions of
     :class:`~ebmlab.samplers.compiled_loop.StepCompiler` (one code object per graph, so graphs never
@@ -133,6 +162,16 @@ def leaf_function(compiler: StepCompiler, spec: LeafSpec, energy: EnergyFn, shap
         return leaves_graph(spec, vg, shape, cv, cf, cb, cl, eps, log_u, index, slots, metric)
 
     return _compiled(compiler, (spec, shape, id(energy), energy), "leaf", call)
+
+
+def doubling_function(compiler: StepCompiler, spec: LeafSpec, energy: EnergyFn, shape: tuple) -> tuple[Callable, float | None]:
+    """The compiled :func:`doubling_graph` of ``spec`` (a whole doubling) on ``energy``."""
+    vg = energy_value_and_grad(energy)
+
+    def call(tv, tf, tb, tl, magnitude, energy0, kinetic0, draws, index, slots, metric):
+        return doubling_graph(spec, vg, shape, tv, tf, tb, tl, magnitude, energy0, kinetic0, draws, index, slots, metric)
+
+    return _compiled(compiler, ("doubling", spec, shape, id(energy), energy), "doubling", call)
 
 
 @dataclass(frozen=True)
@@ -200,10 +239,27 @@ class CompiledNUTS(NUTS):
         for j in range(int(self.max_tree_depth)):
             if j > 0 and not active:
                 break
+            total = 2**j
+            if total <= unroll and (generator is not None or total == 1):
+                spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error), total, True)
+                fn = self._graph(pending, ("doubling", spec), lambda: doubling_function(compiler, spec, energy, shape))
+                saved = generator.get_state() if total > 1 else None
+                draws = _uniforms(total + 2, c, generator, dtype, device)
+                tv, tf, tb, tl, flags = self._call(fn, (tv, tf, tb, tl, magnitude, energy0, kinetic0, draws,
+                                                        block_index(0, total, num, device), slots, tensors),
+                                                   dataclasses.replace(spec, family="nuts_doubling"), pending,
+                                                   ("doubling", spec))
+                flags = flags.tolist()
+                used = next((i + 1 for i, a in enumerate(flags[:-1]) if not a), total)
+                if used < total:  # eager draws no uniform for a leaf after every chain stopped
+                    generator.set_state(saved)
+                    _uniforms(used + 2, c, generator, dtype, device)
+                active = flags[-1]
+                continue
             u = torch.rand((c,), generator=generator, dtype=dtype, device=device)
             forward, eps, ends, cv, cf, cb, cl = self._call(begin, (tv, tb, u, magnitude, energy0, kinetic0),
                                                             labels[0], pending, "begin")
-            total, n, going = 2**j, 0, True
+            n, going = 0, True
             k, whole = (min(total, unroll), total <= unroll) if generator is not None else (1, j == 0)
             spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error), k, whole)
             fn = self._graph(pending, spec, lambda: leaf_function(compiler, spec, energy, shape))
@@ -252,4 +308,5 @@ def eager_nuts(kernel: NUTS) -> NUTS:
     return NUTS(**{f.name: getattr(kernel, f.name) for f in dataclasses.fields(NUTS) if f.init})
 
 
-__all__ = ["CompiledNUTS", "begin_graph", "compiled_nuts", "eager_nuts", "end_graph", "leaf_function", "leaves_graph"]
+__all__ = ["CompiledNUTS", "begin_graph", "compiled_nuts", "doubling_function", "doubling_graph", "eager_nuts", "end_graph",
+           "leaf_function", "leaves_graph"]
