@@ -1,5 +1,6 @@
-"""Smoke test of benchmarks/nuts_swap.py: its summary arithmetic, and (with JAX and BlackJAX
-installed) a tiny end-to-end run. It asserts nothing about which library is faster."""
+"""Smoke tests of benchmarks/nuts_swap.py (its summary arithmetic, and with JAX and BlackJAX
+installed a tiny end-to-end run) and of benchmarks/nuts_uturn.py. They assert nothing about
+which library or kernel is faster."""
 
 from __future__ import annotations
 
@@ -35,3 +36,14 @@ def test_the_swap_runs_end_to_end_when_blackjax_is_installed(bench, capsys):
                  "all (ebmlab ÷ BlackJAX, each its own)"):
         assert line in out
     assert out.count("seed ") >= 2 and "nan" not in out.split("kernel (")[1].split("\n")[0]
+
+
+def test_the_uturn_comparison_runs_end_to_end(monkeypatch, capsys):
+    """benchmarks/nuts_uturn.py (no BlackJAX needed): both kernels run and the summary is finite."""
+    monkeypatch.syspath_prepend(str(REPO))
+    bench = importlib.import_module("benchmarks.nuts_uturn")
+    assert bench.main(["--target", "banana", "--chains", "8", "--warmup", "30", "--draws", "20", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    summary = [line for line in out.splitlines() if line.startswith("whole-node ÷ robust checks")]
+    assert len(summary) == 1 and "nan" not in summary[0] and out.count("seed ") == 2
+    assert "gradients per draw: whole-node" in out

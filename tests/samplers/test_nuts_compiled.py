@@ -71,13 +71,16 @@ def test_compiled_leaves_give_the_eager_draws(compiler, step_size):
     assert float(torch.stack([i.tree_depth for i in eager_infos]).float().mean()) > 1  # real trees were built
 
 
-def test_unrolled_leaves_give_the_eager_draws():
+@pytest.mark.parametrize("unroll", [1, 4])
+@pytest.mark.parametrize("robust_uturn", [False, True], ids=["whole-node-checks", "robust-uturn"])
+def test_unrolled_leaves_give_the_eager_draws(unroll, robust_uturn):
     """``StepCompiler(unroll=4)``: four leaves per call; when every chain stops inside a call the
     generator is rewound to where eager NUTS leaves it (traced by dynamo, run without inductor:
-    the rewinding is under test, not the code generator)."""
-    kernel = NUTS(step_size=0.3, max_tree_depth=6, metric=METRIC)
+    the rewinding and the U-turn checks are under test, not the code generator). With and
+    without Stan's extra U-turn checks, one leaf a call (masked checks of all slots) and four."""
+    kernel = NUTS(step_size=0.3, max_tree_depth=6, metric=METRIC, robust_uturn=robust_uturn)
     eager, eager_infos, eager_rng = transitions(kernel, 3)
-    fast, fast_infos, fast_rng = transitions(compiled_nuts(kernel, StepCompiler(unroll=4, backend="aot_eager")), 3)
+    fast, fast_infos, fast_rng = transitions(compiled_nuts(kernel, StepCompiler(unroll=unroll, backend="aot_eager")), 3)
     assert torch.allclose(eager.x, fast.x, rtol=0, atol=1e-10) and torch.equal(eager_rng, fast_rng)
     for a, b in zip(eager_infos, fast_infos):
         assert torch.equal(a.num_grad_evals, b.num_grad_evals) and torch.equal(a.tree_depth, b.tree_depth)

@@ -1,7 +1,8 @@
 """The batched NUTS kernel against a recursive single-chain reference, step for step.
 
-Reference: :class:`ReferenceTree` is Stan's recursive ``base_nuts`` (Betancourt 2017, as in
-Stan ≥ 2.26) for one chain, in plain 1-chain tensors and Python floats, drawing its random
+Reference: :class:`ReferenceTree` is Stan's recursive ``base_nuts`` (Betancourt 2017; with
+``robust_uturn=True`` the extra sub-tree checks of Stan ≥ 2.26, without them the whole-node
+checks that NumPyro and BlackJAX make) for one chain, in plain 1-chain tensors and Python floats, drawing its random
 numbers in the order :mod:`ebmlab.samplers.nuts` documents; it matches the batched kernel to
 1e-12 in float64, with both generators in the same state after every transition.
 """
@@ -42,14 +43,15 @@ def _criterion(p_sharp_minus: torch.Tensor, p_sharp_plus: torch.Tensor, rho: tor
 
 class ReferenceTree:
     """One chain's NUTS transition, recursive and written after Stan's ``base_nuts::transition``
-    and ``build_tree`` (multinomial sampling, generalised criterion with the extra sub-tree
-    checks). The one departure from Stan: inside a subtree, each leaf replaces the candidate
+    and ``build_tree`` (multinomial sampling, generalised criterion, the extra sub-tree checks
+    when the kernel's ``robust_uturn`` is set). The one departure from Stan: inside a subtree, each leaf replaces the candidate
     with probability ``w / Σw`` (one uniform per leaf) instead of one uniform per merge — the
     same distribution, and the draw order of the batched kernel. Forward iff ``u < 0.5``.
     """
 
     def __init__(self, energy, kernel: NUTS, x, p, e, g, inv_mass, eps: float):
         self.energy, self.inv_mass = energy, inv_mass
+        self.robust = kernel.robust_uturn
         self.eps, self.max_error = eps, kernel.max_energy_error
         self.h0 = float(e) + self.kinetic(p)
         self.z = self.z_fwd = self.z_bck = (x, p, g, float(e))
@@ -123,8 +125,9 @@ class ReferenceTree:
             return (False,) + (None,) * 5
         rho_subtree = rho_init + rho_final
         persist = _criterion(p_sharp_beg, p_sharp_end, rho_subtree)
-        persist &= _criterion(p_sharp_beg, p_sharp_final_beg, rho_init + p_final_beg)
-        persist &= _criterion(p_sharp_init_end, p_sharp_end, rho_final + p_init_end)
+        if self.robust:
+            persist &= _criterion(p_sharp_beg, p_sharp_final_beg, rho_init + p_final_beg)
+            persist &= _criterion(p_sharp_init_end, p_sharp_end, rho_final + p_init_end)
         return persist, p_sharp_beg, p_sharp_end, rho_subtree, p_beg, p_end
 
     def merge(self, u: float) -> None:
@@ -138,8 +141,9 @@ class ReferenceTree:
         self.log_sum_weight = _logaddexp(self.log_sum_weight, self.sub_log_weight)
         self.rho = self.rho_bck + self.rho_fwd
         persist = _criterion(self.p_sharp_bck_bck, self.p_sharp_fwd_fwd, self.rho)
-        persist &= _criterion(self.p_sharp_bck_bck, self.p_sharp_fwd_bck, self.rho_bck + self.p_fwd_bck)
-        persist &= _criterion(self.p_sharp_bck_fwd, self.p_sharp_fwd_fwd, self.rho_fwd + self.p_bck_fwd)
+        if self.robust:
+            persist &= _criterion(self.p_sharp_bck_bck, self.p_sharp_fwd_bck, self.rho_bck + self.p_fwd_bck)
+            persist &= _criterion(self.p_sharp_bck_fwd, self.p_sharp_fwd_fwd, self.rho_fwd + self.p_bck_fwd)
         self.active = persist
 
 
@@ -188,6 +192,11 @@ REFERENCE_CASES = {
     "eight-gaussians": (ring, NUTS(step_size=0.2)),
     "gaussian-10d-diagonal-metric": (scaled_10d, NUTS(step_size=0.8, metric=Metric(SCALES**2))),
     "gaussian-10d-depth-limit": (scaled_10d, NUTS(step_size=0.1, max_tree_depth=5)),
+    # Stan's extra U-turn checks
+    "gaussian-2d-robust-uturn": (correlated, NUTS(step_size=0.3, robust_uturn=True)),
+    "eight-gaussians-robust-uturn": (ring, NUTS(step_size=0.2, robust_uturn=True)),
+    "gaussian-10d-robust-uturn": (scaled_10d, NUTS(step_size=0.8, metric=Metric(SCALES**2), robust_uturn=True)),
+    "gaussian-10d-robust-uturn-depth-limit": (scaled_10d, NUTS(step_size=0.1, max_tree_depth=5, robust_uturn=True)),
     # one ε per chain (0.05 … 3.0: short trees, long trees and divergent ones in one batch)
     "gaussian-10d-per-chain-step": (scaled_10d, NUTS(step_size=torch.tensor([0.05, 0.1, 0.3, 0.6, 0.8, 1.0, 1.5, 3.0],
                                                                            dtype=torch.float64),
@@ -233,3 +242,27 @@ def test_batched_kernel_matches_recursive_reference(name):
     assert saw["moved"] > 0
     if name == "gaussian-2d-divergent":
         assert info.diverged.any()
+
+
+@pytest.mark.parametrize("make_target,step", [(correlated, 0.3), (ring, 0.02), (scaled_10d, 0.1)])
+def test_robust_uturn_checks_only_stop_trees_earlier(make_target, step):
+    """From the same state, momentum and draws (one chain at a time, so that the batch does not
+    couple the draws), Stan's extra checks can only stop a trajectory at or before the point
+    the whole-node checks stop it, and on these targets they stop some earlier: the option is
+    live, and it adds stopping conditions, nothing else."""
+    target = make_target()
+    x0 = target.sample(48, torch.Generator().manual_seed(5)).to(torch.float64)
+    plain, robust = NUTS(step_size=step), NUTS(step_size=step, robust_uturn=True)
+    counts = []
+    for i in range(x0.shape[0]):
+        row = x0[i:i + 1]
+        _, info_plain = plain.step(target, plain.init(target, row), torch.Generator().manual_seed(6 + i))
+        _, info_robust = robust.step(target, robust.init(target, row), torch.Generator().manual_seed(6 + i))
+        counts.append((int(info_robust.num_grad_evals), int(info_plain.num_grad_evals)))
+    assert all(r <= p for r, p in counts), counts
+    assert any(r < p for r, p in counts), counts
+
+
+def test_robust_uturn_must_be_a_bool():
+    with pytest.raises(ValueError, match="robust_uturn must be True or False"):
+        NUTS(step_size=0.1, robust_uturn="yes").validate()

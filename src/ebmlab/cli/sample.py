@@ -74,6 +74,9 @@ _ENERGY_HELP = (
 @click.option("--target-accept", type=float, default=None, help="Acceptance rate that burn-in tunes toward.")
 @click.option("--max-tree-depth", type=int, default=None, metavar="D",
               help="nuts: at most D trajectory doublings (2^D - 1 leapfrog steps) per transition [default: 10].")
+@click.option("--robust-uturn", is_flag=True, default=False,
+              help="nuts: also Stan's extra U-turn checks (each half of the trajectory extended by a leaf of the "
+                   "other); shorter trees, fewer effective draws per gradient on most targets.")
 @click.option("--metric", type=click.Choice(["diag", "dense", "diag_per_chain"]), default=None,
               help="hmc, mala, nuts: learn a diagonal or dense mass matrix with the step size during burn-in "
                    "(Stan's window adaptation), pooled over chains, or with diag_per_chain one diagonal per "
@@ -97,8 +100,8 @@ _ENERGY_HELP = (
                    "otherwise trace plots (replaces only a picture ebmlab wrote).")
 @user_errors(terms=in_option_terms)
 def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_size, num_leapfrog, seed, init,
-            device, threads, progress, compile_, compile_mode, event_shape, support, target_accept, max_tree_depth, metric, base,
-            num_temperatures, max_temperature, out, plot, plot_chains) -> None:
+            device, threads, progress, compile_, compile_mode, event_shape, support, target_accept, max_tree_depth, robust_uturn, metric,
+            base, num_temperatures, max_temperature, out, plot, plot_chains) -> None:
     if threads is not None:
         set_threads(threads)
     progress = is_terminal() if progress is None else progress
@@ -107,7 +110,7 @@ def command(energy_spec, sampler, num_chains, num_steps, burn_in, thin, step_siz
         thin=thin, step_size=step_size, num_leapfrog=num_leapfrog, seed=seed, init=init,
         device=device, compile=compile_ or compile_mode is not None, compile_mode=compile_mode, event_shape=parse_event_shape(event_shape),
         target_accept=target_accept, plot=plot, plot_chains=plot_chains, progress=progress,
-        max_tree_depth=max_tree_depth, metric=metric, base=base, num_temperatures=num_temperatures,
+        max_tree_depth=max_tree_depth, robust_uturn=robust_uturn, metric=metric, base=base, num_temperatures=num_temperatures,
         max_temperature=max_temperature, support=support, lean_threads=threads is None,
     )
     annealed_run = noise_conditional_run(energy_spec) if sampler in (None, ANNEALED) else None

@@ -61,7 +61,7 @@ SUMMARY_DIMS = 4
 class SampleJob:
     """Options of one sampling job (those of ``ebmlab sample``). ``step_size=None`` keeps the
     kernel's default; ``init`` is ``"noise"``, ``"zeros"`` or a path to a ``.npy`` file.
-    ``max_tree_depth``: NUTS's; ``metric``: ``"diag"``/``"dense"``/``"diag_per_chain"`` learns a mass matrix during
+    ``max_tree_depth``, ``robust_uturn``: NUTS's; ``metric``: ``"diag"``/``"dense"``/``"diag_per_chain"`` learns a mass matrix during
     burn-in (window adaptation; hmc, mala, nuts); ``base``, ``num_temperatures``,
     ``max_temperature``: parallel tempering's (``sampler="pt"``; the ladder adapts during burn-in).
     ``plot``, ``plot_chains``: pictures of the samples and of the chains over time (``.png``, ``.pdf``
@@ -91,6 +91,7 @@ class SampleJob:
     plot_chains: str | None = None
     progress: bool = False
     max_tree_depth: int | None = None
+    robust_uturn: bool = False
     metric: str | None = None
     base: str | None = None
     num_temperatures: int | None = None
@@ -158,6 +159,8 @@ def validate(job: SampleJob) -> None:
         return
     if job.max_tree_depth is not None and job.sampler != "nuts":
         raise ValueError(f"--max-tree-depth applies to --sampler nuts, not {job.sampler}")
+    if job.robust_uturn and job.sampler != "nuts":
+        raise ValueError(f"--robust-uturn applies to --sampler nuts, not {job.sampler}")
     pt_given = [o for o, v in (("--base", job.base), ("--temperatures", job.num_temperatures),
                                ("--max-temperature", job.max_temperature)) if v is not None]
     if pt_given and job.sampler != "pt":
@@ -209,7 +212,8 @@ def _leapfrog(name: str, job: SampleJob) -> dict:
 def kernel_arguments(job: SampleJob) -> dict:
     """The hyperparameters ``make_kernel(job.sampler, ...)`` gets; for ``pt`` the base kernel is
     built here (with ``--leapfrog``) and the ladder adapts over the burn-in."""
-    options = {"step_size": job.step_size, **_leapfrog(job.sampler, job), "max_tree_depth": job.max_tree_depth}
+    options = {"step_size": job.step_size, **_leapfrog(job.sampler, job), "max_tree_depth": job.max_tree_depth,
+               "robust_uturn": True if job.robust_uturn else None}
     if job.sampler == "pt":
         base = job.base or "mala"
         options.update(base=make_kernel(base, **_leapfrog(base, job)), num_temperatures=job.num_temperatures,

@@ -103,16 +103,22 @@ def leaves_graph(spec: LeafSpec, vg: Callable, shape: tuple, cv, cf, cb, cl, eps
         torch.stack(first), out["any"]
 
 
-def end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u):
-    """The packed trajectory merged with the packed subtree, and whether any chain is still active."""
+def end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u, robust: bool = False):
+    """The packed trajectory merged with the packed subtree, and whether any chain is still active
+    (``robust``: Stan's extra U-turn checks)."""
     t = _unpack_trajectory(tv, tf, tb, tl)
     x, p, g, cand_x, cand_g, cum, _ = cv.unbind(0)
     _, _, log_weight, sum_accept, cand_e, cand_err = cf.unbind(0)
     sub = Subtree(cb[0], cb[1], Edge(x, p, sharp, g), first[0], first[1], cum, log_weight, cand_x, cand_e, cand_g,
                   cand_err, sum_accept, cl)
     near = Edge(None, ends[0], ends[1], None)
-    t = end_doubling(where_choice, t, sub, forward, near, ends[2], log_u)
+    t = end_doubling(where_choice, t, sub, forward, near, ends[2], log_u, robust=robust)
     return (*_pack_trajectory(t), t["active"].any())
+
+
+def end_graph_robust(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u):
+    """:func:`end_graph` with Stan's extra U-turn checks (a graph of its own)."""
+    return end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u, True)
 
 
 def doubling_graph(spec: LeafSpec, vg: Callable, shape: tuple, tv, tf, tb, tl, magnitude, energy0, kinetic0, draws,
@@ -129,7 +135,8 @@ def doubling_graph(spec: LeafSpec, vg: Callable, shape: tuple, tv, tf, tb, tl, m
     stopped = ~builds
     used = torch.where(stopped.any(), stopped.to(torch.long).argmax() + 1, builds.shape[0])
     log_u = draws[1:].index_select(0, used.view(1)).squeeze(0).log()
-    tv, tf, tb, tl, active = end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u)
+    tv, tf, tb, tl, active = end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u,
+                                       spec.robust)
     return tv, tf, tb, tl, torch.cat([builds, active.view(1)])
 
 
@@ -224,9 +231,12 @@ class CompiledNUTS(NUTS):
         pending: dict = {}
         compiler = self.compiler
         begin = self._graph(pending, "begin", lambda: _compiled(compiler, ("nuts_begin",), "begin", begin_graph))
-        end = self._graph(pending, "end", lambda: _compiled(compiler, ("nuts_end",), "end", end_graph))
+        robust = bool(self.robust_uturn)
+        end = self._graph(pending, "end", lambda: _compiled(compiler, ("nuts_end", robust), "end",
+                                                            end_graph_robust if robust else end_graph))
 
-        labels = [LeafSpec(f"nuts_{which}", kind, num, float(self.max_energy_error)) for which in ("begin", "end")]
+        labels = [LeafSpec(f"nuts_{which}", kind, num, float(self.max_energy_error), robust=robust)
+                  for which in ("begin", "end")]
         x, g, sharp0 = x0.flatten(1), state.grad.flatten(1), metric.velocity(p0)
         tv = torch.stack([x, p0, sharp0, g, x, p0, sharp0, g, p0, x, g])
         zeros = torch.zeros_like(energy0)
@@ -243,7 +253,7 @@ class CompiledNUTS(NUTS):
                 break
             total = 2**j
             if total <= 2 * unroll and (generator is not None or total == 1):
-                spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error), total, True)
+                spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error), total, True, robust)
                 fn = self._graph(pending, ("doubling", spec), lambda: doubling_function(compiler, spec, energy, shape))
                 saved = generator.get_state() if total > 1 else None
                 draws = _uniforms(total + 2, c, generator, dtype, device)
@@ -263,7 +273,7 @@ class CompiledNUTS(NUTS):
                                                             labels[0], pending, "begin")
             n, going = 0, True
             k, whole = (min(total, unroll), total <= unroll) if generator is not None else (1, j == 0)
-            spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error), k, whole)
+            spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error), k, whole, robust)
             fn = self._graph(pending, spec, lambda: leaf_function(compiler, spec, energy, shape))
             sharp, first = ends[1], ends[:2]
             while going and n < total:

@@ -10,9 +10,9 @@ doubling is
 3. :func:`end_doubling`: Stan's biased progressive sampling between trajectory and subtree —
    the subtree's candidate replaces the trajectory's iff ``log u < log W_sub - log W_traj``
    (Betancourt 2017, App. A.3.2) — then ``log W ← log(W + W_sub)``, the new end, ``ρ ← ρ + ρ_sub``
-   and the three U-turn checks of the merged tree (whole, and each half extended by the
-   adjacent leaf of the other; Stan ≥ 2.26). A chain stays active iff its subtree is valid and
-   the merged tree does not turn.
+   and the U-turn check of the merged tree (and with ``robust``, Stan's (≥ 2.26) checks of each
+   half extended by the adjacent leaf of the other). A chain stays active iff its subtree is
+   valid and the merged tree does not turn.
 
 The trajectory is a dict of tensors (:data:`TRAJECTORY` keys, ``(C, D)`` or ``(C,)``, positions
 ``(C, *event)``), so the same functions run eagerly (with :class:`~ebmlab.samplers.nuts_tree.RowChoice`)
@@ -78,15 +78,17 @@ def begin_doubling(choice: Choice, t: dict, u: torch.Tensor, magnitude: torch.Te
 
 
 def end_doubling(choice: Choice, t: dict, sub: Subtree, forward: torch.Tensor, near: Edge, far_sharp: torch.Tensor,
-                 log_u: torch.Tensor, take_last: bool = False) -> dict[str, torch.Tensor]:
+                 log_u: torch.Tensor, take_last: bool = False, robust: bool = False) -> dict[str, torch.Tensor]:
     """The trajectory ``t`` merged with ``sub`` (module docstring, step 3); ``log_u`` ``(C,)`` is
-    the log-uniform of the choice between them. ``take_last`` (tests only): take every valid subtree."""
+    the log-uniform of the choice between them. ``take_last`` (tests only): take every valid
+    subtree; ``robust``: Stan's two extra U-turn checks."""
     take = sub.valid if take_last else sub.valid & (log_u < sub.log_weight - t["log_weight"])
     choose = choice(take)
     rho_new = t["rho"] + sub.rho
     ok = persists(far_sharp, sub.far.sharp, rho_new)
-    ok = ok & persists(far_sharp, sub.near_sharp, t["rho"] + sub.near_p)
-    ok = ok & persists(near.sharp, sub.far.sharp, sub.rho + near.p)
+    if robust:
+        ok = ok & persists(far_sharp, sub.near_sharp, t["rho"] + sub.near_p)
+        ok = ok & persists(near.sharp, sub.far.sharp, sub.rho + near.p)
     out = dict(x=choose(sub.x, t["x"]), g=choose(sub.grad, t["g"]), e=torch.where(take, sub.energy, t["e"]),
                error=torch.where(take, sub.energy_error, t["error"]), moved=t["moved"] | take,
                log_weight=torch.where(sub.valid, torch.logaddexp(t["log_weight"], sub.log_weight), t["log_weight"]),

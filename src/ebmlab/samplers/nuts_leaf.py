@@ -12,7 +12,8 @@ does per leaf —
 * the progressive multinomial update (Betancourt 2017, App. A.3.2): with ``log w = -ΔH`` the leaf
   replaces the candidate iff ``log u < log w - log Σ_{i≤n} w_i``;
 * the checkpoint write and the generalised U-turn checks of every sub-tree the leaf ends
-  (Betancourt 2013; the three checks of Stan ≥ 2.26; see :mod:`ebmlab.samplers.nuts_tree`).
+  (Betancourt 2013; with ``LeafSpec.robust`` the two extra checks of Stan ≥ 2.26; see
+  :mod:`ebmlab.samplers.nuts_tree`).
 
 Checkpoints as tensors: the slots form one ``(L + 1, 5, C, D)`` buffer (``L =
 max(max_tree_depth - 1, 1)``) of ``(p♯_s, p♯_{s-1}, R_s, R_{s-1}, R_{s-2})`` (``R`` the
@@ -69,8 +70,9 @@ DEFAULT_UNROLL = 4
 class LeafSpec:
     """What fixes a leaf graph: ``family`` (``"nuts_leaf"``), ``metric`` (``"identity"``,
     ``"diag"``, ``"dense"``), ``num_slots`` ``L``, ``max_energy_error``, ``unroll`` (leaves
-    per call) and ``whole``: the call is a whole doubling (``2^j = unroll`` leaves), so its last
-    leaf ends ``j`` sub-trees, known when tracing (no masked checks)."""
+    per call), ``whole``: the call is a whole doubling (``2^j = unroll`` leaves), so its last
+    leaf ends ``j`` sub-trees, known when tracing (no masked checks), and ``robust``: Stan's
+    extra U-turn checks."""
 
     family: str
     metric: str
@@ -78,6 +80,7 @@ class LeafSpec:
     max_energy_error: float
     unroll: int = 1
     whole: bool = False
+    robust: bool = False
 
 
 def _col(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -92,6 +95,8 @@ def _all_levels_persist(spec: LeafSpec, slots, index, sharp, cum) -> torch.Tenso
     top, levels = index[1], index[2]
     checked = ((k <= top) & (k > top - levels)).view(-1, 1)
     ok = persists(s, sharp, cum - rp)  # the whole node, (L, C)
+    if not spec.robust:
+        return (ok | ~checked).all(0)
     halves = persists(s[:-1], s[1:], r[1:] - rp[:-1]) & persists(sp[1:], sharp, cum - rp2[1:])
     halves = torch.cat([halves, torch.ones_like(ok[:1])]) | (k >= top).view(-1, 1)  # one leaf: no halves
     return (ok & halves | ~checked).all(0)
@@ -138,7 +143,7 @@ def leaf(spec: LeafSpec, vg: Callable, c: dict, log_u: torch.Tensor, index: torc
     for level in range(1, (levels or 0) + 1):  # the leaf's own sub-trees, a known number of them
         sharp_s, _, _, cum_prev_s, _ = slots.index_select(0, (top - (level - 1)).view(1))[0].unbind(0)
         ok = persists(sharp_s, sharp, cum - cum_prev_s)
-        if level > 1:
+        if spec.robust and level > 1:
             sharp_m, sharp_prev_m, cum_m, _, cum_prev2_m = slots.index_select(0, (top - (level - 2)).view(1))[0].unbind(0)
             ok = ok & persists(sharp_s, sharp_m, cum_m - cum_prev_s) & persists(sharp_prev_m, sharp, cum - cum_prev2_m)
         building = building & ok

@@ -9,8 +9,9 @@ number of trailing zero bits), which are checked as soon as leaf ``n`` exists.
 
 U-turn criterion (Betancourt 2013, 2017 §A.4.2, the generalised criterion with momentum sums):
 a node ``[s, e]`` is *turning* unless ``p♯_s·ρ > 0 and p♯_e·ρ > 0``, with ``p♯ = M⁻¹p`` and
-``ρ = Σ_{i=s}^{e} p_i``. As Stan (≥ 2.26) does, a node with halves ``[s, m-1]`` and ``[m, e]``
-is checked three times: over the whole node, over the first half extended by leaf ``m``, and
+``ρ = Σ_{i=s}^{e} p_i``. Every node is checked over its whole span (as NumPyro's and BlackJAX's
+iterative NUTS do); with ``robust=True`` a node with halves ``[s, m-1]`` and ``[m, e]`` is
+checked twice more, as Stan (≥ 2.26) does: over the first half extended by leaf ``m``, and
 over the second half extended by leaf ``m-1``.
 
 Checkpoints: with ``R_n = Σ_{i≤n} p_i`` (``R_{-1} = R_{-2} = 0``), every sum above is a
@@ -100,10 +101,12 @@ class Subtree:
 class Checkpoints:
     """The slots of the module docstring: slot ``l`` holds the leaf tensors
     ``(p♯_s, p♯_{s-1}, R_s, R_{s-1}, R_{s-2})`` of the start leaf ``s`` of the current level-``l``
-    node, by reference (each ``(C, D)``)."""
+    node, by reference (each ``(C, D)``). ``robust``: also Stan's two checks of each half
+    extended by the adjacent leaf of the other."""
 
-    def __init__(self, num_levels: int):
+    def __init__(self, num_levels: int, robust: bool = False):
         self.slots: list[tuple[torch.Tensor, ...] | None] = [None] * num_levels
+        self.robust = robust
 
     def write(self, top: int, values: tuple[torch.Tensor, ...]) -> None:
         """The leaf's values into slots ``1 … top`` (the leaf starts the nodes of those levels;
@@ -112,10 +115,10 @@ class Checkpoints:
             self.slots[level] = values
 
     def node_persists(self, level: int, sharp_end: torch.Tensor, cum_end: torch.Tensor) -> torch.Tensor:
-        """The three checks of the level-``level`` node ending at the current leaf passed, ``(C,)`` bool."""
+        """The checks of the level-``level`` node ending at the current leaf passed, ``(C,)`` bool."""
         sharp_s, _, _, cum_prev_s, _ = self.slots[level]
         ok = persists(sharp_s, sharp_end, cum_end - cum_prev_s)
-        if level > 1:  # for two leaves the three checks coincide (and slot 0 is not kept)
+        if self.robust and level > 1:  # for two leaves the three checks coincide (and slot 0 is not kept)
             sharp_m, sharp_prev_m, cum_m, _, cum_prev2_m = self.slots[level - 1]
             ok &= persists(sharp_s, sharp_m, cum_m - cum_prev_s)
             ok &= persists(sharp_prev_m, sharp_end, cum_end - cum_prev2_m)
