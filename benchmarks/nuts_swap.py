@@ -57,10 +57,10 @@ from ebmlab.samplers.nuts import NUTS
 PARAMS = ("ebmlab", "bj")
 
 
-def ebmlab_warm_up(target, x0: np.ndarray, warmup: int, seed: int):
+def ebmlab_warm_up(target, x0: np.ndarray, warmup: int, seed: int, compile: bool = False):
     """ebmlab's tuned ``(step sizes (C,), inverse metric (C, D), final positions (C, D))``."""
     warm = sample(target.energy, NUTS(), torch.as_tensor(x0), num_steps=0, burn_in=warmup, adapt="window",
-                  metric="diag", adapt_per_chain=True, generator=torch.Generator().manual_seed(seed))
+                  metric="diag", adapt_per_chain=True, generator=torch.Generator().manual_seed(seed), compile=compile)
     inv = warm.kernel.metric.inverse_mass_matrix.double().numpy()
     return (warm.kernel.step_size.double().numpy(), np.broadcast_to(inv, x0.shape).copy(),
             warm.final_state.x.double().numpy())
@@ -85,15 +85,17 @@ def warm_ups(target, x0: np.ndarray, warmup: int, seed: int):
     return {"ebmlab": ours, "bj": theirs}
 
 
-def run_ebmlab(target, params, draws: int, seed: int, robust_uturn: bool = False) -> tuple[float, float, float]:
-    """ESS per 1,000 gradients (bulk, tail) of ebmlab's NUTS with ``params`` (and ``robust_uturn``),
-    and its gradients per draw (mean over chains)."""
+def run_ebmlab(target, params, draws: int, seed: int, robust_uturn: bool = False,
+               compile: bool = False) -> tuple[float, float, float]:
+    """ESS per 1,000 gradients (bulk, tail) of ebmlab's NUTS with ``params`` (and ``robust_uturn``;
+    ``compile``: compiled leaves, the same chains to rounding), and its gradients per draw (mean
+    over chains)."""
     steps, inv, x = params
     dtype = target.energy(torch.zeros(1, target.dim)).dtype
     kernel = NUTS(step_size=torch.as_tensor(steps, dtype=dtype), metric=Metric(torch.as_tensor(inv, dtype=dtype),
                                                                                per_chain=True), robust_uturn=robust_uturn)
     record = sample(target.energy, kernel, torch.as_tensor(x, dtype=dtype), num_steps=draws, adapt=False,
-                    generator=torch.Generator().manual_seed(seed + 1))
+                    generator=torch.Generator().manual_seed(seed + 1), compile=compile)
     bulk, tail = worst_ess(record.samples.double().numpy())
     grads = float(record.num_grad_evals.sum())
     return 1e3 * bulk / grads, 1e3 * tail / grads, grads / (draws * x.shape[0])

@@ -48,17 +48,18 @@ def test_nuts_with_tree_depth_and_window_adapted_metric(tmp_path):
     assert "ess_bulk" in result.output and "nuts: acceptance mean" in result.output
 
 
-def test_robust_uturn_reaches_the_nuts_kernel_and_is_refused_elsewhere(tmp_path):
-    out = tmp_path / "robust.npz"
-    ok("--energy", "gmm8", "--sampler", "nuts", "--robust-uturn", "--chains", 3, "--steps", 10, "--burn-in", 20,
+def test_no_robust_uturn_reaches_the_nuts_kernel_and_is_refused_elsewhere(tmp_path):
+    out = tmp_path / "whole.npz"
+    ok("--energy", "gmm8", "--sampler", "nuts", "--no-robust-uturn", "--chains", 3, "--steps", 10, "--burn-in", 20,
        "--out", out)
     meta = meta_of(out)
-    assert meta["robust_uturn"] is True and "robust_uturn=True" in meta["kernel"], meta["kernel"]
-    plain = tmp_path / "plain.npz"
-    ok("--energy", "gmm8", "--sampler", "nuts", "--chains", 3, "--steps", 10, "--burn-in", 20, "--out", plain)
-    assert "robust_uturn=False" in meta_of(plain)["kernel"]
-    result = run("--energy", "gmm8", "--sampler", "mala", "--robust-uturn", "--out", tmp_path / "mala.npz")
-    assert result.exit_code == 2 and "--robust-uturn applies to --sampler nuts, not mala" in result.output
+    assert meta["robust_uturn"] is False and "robust_uturn=False" in meta["kernel"], meta["kernel"]
+    default = tmp_path / "default.npz"
+    ok("--energy", "gmm8", "--sampler", "nuts", "--chains", 3, "--steps", 10, "--burn-in", 20, "--out", default)
+    assert "robust_uturn=True" in meta_of(default)["kernel"]
+    for flag in ("--robust-uturn", "--no-robust-uturn"):
+        result = run("--energy", "gmm8", "--sampler", "mala", flag, "--out", tmp_path / "mala.npz")
+        assert result.exit_code == 2 and f"{flag} applies to --sampler nuts, not mala" in result.output
     assert not (tmp_path / "mala.npz").exists()
 
 

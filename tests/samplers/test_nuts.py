@@ -55,9 +55,9 @@ INVARIANCE = {
     "eight-gaussians": (ring, NUTS(step_size=0.2), 5, 4000),
     "gaussian-10d-diagonal-metric": (scaled_10d, NUTS(step_size=1.0, metric=Metric(SCALES**2)), 5, 4000),
     "gaussian-10d-no-metric": (scaled_10d, NUTS(step_size=0.1), 3, 2000),
-    # Stan's extra U-turn checks (robust_uturn=True): another stopping rule, the same target
-    "gaussian-2d-robust-uturn": (correlated, NUTS(step_size=1.2, robust_uturn=True), 5, 4000),
-    "gaussian-10d-no-metric-robust-uturn": (scaled_10d, NUTS(step_size=0.1, robust_uturn=True), 3, 2000),
+    # without Stan's extra U-turn checks (robust_uturn=False): another stopping rule, the same target
+    "gaussian-2d-whole-node-uturn": (correlated, NUTS(step_size=1.2, robust_uturn=False), 5, 4000),
+    "gaussian-10d-no-metric-whole-node-uturn": (scaled_10d, NUTS(step_size=0.1, robust_uturn=False), 3, 2000),
 }
 
 
@@ -66,7 +66,7 @@ def test_nuts_keeps_the_target_from_exact_draws(name):
     """Endpoints of chains started at exact draws keep the target's mean and covariance.
 
     Tolerance z = 4.5 SEs per entry; smallest detectable errors in the module docstring.
-    Measured max |z|: 1.3, 1.5, 1.4, 2.0, 3.0, 1.8 and 2.9 (in the order of ``INVARIANCE``).
+    Measured max |z|: 1.8, 1.6, 1.4, 2.0, 2.9, 1.3 and 3.0 (in the order of ``INVARIANCE``).
     Negative control: :func:`test_last_leaf_instead_of_multinomial_fails`.
     """
     make_target, kernel, steps, chains = INVARIANCE[name]
@@ -78,7 +78,7 @@ def test_nuts_keeps_the_target_from_exact_draws(name):
 def test_nuts_keeps_the_target_over_many_transitions():
     """40 transitions at ε = 1.2 from exact draws of the 2-D Gaussian (1,000 chains): still
     on target at z = 4.5 (smallest detectable error 0.14 in a mean, 20 % in a variance;
-    measured max |z| = 1.9)."""
+    measured max |z| = 2.0)."""
     target = correlated()
     x = endpoints(target, NUTS(step_size=1.2), 40, seed=22, num_chains=1000)
     assert_moments_close(x, target.mean, target.covariance, z=DEFAULT_Z)

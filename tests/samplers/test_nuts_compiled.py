@@ -72,12 +72,12 @@ def test_compiled_leaves_give_the_eager_draws(compiler, step_size):
 
 
 @pytest.mark.parametrize("unroll", [1, 4])
-@pytest.mark.parametrize("robust_uturn", [False, True], ids=["whole-node-checks", "robust-uturn"])
+@pytest.mark.parametrize("robust_uturn", [True, False], ids=["robust-uturn", "whole-node-checks"])
 def test_unrolled_leaves_give_the_eager_draws(unroll, robust_uturn):
     """``StepCompiler(unroll=4)``: four leaves per call; when every chain stops inside a call the
     generator is rewound to where eager NUTS leaves it (traced by dynamo, run without inductor:
-    the rewinding and the U-turn checks are under test, not the code generator). With and
-    without Stan's extra U-turn checks, one leaf a call (masked checks of all slots) and four."""
+    the rewinding and the U-turn checks are under test, not the code generator). With Stan's
+    extra U-turn checks and without, one leaf a call (masked checks of all slots) and four."""
     kernel = NUTS(step_size=0.3, max_tree_depth=6, metric=METRIC, robust_uturn=robust_uturn)
     eager, eager_infos, eager_rng = transitions(kernel, 3)
     fast, fast_infos, fast_rng = transitions(compiled_nuts(kernel, StepCompiler(unroll=unroll, backend="aot_eager")), 3)

@@ -74,9 +74,10 @@ _ENERGY_HELP = (
 @click.option("--target-accept", type=float, default=None, help="Acceptance rate that burn-in tunes toward.")
 @click.option("--max-tree-depth", type=int, default=None, metavar="D",
               help="nuts: at most D trajectory doublings (2^D - 1 leapfrog steps) per transition [default: 10].")
-@click.option("--robust-uturn", is_flag=True, default=False,
-              help="nuts: also Stan's extra U-turn checks (each half of the trajectory extended by a leaf of the "
-                   "other); shorter trees, fewer effective draws per gradient on most targets.")
+@click.option("--robust-uturn/--no-robust-uturn", default=None,
+              help="nuts: Stan's extra U-turn checks (each half of the trajectory extended by a leaf of the other) "
+                   "[default: on]; without them NUTS can run in circles on near-isotropic targets, and gets more "
+                   "ESS per gradient where it does not (the banana: 1.24x).")
 @click.option("--metric", type=click.Choice(["diag", "dense", "diag_per_chain"]), default=None,
               help="hmc, mala, nuts: learn a diagonal or dense mass matrix with the step size during burn-in "
                    "(Stan's window adaptation), pooled over chains, or with diag_per_chain one diagonal per "

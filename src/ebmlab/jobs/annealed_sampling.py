@@ -41,7 +41,7 @@ PICTURE_TIMES = 101
 #: SampleJob field -> (option, its default): what annealed Langevin has no use for.
 _INAPPLICABLE = {"burn_in": ("--burn-in", 500), "thin": ("--thin", 1), "num_leapfrog": ("--leapfrog", 10),
                  "target_accept": ("--target-accept", None), "max_tree_depth": ("--max-tree-depth", None),
-                 "robust_uturn": ("--robust-uturn", False),
+                 "robust_uturn": ("--robust-uturn", None),
                  "metric": ("--metric", None), "base": ("--base", None), "num_temperatures": ("--temperatures", None),
                  "max_temperature": ("--max-temperature", None), "compile": ("--compile", False),
                  "compile_mode": ("--compile-mode", None)}

@@ -91,7 +91,7 @@ class SampleJob:
     plot_chains: str | None = None
     progress: bool = False
     max_tree_depth: int | None = None
-    robust_uturn: bool = False
+    robust_uturn: bool | None = None
     metric: str | None = None
     base: str | None = None
     num_temperatures: int | None = None
@@ -159,8 +159,9 @@ def validate(job: SampleJob) -> None:
         return
     if job.max_tree_depth is not None and job.sampler != "nuts":
         raise ValueError(f"--max-tree-depth applies to --sampler nuts, not {job.sampler}")
-    if job.robust_uturn and job.sampler != "nuts":
-        raise ValueError(f"--robust-uturn applies to --sampler nuts, not {job.sampler}")
+    if job.robust_uturn is not None and job.sampler != "nuts":
+        flag = "--robust-uturn" if job.robust_uturn else "--no-robust-uturn"
+        raise ValueError(f"{flag} applies to --sampler nuts, not {job.sampler}")
     pt_given = [o for o, v in (("--base", job.base), ("--temperatures", job.num_temperatures),
                                ("--max-temperature", job.max_temperature)) if v is not None]
     if pt_given and job.sampler != "pt":
@@ -213,7 +214,7 @@ def kernel_arguments(job: SampleJob) -> dict:
     """The hyperparameters ``make_kernel(job.sampler, ...)`` gets; for ``pt`` the base kernel is
     built here (with ``--leapfrog``) and the ladder adapts over the burn-in."""
     options = {"step_size": job.step_size, **_leapfrog(job.sampler, job), "max_tree_depth": job.max_tree_depth,
-               "robust_uturn": True if job.robust_uturn else None}
+               "robust_uturn": job.robust_uturn}
     if job.sampler == "pt":
         base = job.base or "mala"
         options.update(base=make_kernel(base, **_leapfrog(base, job)), num_temperatures=job.num_temperatures,

@@ -103,7 +103,7 @@ def leaves_graph(spec: LeafSpec, vg: Callable, shape: tuple, cv, cf, cb, cl, eps
         torch.stack(first), out["any"]
 
 
-def end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u, robust: bool = False):
+def end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u, robust: bool = True):
     """The packed trajectory merged with the packed subtree, and whether any chain is still active
     (``robust``: Stan's extra U-turn checks)."""
     t = _unpack_trajectory(tv, tf, tb, tl)
@@ -116,9 +116,9 @@ def end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u
     return (*_pack_trajectory(t), t["active"].any())
 
 
-def end_graph_robust(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u):
-    """:func:`end_graph` with Stan's extra U-turn checks (a graph of its own)."""
-    return end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u, True)
+def end_graph_whole_node(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u):
+    """:func:`end_graph` without Stan's extra U-turn checks (a graph of its own)."""
+    return end_graph(tv, tf, tb, tl, cv, cf, cb, cl, sharp, first, forward, ends, log_u, False)
 
 
 def doubling_graph(spec: LeafSpec, vg: Callable, shape: tuple, tv, tf, tb, tl, magnitude, energy0, kinetic0, draws,
@@ -233,7 +233,7 @@ class CompiledNUTS(NUTS):
         begin = self._graph(pending, "begin", lambda: _compiled(compiler, ("nuts_begin",), "begin", begin_graph))
         robust = bool(self.robust_uturn)
         end = self._graph(pending, "end", lambda: _compiled(compiler, ("nuts_end", robust), "end",
-                                                            end_graph_robust if robust else end_graph))
+                                                            end_graph if robust else end_graph_whole_node))
 
         labels = [LeafSpec(f"nuts_{which}", kind, num, float(self.max_energy_error), robust=robust)
                   for which in ("begin", "end")]

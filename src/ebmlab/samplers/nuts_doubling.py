@@ -10,8 +10,8 @@ doubling is
 3. :func:`end_doubling`: Stan's biased progressive sampling between trajectory and subtree —
    the subtree's candidate replaces the trajectory's iff ``log u < log W_sub - log W_traj``
    (Betancourt 2017, App. A.3.2) — then ``log W ← log(W + W_sub)``, the new end, ``ρ ← ρ + ρ_sub``
-   and the U-turn check of the merged tree (and with ``robust``, Stan's (≥ 2.26) checks of each
-   half extended by the adjacent leaf of the other). A chain stays active iff its subtree is
+   and the U-turn checks of the merged tree (whole, and with ``robust``, the default, each half
+   extended by the adjacent leaf of the other; Stan ≥ 2.26). A chain stays active iff its subtree is
    valid and the merged tree does not turn.
 
 The trajectory is a dict of tensors (:data:`TRAJECTORY` keys, ``(C, D)`` or ``(C,)``, positions
@@ -78,7 +78,7 @@ def begin_doubling(choice: Choice, t: dict, u: torch.Tensor, magnitude: torch.Te
 
 
 def end_doubling(choice: Choice, t: dict, sub: Subtree, forward: torch.Tensor, near: Edge, far_sharp: torch.Tensor,
-                 log_u: torch.Tensor, take_last: bool = False, robust: bool = False) -> dict[str, torch.Tensor]:
+                 log_u: torch.Tensor, take_last: bool = False, robust: bool = True) -> dict[str, torch.Tensor]:
     """The trajectory ``t`` merged with ``sub`` (module docstring, step 3); ``log_u`` ``(C,)`` is
     the log-uniform of the choice between them. ``take_last`` (tests only): take every valid
     subtree; ``robust``: Stan's two extra U-turn checks."""

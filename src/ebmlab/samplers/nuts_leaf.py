@@ -12,7 +12,7 @@ does per leaf —
 * the progressive multinomial update (Betancourt 2017, App. A.3.2): with ``log w = -ΔH`` the leaf
   replaces the candidate iff ``log u < log w - log Σ_{i≤n} w_i``;
 * the checkpoint write and the generalised U-turn checks of every sub-tree the leaf ends
-  (Betancourt 2013; with ``LeafSpec.robust`` the two extra checks of Stan ≥ 2.26; see
+  (Betancourt 2013; with ``LeafSpec.robust``, the default, the two extra checks of Stan ≥ 2.26; see
   :mod:`ebmlab.samplers.nuts_tree`).
 
 Checkpoints as tensors: the slots form one ``(L + 1, 5, C, D)`` buffer (``L =
@@ -80,7 +80,7 @@ class LeafSpec:
     max_energy_error: float
     unroll: int = 1
     whole: bool = False
-    robust: bool = False
+    robust: bool = True
 
 
 def _col(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

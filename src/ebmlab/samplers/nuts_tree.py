@@ -9,10 +9,10 @@ number of trailing zero bits), which are checked as soon as leaf ``n`` exists.
 
 U-turn criterion (Betancourt 2013, 2017 §A.4.2, the generalised criterion with momentum sums):
 a node ``[s, e]`` is *turning* unless ``p♯_s·ρ > 0 and p♯_e·ρ > 0``, with ``p♯ = M⁻¹p`` and
-``ρ = Σ_{i=s}^{e} p_i``. Every node is checked over its whole span (as NumPyro's and BlackJAX's
-iterative NUTS do); with ``robust=True`` a node with halves ``[s, m-1]`` and ``[m, e]`` is
-checked twice more, as Stan (≥ 2.26) does: over the first half extended by leaf ``m``, and
-over the second half extended by leaf ``m-1``.
+``ρ = Σ_{i=s}^{e} p_i``. As Stan (≥ 2.26) does (``robust=True``, the default), a node with
+halves ``[s, m-1]`` and ``[m, e]`` is checked three times: over the whole node, over the first
+half extended by leaf ``m``, and over the second half extended by leaf ``m-1``; with
+``robust=False`` over the whole node only (as NumPyro's and BlackJAX's iterative NUTS).
 
 Checkpoints: with ``R_n = Σ_{i≤n} p_i`` (``R_{-1} = R_{-2} = 0``), every sum above is a
 difference of cumulative sums, so a node needs only values stored at its *start* leaf. Slot
@@ -104,7 +104,7 @@ class Checkpoints:
     node, by reference (each ``(C, D)``). ``robust``: also Stan's two checks of each half
     extended by the adjacent leaf of the other."""
 
-    def __init__(self, num_levels: int, robust: bool = False):
+    def __init__(self, num_levels: int, robust: bool = True):
         self.slots: list[tuple[torch.Tensor, ...] | None] = [None] * num_levels
         self.robust = robust
 
