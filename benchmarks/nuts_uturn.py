@@ -3,7 +3,8 @@
 ebmlab's NUTS checks every sub-tree and the merged trajectory with the generalised U-turn
 criterion over the whole node and, by default, with Stan's (≥ 2.26) two checks of each half
 extended by the adjacent leaf of the other, which stop some trajectories earlier;
-``NUTS(robust_uturn=False)`` drops those (as NumPyro's and BlackJAX's iterative NUTS). Without
+``NUTS(robust_uturn=False)`` drops those (NumPyro's and BlackJAX's iterative NUTS make none either,
+but take ``ρ - (p₋ + p₊)/2``, which does not run in circles). Without
 them NUTS runs in circles on near-isotropic Gaussians (the 100-D Gaussian here, once its
 metric is learned: expect the whole-node runs to take many times longer). For each seed this script
 runs one warm-up (``adapt="window", metric="diag", adapt_per_chain=True``) and then both

@@ -1,9 +1,8 @@
 """The batched NUTS kernel against a recursive single-chain reference, step for step.
 
 Reference: :class:`ReferenceTree` is Stan's recursive ``base_nuts`` (Betancourt 2017, as in
-Stan ≥ 2.26; with ``robust_uturn=False`` without the extra sub-tree checks, the whole-node
-checks that NumPyro and BlackJAX make) for one chain, in plain 1-chain tensors and Python floats, drawing its random
-numbers in the order :mod:`ebmlab.samplers.nuts` documents; it matches the batched kernel to
+Stan ≥ 2.26; with ``robust_uturn=False`` without the extra sub-tree checks) for one chain, in
+plain 1-chain tensors and Python floats, drawing its random numbers in the order :mod:`ebmlab.samplers.nuts` documents; it matches the batched kernel to
 1e-12 in float64, with both generators in the same state after every transition.
 """
 

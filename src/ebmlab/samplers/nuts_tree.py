@@ -12,7 +12,8 @@ a node ``[s, e]`` is *turning* unless ``p♯_s·ρ > 0 and p♯_e·ρ > 0``, wit
 ``ρ = Σ_{i=s}^{e} p_i``. As Stan (≥ 2.26) does (``robust=True``, the default), a node with
 halves ``[s, m-1]`` and ``[m, e]`` is checked three times: over the whole node, over the first
 half extended by leaf ``m``, and over the second half extended by leaf ``m-1``; with
-``robust=False`` over the whole node only (as NumPyro's and BlackJAX's iterative NUTS).
+``robust=False`` over the whole node only (NumPyro's and BlackJAX's iterative NUTS make no
+extra checks either, but subtract half the end momenta from ``ρ``).
 
 Checkpoints: with ``R_n = Σ_{i≤n} p_i`` (``R_{-1} = R_{-2} = 0``), every sum above is a
 difference of cumulative sums, so a node needs only values stored at its *start* leaf. Slot
