@@ -114,15 +114,23 @@ class StepCompiler:
         backend, fullgraph, dynamic: passed to ``torch.compile``.
         on_compile: ``on_compile(seconds, spec)`` after each new graph's first call (its
             compile time, one transition call included).
+        compact: NUTS only: once at most ``1/compact`` of the chains still build a subtree of more
+            than ``2·unroll`` leaves, its remaining leaves run on those chains alone, gathered into
+            a batch of ``C/compact`` rows (one more graph per batch size), so that the gradient
+            is not evaluated on chains that wait (``None``: never; only for energies that treat
+            every row alike and ``C ≥ 16·compact``).
 
     Attributes: ``compile_time`` (seconds, all graphs) and ``graphs`` (how many were built).
     """
 
     def __init__(self, mode: str | None = None, unroll: int | None = None, backend: str | Callable = "inductor",
                  fullgraph: bool = False, dynamic: bool | None = None,
-                 on_compile: Callable[[float, StepSpec], None] | None = None):
+                 on_compile: Callable[[float, StepSpec], None] | None = None, compact: int | None = 4):
         if unroll is not None and (not isinstance(unroll, int) or unroll < 1):
             raise ValueError(f"StepCompiler: unroll must be an integer >= 1 or None, got {unroll!r}")
+        if compact is not None and (isinstance(compact, bool) or not isinstance(compact, int) or compact < 2):
+            raise ValueError(f"StepCompiler: compact must be an integer >= 2 or None, got {compact!r}")
+        self.compact = compact
         self.mode, self.unroll, self.backend = mode, unroll, backend
         self.fullgraph, self.dynamic, self.on_compile = fullgraph, dynamic, on_compile
         self.compile_time, self.graphs = 0.0, 0
