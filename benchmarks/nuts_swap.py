@@ -133,15 +133,20 @@ def geometric_summary(log_ratios: np.ndarray) -> str:
     return f"bulk {np.exp(mean[0]):.3f} ×/÷ {np.exp(se[0]):.3f}, tail {np.exp(mean[1]):.3f} ×/÷ {np.exp(se[1]):.3f}"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def seed_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the per-seed comparisons (this script and benchmarks/nuts_uturn.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--target", default="banana", choices=TARGETS)
     parser.add_argument("--chains", type=int, default=1024)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=12, help="seeds 0 .. N-1")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = seed_parser(__doc__.splitlines()[0]).parse_args(argv)
     set_threads(args.threads)
     limit_xla_threads(args.threads)
     target = make_targets([args.target])[0]

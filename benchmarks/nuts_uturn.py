@@ -21,7 +21,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -29,24 +28,18 @@ import torch
 
 try:  # run as ``python -m benchmarks.nuts_uturn`` or as a script
     from .common import machine_description, set_threads
-    from .mcmc_targets import TARGETS, make_targets
-    from .nuts_swap import ebmlab_warm_up, geometric_summary, run_ebmlab
+    from .mcmc_targets import make_targets
+    from .nuts_swap import ebmlab_warm_up, geometric_summary, run_ebmlab, seed_parser
 except ImportError:
     from common import machine_description, set_threads
-    from mcmc_targets import TARGETS, make_targets
-    from nuts_swap import ebmlab_warm_up, geometric_summary, run_ebmlab
+    from mcmc_targets import make_targets
+    from nuts_swap import ebmlab_warm_up, geometric_summary, run_ebmlab, seed_parser
 
 VARIANTS = {"whole-node": False, "robust": True}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="banana", choices=TARGETS)
-    parser.add_argument("--chains", type=int, default=1024)
-    parser.add_argument("--warmup", type=int, default=500)
-    parser.add_argument("--draws", type=int, default=1000)
-    parser.add_argument("--seeds", type=int, default=12, help="seeds 0 .. N-1")
-    parser.add_argument("--threads", type=int, default=1)
+    parser = seed_parser(__doc__.splitlines()[0])
     parser.add_argument("--compile", action="store_true", help="compiled NUTS (the same chains to rounding; faster "
                                                                "on large targets)")
     args = parser.parse_args(argv)
