@@ -8,7 +8,9 @@ counts, divergences and generator state, for
 * events that are not flat (``(C, 2, 3)``: the energy sees its own shape),
 * every metric kind: identity, diagonal, dense and one diagonal per chain,
 * two leaves per call (``unroll=2``: whole doublings of 1 and 2 leaves, blocks of 2 after),
-* float32 chains (agreement to 1e-4, the rounding of one leapfrog trajectory).
+* float32 chains (agreement to 1e-4, the rounding of one leapfrog trajectory),
+* compaction (the last leaves of a long doubling on the chains still building, gathered into
+  a smaller batch) with every metric kind and a shaped event.
 
 Negative control: a compiled run from a different generator seed does not agree.
 Graphs are traced by Dynamo and run by ``aot_eager`` (the packing is under test, not the code
@@ -60,6 +62,11 @@ def start(dtype=torch.float64) -> torch.Tensor:
     return FLAT.sample(CHAINS, torch.Generator().manual_seed(20)).to(dtype)
 
 
+def compacted(compiler: StepCompiler, shape: tuple) -> bool:
+    """A leaf graph for a compact batch of ``shape`` was built (docs/compiled.md, compaction)."""
+    return any(isinstance(key, tuple) and len(key) > 1 and key[1] == shape for key in compiler._compiled)
+
+
 def assert_same_run(eager, fast, atol):
     (a_state, a_infos, a_rng), (b_state, b_infos, b_rng) = eager, fast
     assert b_state.x.shape == a_state.x.shape and b_state.grad.shape == a_state.grad.shape
@@ -89,6 +96,23 @@ def test_shaped_events_and_two_leaves_a_call_give_the_eager_draws():
     eager = transitions(kernel, ShapedGaussian(), x0)
     fast = transitions(compiled_nuts(kernel, StepCompiler(unroll=2, backend="aot_eager")), ShapedGaussian(), x0)
     assert_same_run(eager, fast, atol=1e-10)
+
+
+@pytest.mark.parametrize("metric", list(METRICS) + ["shaped"])
+def test_compacted_leaves_give_the_eager_draws_with_every_metric_and_shape(metric):
+    """Compaction at half the chains (``compact=2``, one leaf a call, so that it happens in
+    every long doubling): the same draws as eager with every metric kind and a shaped event,
+    and the 150-row graph was built."""
+    shaped = metric == "shaped"
+    energy, x0 = (ShapedGaussian(), start().view(CHAINS, *EVENT)) if shaped else (FLAT, start())
+    # the dense metric whitens the target, where chains with one step size all turn together
+    step = torch.linspace(0.1, 0.5, CHAINS, dtype=torch.float64) if metric == "dense" else 0.35
+    kernel = NUTS(step_size=step, max_tree_depth=6, metric=METRICS["diag" if shaped else metric])
+    eager = transitions(kernel, energy, x0)
+    compiler = StepCompiler(unroll=1, backend="aot_eager", compact=2)
+    fast = transitions(compiled_nuts(kernel, compiler), energy, x0)
+    assert_same_run(eager, fast, atol=1e-10)
+    assert compacted(compiler, (CHAINS // 2, *x0.shape[1:]))
 
 
 def test_float32_chains_agree_to_rounding():
