@@ -90,16 +90,18 @@ def test_unrolled_leaves_give_the_eager_draws(unroll, robust_uturn):
 @pytest.mark.parametrize("per_chain_metric", [False, True], ids=["pooled-metric", "per-chain-metric"])
 def test_compacted_leaves_give_the_eager_draws(per_chain_metric):
     """``StepCompiler(compact=4)``: once at most a quarter of the 2,000 chains build a long
-    subtree, its remaining leaves run on those chains alone (a 500-row batch, its own graph);
-    positions, statistics and the generator stay those of eager NUTS. Checked that the compact
-    graph was built, so the path ran (traced by dynamo, run without inductor)."""
+    subtree, its remaining leaves run on those chains alone (a 500-row batch, its own graph),
+    and once at most a quarter of those do, on a 125-row batch; positions, statistics and the
+    generator stay those of eager NUTS. Checked that both compact graphs were built, so the
+    path ran (traced by dynamo, run without inductor)."""
     metric = Metric(METRIC.inverse_mass_matrix.expand(CHAINS, 2).clone(), per_chain=True) if per_chain_metric \
         else METRIC
     kernel = NUTS(step_size=torch.linspace(0.15, 0.6, CHAINS, dtype=torch.float64), max_tree_depth=7, metric=metric)
     eager, eager_infos, eager_rng = transitions(kernel, 3)
     compiler = StepCompiler(unroll=2, backend="aot_eager", compact=4)
     fast, fast_infos, fast_rng = transitions(compiled_nuts(kernel, compiler), 3)
-    assert any(isinstance(key, tuple) and len(key) > 1 and key[1] == (CHAINS // 4, 2) for key in compiler._compiled)
+    shapes = {key[1] for key in compiler._compiled if isinstance(key, tuple) and len(key) > 1}
+    assert {(CHAINS // 4, 2), (CHAINS // 16, 2)} <= shapes, shapes  # two levels of compaction ran
     assert torch.allclose(eager.x, fast.x, rtol=0, atol=1e-10) and torch.equal(eager_rng, fast_rng)
     for a, b in zip(eager_infos, fast_infos):
         for name in ("tree_depth", "num_grad_evals", "diverged", "accepted"):
@@ -119,7 +121,7 @@ def test_compaction_is_off_for_few_chains_and_per_row_energies():
 
     compiler = StepCompiler(compact=4)
     assert _compact_rows(compiler, TARGET, 1024) == 256
-    assert _compact_rows(compiler, TARGET, 63) is None  # fewer than 16·compact chains
+    assert _compact_rows(compiler, TARGET, 63) is None  # a compact batch of fewer than 16 rows
     assert _compact_rows(compiler, PerRow(), 1024) is None
     assert _compact_rows(StepCompiler(compact=None), TARGET, 1024) is None
     for bad in (1, 0, True, 2.5):

@@ -116,9 +116,10 @@ class StepCompiler:
             compile time, one transition call included).
         compact: NUTS only: once at most ``1/compact`` of the chains still build a subtree of more
             than ``2·unroll`` leaves, its remaining leaves run on those chains alone, gathered into
-            a batch of ``C/compact`` rows (one more graph per batch size), so that the gradient
-            is not evaluated on chains that wait (``None``: never; only for energies that treat
-            every row alike and ``C ≥ 16·compact``).
+            a batch of ``C/compact`` rows, and again into ``C/compact²`` rows once at most that
+            many build, down to 16 rows (one more graph per batch size), so that the gradient is
+            not evaluated on chains that wait (``None``: never; only for energies that treat
+            every row alike).
 
     Attributes: ``compile_time`` (seconds, all graphs) and ``graphs`` (how many were built).
     """
