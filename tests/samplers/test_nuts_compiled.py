@@ -110,7 +110,7 @@ def test_compacted_leaves_give_the_eager_draws(per_chain_metric):
 
 
 def test_compaction_is_off_for_few_chains_and_per_row_energies():
-    from ebmlab.samplers.nuts_compiled import _compact_rows
+    from ebmlab.samplers.nuts_compaction import compact_rows as _compact_rows
 
     class PerRow(torch.nn.Module):
         def forward(self, x):

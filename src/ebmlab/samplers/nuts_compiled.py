@@ -18,7 +18,8 @@ the calls from 14.7 a draw to about 7 and the draws' time from 1.44–1.64 s to 
 blocks of ``k`` leaves stay for the longer doublings, where a block that runs past the chains'
 stop wastes leaves.
 
-Compaction (``StepCompiler(compact=4)``, the default). A batch runs a doubling as long as its
+Compaction (``StepCompiler(compact=4)``, the default; :mod:`ebmlab.samplers.nuts_compaction`).
+A batch runs a doubling as long as its
 longest tree needs, and a graph evaluates the gradient of every chain, so in the last leaves
 of a long doubling most of the work is for chains that wait. Once at most ``C/4`` chains still
 build, the block loop gathers them (padded with copies of one of them) into a batch of ``C/4``
@@ -67,6 +68,7 @@ from ebmlab.samplers.nuts import NUTS, NUTSInfo
 from ebmlab.samplers.nuts_doubling import (TRAJECTORY_COUNTS, TRAJECTORY_FLAGS, TRAJECTORY_FLOATS, TRAJECTORY_VECTORS,
                                           begin_doubling, end_doubling, where_choice)
 from ebmlab.samplers.nuts_leaf import DEFAULT_UNROLL, LeafSpec, block_index, leaves
+from ebmlab.samplers.nuts_compaction import MIN_COMPACT_ROWS, Batch, compact_rows
 from ebmlab.samplers.nuts_tree import Edge, Subtree
 
 SUBTREE_VECTORS = ("x", "p", "g", "cand_x", "cand_g", "cum", "cum_prev")
@@ -157,61 +159,6 @@ def _uniforms(n: int, c: int, generator, dtype, device) -> torch.Tensor:
     if device.type == "cpu":  # on the CPU one (n, C) draw is the n (C,) draws in turn
         return torch.rand((n, c), generator=generator, dtype=dtype, device=device)
     return torch.stack([torch.rand((c,), generator=generator, dtype=dtype, device=device) for _ in range(n)])
-
-
-def _compact_rows(compiler: StepCompiler, energy: EnergyFn, c: int) -> int | None:
-    """The batch size that the last leaves of a long subtree run on (``C / compiler.compact``),
-    or ``None`` when they always run on all ``C`` chains: compaction off, fewer than
-    ``16·compact`` chains (:data:`MIN_COMPACT_ROWS`), or an energy with per-row parameters
-    (``select_rows``)."""
-    every = compiler.compact
-    inner = getattr(energy, "energy", None)
-    per_row = any(getattr(e, "select_rows", None) is not None for e in (energy, inner) if e is not None)
-    if every is None or per_row or c // every < MIN_COMPACT_ROWS:
-        return None
-    return c // every
-
-
-#: the smallest batch compaction gathers into (a smaller one saves too little for its graph)
-MIN_COMPACT_ROWS = 16
-
-
-@dataclass
-class _Batch:
-    """The rows a subtree's leaves run on: all chains (``index`` None), or ``index`` ``(B,)`` rows
-    of the batch it was gathered from (the ``count`` chains still building, padded with copies of
-    the first), ``chains`` the same rows as indices of all chains; with their step sizes,
-    checkpoint slots, metric tensors and position shape. Chains that stopped building are left
-    out exactly: a leaf changes nothing of theirs (their log w is -∞)."""
-
-    eps: torch.Tensor
-    slots: torch.Tensor
-    metric: dict
-    shape: tuple
-    index: torch.Tensor | None = None
-    chains: torch.Tensor | None = None
-    count: int = 0
-
-    def compact(self, building, count: int, rows: int, per_chain: bool) -> "_Batch":
-        """The ``rows``-row batch of this batch's rows that are ``building`` (``count`` of them)."""
-        index = building.nonzero().squeeze(1)
-        index = torch.cat([index, index[:1].expand(rows - count)])
-        metric = {k: v.index_select(0, index) for k, v in self.metric.items()} if per_chain else self.metric
-        chains = index if self.chains is None else self.chains.index_select(0, index)
-        return _Batch(self.eps.index_select(0, index), self.slots.index_select(2, index), metric,
-                      (rows, *self.shape[1:]), index, chains, count)
-
-    def gather(self, cv, cf, cb, cl, sharp):
-        """The subtree's packed state ``(cv, cf, cb, cl)`` and last ``p♯`` on this batch's rows."""
-        i = self.index
-        return cv.index_select(1, i), cf.index_select(1, i), cb.index_select(1, i), cl.index_select(0, i), \
-            sharp.index_select(0, i)
-
-    def scatter(self, full: tuple, part: tuple) -> tuple:
-        """``full`` (the :meth:`gather` inputs) with this batch's real rows replaced by ``part``."""
-        real = self.index[:self.count]
-        dims = (1, 1, 1, 0, 0)
-        return tuple(f.index_copy(d, real, p.narrow(d, 0, self.count)) for f, p, d in zip(full, part, dims))
 
 
 def _compiled(compiler: StepCompiler, key, name: str, call: Callable) -> tuple[Callable, float | None]:
@@ -315,7 +262,7 @@ class CompiledNUTS(NUTS):
         step = self.step_size
         magnitude = step.to(energy0) if isinstance(step, torch.Tensor) else torch.full_like(energy0, float(step))
         active = True
-        compact_rows = _compact_rows(compiler, energy, c)
+        first_rows = compact_rows(compiler, energy, c)
         per_chain_metric = self.metric is not None and self.metric.per_chain
         for j in range(int(self.max_tree_depth)):
             if j > 0 and not active:
@@ -345,8 +292,8 @@ class CompiledNUTS(NUTS):
             spec = LeafSpec("nuts_leaf", kind, num, float(self.max_energy_error), k, whole, robust)
             fn = self._graph(pending, spec, lambda: leaf_function(compiler, spec, energy, shape))
             sharp, first = ends[1], ends[:2]
-            run = _Batch(eps, slots, tensors, shape)  # the rows the leaves run on: all chains, or a compact few
-            outer, rows = [], compact_rows  # per compaction: the batch and state it was gathered from
+            run = Batch(eps, slots, tensors, shape)  # the rows the leaves run on: all chains, or a compact few
+            outer, rows = [], first_rows  # per compaction: the batch and state it was gathered from
             while going and n < total:
                 saved = generator.get_state() if k > 1 else None
                 if device.type == "cpu":  # on the CPU one (k, C) draw is the k (C,) draws in turn
