@@ -182,6 +182,9 @@ def _standardisation_std(energy) -> list[float]:
 
 def _setting_summary(config: TrainConfig) -> str:
     hidden = config.model_kwargs.get("hidden", [128, 128])
+    extra = {k: v for k, v in config.model_kwargs.items() if k != "hidden"}
+    if extra:
+        hidden = f"{hidden} ({', '.join(f'{k}={v}' for k, v in extra.items())})"
     options = ", ".join(f"{k}={v}" for k, v in config.objective_kwargs.items())
     return (f"{config.model} {hidden}, {config.steps} updates of {config.batch_size}, {config.optimizer} lr {config.lr:g} "
             f"{config.lr_schedule}" + (f", EMA {config.ema_decay:g}" if config.ema_decay else "")
