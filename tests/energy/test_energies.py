@@ -37,13 +37,6 @@ def mlp(seed: int = 0) -> MLPEnergy:
         return MLPEnergy(dim=3, hidden=(16, 16)).double()
 
 
-def fourier_mlp(seed: int = 0) -> MLPEnergy:
-    """:func:`mlp` with 8 random Fourier features of scale 0.7 in front."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return MLPEnergy(dim=3, hidden=(16, 16), fourier_features=8, fourier_scale=0.7).double()
-
-
 # --------------------------------------------------------------------------------------
 # Base helpers
 # --------------------------------------------------------------------------------------
@@ -75,9 +68,9 @@ def central_difference_grad(fn, x: torch.Tensor, h: float = 1e-5) -> torch.Tenso
     return out
 
 
-@pytest.mark.parametrize("make, dim", [(mlp, 3), (fourier_mlp, 3), (lambda: Banana(a=1.0, b=1.0), 2), (correlated_gaussian, 2),
+@pytest.mark.parametrize("make, dim", [(mlp, 3), (lambda: Banana(a=1.0, b=1.0), 2), (correlated_gaussian, 2),
                                        (lambda: eight_gaussians().double(), 2)],
-                         ids=["mlp", "fourier-mlp", "banana", "gaussian", "eight-gaussians"])
+                         ids=["mlp", "banana", "gaussian", "eight-gaussians"])
 def test_score_is_minus_finite_difference_gradient(make, dim, generator):
     """``score = -∇E`` matches central differences (h = 1e-5, float64) to 1e-6 absolute:
     the truncation error is O(h²·E''') ≈ 1e-9 and rounding O(ε_mach·|E|/h) ≈ 1e-11. Negative

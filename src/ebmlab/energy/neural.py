@@ -22,31 +22,16 @@ def _maybe_sn(layer: nn.Module, spectral_norm: bool) -> nn.Module:
 
 
 class MLPEnergy(Energy):
-    """``E(x) = MLP(φ(x))``: ``dim -> hidden[0] -> ... -> 1`` with SiLU between layers.
-
-    ``φ(x) = x`` by default. With ``fourier_features = m > 0`` the input is first lifted to
-    ``φ(x) = [x, sin(2π Bx), cos(2π Bx)]`` with a fixed ``B ∈ R^{m×dim}``, ``B_ij ~ N(0, s²)``,
-    ``s = fourier_scale`` (random Fourier features; Tancik et al. 2020, "Fourier features let
-    networks learn high frequency functions in low dimensional domains"). ``s`` is in cycles
-    per unit of input: an MLP on raw coordinates learns functions smoother than about the
-    inverse of its input scale, and the features let it follow edges as sharp as about
-    ``1 / (2π s)``. ``B`` is drawn from torch's global generator when the energy is built and
-    is saved in the ``state_dict`` (a buffer).
+    """``E(x) = MLP(x)``: ``dim -> hidden[0] -> ... -> 1`` with SiLU between layers.
 
     Shapes: x ``(B, dim)`` -> ``(B,)``.
     """
 
-    def __init__(self, dim: int = 2, hidden: Sequence[int] = (128, 128), spectral_norm: bool = False,
-                 fourier_features: int = 0, fourier_scale: float = 1.0):
+    def __init__(self, dim: int = 2, hidden: Sequence[int] = (128, 128), spectral_norm: bool = False):
         super().__init__()
         if dim < 1 or any(h < 1 for h in hidden):
             raise ValueError(f"MLPEnergy: dim and hidden sizes must be >= 1, got {dim}, {tuple(hidden)}")
-        if int(fourier_features) < 0 or not math.isfinite(fourier_scale) or fourier_scale <= 0:
-            raise ValueError(f"MLPEnergy: fourier_features must be >= 0 and fourier_scale finite and > 0, "
-                             f"got {fourier_features}, {fourier_scale}")
-        m = int(fourier_features)
-        self.register_buffer("frequencies", float(fourier_scale) * torch.randn(m, int(dim)) if m else None)
-        sizes = [int(dim) + 2 * m, *map(int, hidden)]
+        sizes = [int(dim), *map(int, hidden)]
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:]):
             layers += [_maybe_sn(nn.Linear(a, b), spectral_norm), nn.SiLU()]
@@ -54,13 +39,8 @@ class MLPEnergy(Energy):
         self.net = nn.Sequential(*layers)
         self.event_shape = (int(dim),)
         self.config = {"dim": int(dim), "hidden": list(map(int, hidden)), "spectral_norm": bool(spectral_norm)}
-        if m:
-            self.config.update(fourier_features=m, fourier_scale=float(fourier_scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.frequencies is not None:
-            angle = (2 * math.pi) * (x @ self.frequencies.to(x.dtype).T)
-            x = torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=-1)
         return self.net(x).squeeze(-1)
 
 
@@ -111,11 +91,9 @@ class FlattenedEnergy(Energy):
         return self.inner(x.flatten(1))
 
 
-def mlp_energy(event_shape: tuple[int, ...], hidden: Sequence[int] = (128, 128), spectral_norm: bool = False,
-               fourier_features: int = 0, fourier_scale: float = 1.0) -> nn.Module:
+def mlp_energy(event_shape: tuple[int, ...], hidden: Sequence[int] = (128, 128), spectral_norm: bool = False) -> nn.Module:
     """The ``mlp`` model: :class:`MLPEnergy` on events of any shape (image events are flattened)."""
-    net = MLPEnergy(dim=math.prod(event_shape), hidden=tuple(hidden), spectral_norm=spectral_norm,
-                    fourier_features=fourier_features, fourier_scale=fourier_scale)
+    net = MLPEnergy(dim=math.prod(event_shape), hidden=tuple(hidden), spectral_norm=spectral_norm)
     return net if len(event_shape) == 1 else FlattenedEnergy(net, event_shape)
 
 
