@@ -52,12 +52,12 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ebmlab.energy.base import EnergyFn, event_shape_of
+from ebmlab.energy.base import EnergyFn
 from ebmlab.samplers.adaptation import DualAveraging
 from ebmlab.samplers.base import ChainState, Kernel
 from ebmlab.samplers.driver import run_kernel
-from ebmlab.samplers.registry import get_kernel_class, make_kernel
-from ebmlab.partition.bases import AnnealedEnergy, CategoricalBase, GaussianBase, fit_base, split_energy
+from ebmlab.partition.ais_setup import default_kernel, resolve_base
+from ebmlab.partition.bases import AnnealedEnergy, CategoricalBase, split_energy
 from ebmlab.energy.enumeration import energy_device, energy_dtype
 from ebmlab.partition.adaptive import (
     DEFAULT_TARGET_ESS, MAX_ADAPTIVE_TEMPERATURES, STEP_SIZE_RANGE, metric_scale, next_beta, particle_metric,
@@ -154,49 +154,6 @@ class AISResult:
         if self.reliable:
             return f"log Z = {self.log_z:.4f} ± {self.log_z_stderr:.4f} {how}"
         return f"log Z ≈ {self.log_z:.4f} {how}; {self.warning}"
-
-
-def default_kernel(name: str, base: nn.Module) -> Kernel:
-    """The registered kernel ``name`` set up for ``base``; only options the kernel declares are passed.
-
-    Discrete bases: ``num_states`` (if the kernel has it). Continuous bases: a step size scaled
-    to the base's median std ``s`` for the built-in kernels (``mala``/``ula`` ``0.25 s²``,
-    ``hmc`` ``0.3 s`` with 5 leapfrog steps, ``nuts`` ``0.3 s`` with trees of depth ≤ 6, ``rwmh``
-    ``0.5 s``); other kernels keep their defaults. NUTS is a valid AIS transition: it leaves each
-    intermediate distribution invariant, and its trajectory length adapts to the temperature.
-
-    Raises:
-        ValueError: an unknown kernel name (the registry lists the known ones).
-    """
-    fields = getattr(get_kernel_class(name), "__dataclass_fields__", {})
-    if isinstance(base, CategoricalBase):
-        return make_kernel(name, **({"num_states": base.num_states} if "num_states" in fields else {}))
-    s = float(base.std.median()) if isinstance(base, GaussianBase) else 1.0
-    options = {"mala": {"step_size": 0.25 * s**2}, "ula": {"step_size": 0.25 * s**2},
-               "hmc": {"step_size": 0.3 * s, "num_leapfrog": 5}, "rwmh": {"step_size": 0.5 * s},
-               "nuts": {"step_size": 0.3 * s, "max_tree_depth": 6}}.get(name, {})
-    return make_kernel(name, **{k: v for k, v in options.items() if k in fields})
-
-
-def resolve_base(energy: EnergyFn, base: nn.Module | None, data: torch.Tensor | None,
-                 event_shape: Sequence[int] | None) -> nn.Module:
-    """The given base, else one fitted to ``data``, else uniform sites for a discrete energy, else
-    ``N(mean, diag cov)`` of an analytic energy."""
-    if base is not None:
-        if not (hasattr(base, "log_prob") and hasattr(base, "sample")):
-            raise ValueError("ais: base must have log_prob(x) and sample(n, generator), e.g. GaussianBase")
-        return base
-    support = getattr(energy, "support", "real")
-    if data is not None:
-        return fit_base(torch.as_tensor(data), support, int(getattr(energy, "num_states", 2)))
-    shape = event_shape_of(energy, event_shape)
-    if support in ("binary", "categorical") and shape is not None:
-        k = 2 if support == "binary" else int(getattr(energy, "num_states", 2))
-        return CategoricalBase(torch.ones(*shape, k))
-    mean, cov = getattr(energy, "mean", None), getattr(energy, "covariance", None)
-    if isinstance(mean, torch.Tensor) and isinstance(cov, torch.Tensor):
-        return GaussianBase(mean.detach().clone(), torch.sqrt(torch.diagonal(cov.detach())))
-    raise ValueError("ais: give a base distribution (GaussianBase(mean, std)) or data to fit one to")
 
 
 @dataclass
