@@ -97,7 +97,8 @@ VECTOR_CONTRASTIVE_SETTINGS: dict[str, Any] = {"objective_kwargs.alpha": 0.1}
 #:   10,000 updates give 0.081 / 0.076 / 0.055 at seeds 0 / 1 / 2 in 258-307 s on one core,
 #:   of which floor and weight KL (0.006-0.022) are 0.034-0.050 (standardised 4×256 at σ 0.02 or
 #:   0.015 ran away, 570 / 154 nats; raw 3×256 at σ 0.02: 0.311; raw σ 0.02, lr 2.5e-3, 15,000
-#:   updates: 0.089 in 263 s; σ_max = 2: 0.066 / 0.083 / 0.086, and with σ = 0.025 0.062 / 0.105 / 0.090).
+#:   updates: 0.089 in 263 s; σ_max = 2: 0.066 / 0.083 / 0.086, and with σ = 0.025 0.062 / 0.105 / 0.090;
+#:   seed 0: σ held for the last half, 0.096; EMA 0.999, 0.076; random Fourier features ran away).
 #: * ``cd``: CD-20 from the data with ULA and the energy penalty α = 0.1 (pcd and replay keep
 #:   the penalty; their chains leave mass unexplored: see docs/likelihood.md).
 #:
